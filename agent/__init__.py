@@ -1,0 +1,10 @@
+"""Email deliverability monitoring agent: probes SMTP routes, reads seed mailboxes, exports metrics."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("deliverability-agent")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,189 @@
+"""Result types shared by every module: the bounded label sets and the frozen results probes produce.
+
+Senders and watchers return these; only `agent.metrics` turns them into Prometheus series. Every enum
+here is a bounded label set, pre-created at zero by the metrics recorder.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Arrival",
+    "AuthMethod",
+    "AuthResult",
+    "AuthVerdicts",
+    "ErrorKind",
+    "ImapErrorKind",
+    "Outcome",
+    "ProbeError",
+    "ReplyClass",
+    "SendResult",
+    "SmtpReply",
+    "Stage",
+]
+
+
+class Outcome(enum.StrEnum):
+    """The one final outcome of a probe."""
+
+    INBOX = "inbox"
+    SPAM = "spam"
+    OTHER = "other"  # delivered to a folder that is neither the inbox nor junk
+    MISSING = "missing"  # accepted, but not seen by the deadline
+    REJECTED = "rejected"  # a 5xx reply ended the transaction
+    DEFERRED = "deferred"  # a 4xx reply ended the transaction
+    ERROR = "error"  # no SMTP verdict: connect, TLS, auth, timeout, protocol
+
+
+class Stage(enum.StrEnum):
+    """The stages of one SMTP transaction, in order."""
+
+    CONNECT = "connect"
+    BANNER = "banner"
+    EHLO = "ehlo"
+    STARTTLS = "starttls"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    END_OF_DATA = "end_of_data"
+    QUIT = "quit"
+
+
+class ReplyClass(enum.StrEnum):
+    """Class of an SMTP reply code, by its first digit."""
+
+    SUCCESS = "2xx"
+    INTERMEDIATE = "3xx"
+    TRANSIENT = "4xx"
+    PERMANENT = "5xx"
+    INVALID = "invalid"
+
+    @classmethod
+    def of(cls, code: int) -> ReplyClass:
+        return {2: cls.SUCCESS, 3: cls.INTERMEDIATE, 4: cls.TRANSIENT, 5: cls.PERMANENT}.get(
+            code // 100, cls.INVALID
+        )
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an SMTP transaction ended without a verdict from the server."""
+
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    AUTH = "auth"
+    PROTOCOL = "protocol"
+    CLOSED = "closed"
+
+
+class ImapErrorKind(enum.StrEnum):
+    """Why an IMAP watcher lost or could not use its connection."""
+
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    AUTH = "auth"
+    PROTOCOL = "protocol"
+    CLOSED = "closed"
+
+
+class AuthMethod(enum.StrEnum):
+    """Authentication-Results methods the agent reports."""
+
+    SPF = "spf"
+    DKIM = "dkim"
+    DMARC = "dmarc"
+    ARC = "arc"
+
+
+class AuthResult(enum.StrEnum):
+    """Authentication-Results result values (RFC 8601 and RFC 8617), plus `none` when absent."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SOFTFAIL = "softfail"
+    NEUTRAL = "neutral"
+    NONE = "none"
+    TEMPERROR = "temperror"
+    PERMERROR = "permerror"
+    POLICY = "policy"
+
+    @classmethod
+    def parse(cls, value: str) -> AuthResult:
+        """Map a header's result token to the enum; unknown tokens count as `permerror`."""
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            return cls.PERMERROR
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    """One server reply at one stage of the transaction."""
+
+    stage: Stage
+    code: int
+    enhanced_code: str | None  # "5.1.1", or None when the server sent none
+    text: str
+
+    @property
+    def reply_class(self) -> ReplyClass:
+        return ReplyClass.of(self.code)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeError:
+    """A transaction that ended without a server verdict; `message` never contains a secret."""
+
+    stage: Stage
+    kind: ErrorKind
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the SMTP sender learned about one probe."""
+
+    transcript: tuple[SmtpReply, ...]
+    accepted: bool  # the server answered 250 to the end of data
+    accepted_at: float | None  # wall-clock time (time.time()) of that 250 reply
+    duration_seconds: float
+    error: ProbeError | None = None
+    tls_version: str | None = None
+    tls_cert_not_after: float | None = None  # peer certificate expiry, epoch seconds
+
+    @property
+    def final_reply(self) -> SmtpReply | None:
+        return self.transcript[-1] if self.transcript else None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthVerdicts:
+    """spf/dkim/dmarc/arc results read from trusted Authentication-Results headers."""
+
+    spf: AuthResult | None = None
+    dkim: AuthResult | None = None
+    dmarc: AuthResult | None = None
+    arc: AuthResult | None = None
+
+    def items(self) -> tuple[tuple[AuthMethod, AuthResult | None], ...]:
+        return (
+            (AuthMethod.SPF, self.spf),
+            (AuthMethod.DKIM, self.dkim),
+            (AuthMethod.DMARC, self.dmarc),
+            (AuthMethod.ARC, self.arc),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A probe found in a seed mailbox folder by a watcher."""
+
+    probe_id: str
+    mailbox: str
+    folder: str
+    seen_at: float  # wall-clock time the watcher saw the message
+    auth: AuthVerdicts = field(default_factory=AuthVerdicts)
