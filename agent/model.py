@@ -22,7 +22,17 @@ __all__ = [
     "SendResult",
     "SmtpReply",
     "Stage",
+    "TlsMode",
 ]
+
+
+class TlsMode(enum.StrEnum):
+    """How a connection (SMTP or IMAP) is protected."""
+
+    STARTTLS = "starttls"  # plain connect, then STARTTLS is required
+    IMPLICIT = "implicit"  # TLS from the first byte (SMTPS 465, IMAPS 993)
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, plain otherwise (MX port 25)
+    NONE = "none"
 
 
 class Outcome(enum.StrEnum):
