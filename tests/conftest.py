@@ -1,0 +1,46 @@
+"""Session fixtures shared by the whole suite: the real mail system on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mailsystem import MailSystem
+
+_TIMINGS: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def mail_system() -> Iterator[MailSystem]:
+    """The real mail system (NSD, Postfix x2, OpenDKIM, rspamd, Dovecot), started once per session.
+
+    Set MAILSYSTEM_KEEP=1 to leave its directory (configs and logs) behind for inspection.
+    """
+    system = MailSystem.create()
+    try:
+        system.start()
+    except Exception:
+        system.stop()
+        raise
+    _TIMINGS.append(f"mail system at {system.root}: {system.timing_report()}")
+    try:
+        yield system
+    finally:
+        system.stop()
+        _TIMINGS.append(f"mail system stopped in {system.timings.get('stop', 0.0):.2f} s")
+        if not os.environ.get("MAILSYSTEM_KEEP"):
+            _remove_tree(system.root)
+
+
+def _remove_tree(root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _TIMINGS:
+        terminalreporter.write_line(line)

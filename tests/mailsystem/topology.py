@@ -1,0 +1,64 @@
+"""The fixed names of the test mail system: domains, accounts, special recipients.
+
+Tests import these to address mail; the ports and paths of a running instance are in `MailSystem`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AUTHSERV_ID",
+    "BAD_DOMAIN",
+    "BOUNCE_ACCOUNT",
+    "DKIM_SELECTOR",
+    "GOOD_DOMAIN",
+    "MX_HOSTNAME",
+    "RCPT_CODES",
+    "SEED_ACCOUNTS",
+    "SEED_DOMAIN",
+    "SENDER_ACCOUNTS",
+    "SPAM_SUBJECT_TOKEN",
+    "SUBMISSION_HOSTNAME",
+    "Account",
+]
+
+GOOD_DOMAIN = "good.test"  # SPF, DKIM and DMARC (p=reject) all set up right
+BAD_DOMAIN = "bad.test"  # SPF excludes the sending IP, no DKIM key, DMARC p=quarantine
+SEED_DOMAIN = "seed.test"  # the seed mailboxes' domain, MX is the receiving Postfix
+SUBMISSION_HOSTNAME = f"mail.{GOOD_DOMAIN}"
+MX_HOSTNAME = f"mx.{SEED_DOMAIN}"
+AUTHSERV_ID = MX_HOSTNAME  # rspamd names the MTA (Postfix myhostname) in Authentication-Results
+DKIM_SELECTOR = "sel1"
+# A Subject containing this token scores as spam in rspamd (GTUBE would skip every other check).
+SPAM_SUBJECT_TOKEN = "XSPAMTRIGGERX"
+
+# Recipients that answer a fixed reply at RCPT, on the submission server and on the MX.
+RCPT_CODES: dict[str, str] = {
+    f"defer-451@{SEED_DOMAIN}": "451 4.7.1 Try again later (test recipient)",
+    f"reject-550@{SEED_DOMAIN}": "550 5.7.1 Rejected by policy (test recipient)",
+    f"full-552@{SEED_DOMAIN}": "552 5.2.2 Mailbox full (test recipient)",
+}
+
+
+@dataclass(frozen=True)
+class Account:
+    address: str
+    password: str = field(repr=False)
+
+    @property
+    def domain(self) -> str:
+        return self.address.rsplit("@", 1)[1]
+
+
+# Submission (SMTP AUTH) accounts: one per sending domain.
+SENDER_ACCOUNTS = (
+    Account(f"sender@{GOOD_DOMAIN}", "good-sender-password"),
+    Account(f"sender@{BAD_DOMAIN}", "bad-sender-password"),
+)
+# Seed mailboxes on the MX, read over IMAP.
+SEED_ACCOUNTS = (
+    Account(f"seed1@{SEED_DOMAIN}", "seed1-password"),
+    Account(f"seed2@{SEED_DOMAIN}", "seed2-password"),
+)
+BOUNCE_ACCOUNT = Account(f"bounces@{SEED_DOMAIN}", "bounces-password")
