@@ -1,0 +1,530 @@
+"""The on-disk record of every probe: sent, awaited, finalized exactly once, kept across restarts.
+
+One SQLite file under the state directory, in WAL mode with `synchronous=FULL`: every committed
+write is fsynced before the call returns, so a crash (even `kill -9` or a power cut) loses nothing
+that was committed. Each public call is one short transaction; the final outcome is set with
+`UPDATE ... WHERE outcome IS NULL`, so exactly one finalizer wins even across two processes.
+
+Life cycle of a probe (its `state`):
+
+    record_sending -> SENDING -record_send_result-> AWAITING (accepted) -finalize-> FINAL
+                                                 `-> UNACCEPTED (not accepted) -finalize-> FINAL
+
+A probe FINAL as `missing` that shows up later is marked late (`mark_late`); its outcome stays.
+
+After a restart, before starting the reaper, the service resolves what the crash interrupted:
+`unsent_interrupted()` lists the probes still SENDING (the transaction may or may not have reached
+the server: finalize them as `error`, kind `closed`, "interrupted by restart") and the probes
+UNACCEPTED but never finalized (finalize them with the outcome their stored `send_result` implies;
+it was committed, so it is not lost). `due()` lists only AWAITING probes, because `missing` means
+"accepted and never seen": a probe still being sent is the sender's to finish, not the reaper's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from agent.model import (
+    AuthResult,
+    AuthVerdicts,
+    ErrorKind,
+    Outcome,
+    ProbeError,
+    SendResult,
+    SmtpReply,
+    Stage,
+)
+
+__all__ = [
+    "LEDGER_FILENAME",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "LedgerError",
+    "ProbeRecord",
+    "ProbeState",
+    "UnknownProbeError",
+]
+
+LEDGER_FILENAME = "ledger.sqlite3"
+SCHEMA_VERSION = 1
+
+# Seconds a writer waits for another connection's write lock before failing; writes are tiny, so
+# hitting this means something is badly wrong, not that the other side is slow.
+_BUSY_TIMEOUT_SECONDS = 10.0
+
+_SCHEMA_V1 = (
+    """
+CREATE TABLE probes (
+    probe_id             TEXT PRIMARY KEY,
+    route                TEXT NOT NULL,
+    mailbox              TEXT NOT NULL,
+    created_at           REAL NOT NULL,
+    deadline_at          REAL NOT NULL,
+    -- send result; accepted IS NULL until record_send_result
+    accepted             INTEGER,
+    accepted_at          REAL,
+    send_duration_seconds REAL,
+    transcript           TEXT,  -- JSON list of replies
+    send_error           TEXT,  -- JSON object or NULL
+    tls_version          TEXT,
+    tls_cert_not_after   REAL,
+    -- final outcome; set once
+    outcome              TEXT,
+    finished_at          REAL,
+    folder               TEXT,
+    latency_seconds      REAL,
+    auth                 TEXT,  -- JSON object or NULL
+    -- seen after being finalized as missing; set once
+    late_seen_at         REAL,
+    late_folder          TEXT,
+    late_latency_seconds REAL
+) STRICT
+""",
+    "CREATE INDEX probes_open ON probes (deadline_at) WHERE outcome IS NULL",
+    "CREATE INDEX probes_created ON probes (created_at)",
+    "CREATE INDEX probes_pair ON probes (route, mailbox, created_at)",
+)
+
+_COLUMNS = (
+    "probe_id, route, mailbox, created_at, deadline_at, accepted, accepted_at,"
+    " send_duration_seconds, transcript, send_error, tls_version, tls_cert_not_after,"
+    " outcome, finished_at, folder, latency_seconds, auth,"
+    " late_seen_at, late_folder, late_latency_seconds"
+)
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be opened, read or written; the message names the file."""
+
+
+class UnknownProbeError(LedgerError):
+    """A call named a probe id the ledger has never recorded (a caller bug)."""
+
+
+class ProbeState(enum.StrEnum):
+    """Where a probe is in its life cycle; derived from which columns are set."""
+
+    SENDING = "sending"  # recorded before the SMTP transaction; no result yet
+    AWAITING = "awaiting"  # accepted by the server; waiting for arrival or the deadline
+    UNACCEPTED = "unaccepted"  # send result stored, not accepted, outcome not yet recorded
+    FINAL = "final"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRecord:
+    """One row of the ledger, decoded."""
+
+    probe_id: str
+    route: str
+    mailbox: str
+    created_at: float
+    deadline_at: float
+    accepted: bool | None  # None until the send result is recorded
+    accepted_at: float | None
+    send_duration_seconds: float | None
+    transcript: tuple[SmtpReply, ...]
+    send_error: ProbeError | None
+    tls_version: str | None
+    tls_cert_not_after: float | None
+    outcome: Outcome | None
+    finished_at: float | None
+    folder: str | None
+    latency_seconds: float | None
+    auth: AuthVerdicts | None
+    late_seen_at: float | None
+    late_folder: str | None
+    late_latency_seconds: float | None
+
+    @property
+    def state(self) -> ProbeState:
+        if self.outcome is not None:
+            return ProbeState.FINAL
+        if self.accepted is None:
+            return ProbeState.SENDING
+        return ProbeState.AWAITING if self.accepted else ProbeState.UNACCEPTED
+
+    @property
+    def send_result(self) -> SendResult | None:
+        """The stored SendResult, rebuilt; None while the probe is still being sent."""
+        if self.accepted is None:
+            return None
+        return SendResult(
+            transcript=self.transcript,
+            accepted=self.accepted,
+            accepted_at=self.accepted_at,
+            duration_seconds=self.send_duration_seconds or 0.0,
+            error=self.send_error,
+            tls_version=self.tls_version,
+            tls_cert_not_after=self.tls_cert_not_after,
+        )
+
+
+class Ledger:
+    """The probe ledger in one SQLite file. Use from one thread; each call commits on return."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        with self._translate("open"):
+            self._conn = sqlite3.connect(
+                self._path,
+                timeout=_BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # autocommit; multi-statement work uses explicit BEGIN
+                check_same_thread=True,  # the "one thread" contract is enforced, not hoped for
+            )
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> Ledger:
+        """Open (creating if needed) the ledger file in `state_dir`."""
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create state directory {state_dir}: {exc}") from exc
+        return cls(Path(state_dir) / LEDGER_FILENAME)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self._path)!r})"
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        with self._translate("open"):
+            # Reading the header first turns "not a database" into an error here, not later.
+            self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            # BEGIN IMMEDIATE: two processes opening a new file at once must not both create it.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_or_create_schema()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def _check_or_create_schema(self) -> None:
+        version: int = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self._path} has schema version {version}, newer than this agent's "
+                f"{SCHEMA_VERSION}; upgrade the agent or move the file away"
+            )
+        if version == 0:
+            tables = self._conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+            if tables:
+                raise LedgerError(f"{self._path} is an SQLite database but not a probe ledger")
+            for statement in _SCHEMA_V1:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return
+        # Versions 1..SCHEMA_VERSION-1 would be migrated here, one step at a time.
+        raise LedgerError(f"ledger {self._path} has unsupported schema version {version}")
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """Translate sqlite3 errors at the edge into LedgerError naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self._path}: cannot {action}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._translate("close"):
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def record_sending(
+        self, *, probe_id: str, route: str, mailbox: str, created_at: float, deadline_at: float
+    ) -> None:
+        """Record a probe before its SMTP transaction starts, so a crash mid-send is known."""
+        with self._translate("record a probe"):
+            try:
+                self._conn.execute(
+                    "INSERT INTO probes (probe_id, route, mailbox, created_at, deadline_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (probe_id, route, mailbox, created_at, deadline_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise LedgerError(
+                    f"ledger {self._path}: probe {probe_id} is already recorded"
+                ) from exc
+
+    def record_send_result(self, probe_id: str, result: SendResult) -> bool:
+        """Store what the sender learned. Returns False if a result or outcome was already stored
+        (the first result stands). Raises UnknownProbeError for a probe never recorded."""
+        with self._translate("record a send result"):
+            cursor = self._conn.execute(
+                "UPDATE probes SET accepted = ?, accepted_at = ?, send_duration_seconds = ?,"
+                " transcript = ?, send_error = ?, tls_version = ?, tls_cert_not_after = ?"
+                " WHERE probe_id = ? AND accepted IS NULL AND outcome IS NULL",
+                (
+                    int(result.accepted),
+                    result.accepted_at,
+                    result.duration_seconds,
+                    json.dumps([_reply_to_json(r) for r in result.transcript]),
+                    None if result.error is None else json.dumps(_error_to_json(result.error)),
+                    result.tls_version,
+                    result.tls_cert_not_after,
+                    probe_id,
+                ),
+            )
+        if cursor.rowcount:
+            return True
+        self._require_known(probe_id)
+        return False
+
+    def finalize(
+        self,
+        probe_id: str,
+        *,
+        outcome: Outcome,
+        finished_at: float,
+        folder: str | None = None,
+        latency_seconds: float | None = None,
+        auth: AuthVerdicts | None = None,
+    ) -> bool:
+        """Set the probe's one final outcome. True only for the call that set it; False if it was
+        already final (or is unknown: an arrival for a pruned or forged id is not a caller bug)."""
+        with self._translate("finalize a probe"):
+            cursor = self._conn.execute(
+                "UPDATE probes SET outcome = ?, finished_at = ?, folder = ?, latency_seconds = ?,"
+                " auth = ? WHERE probe_id = ? AND outcome IS NULL",
+                (
+                    outcome.value,
+                    finished_at,
+                    folder,
+                    latency_seconds,
+                    None if auth is None else json.dumps(_auth_to_json(auth)),
+                    probe_id,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def mark_late(
+        self, probe_id: str, *, seen_at: float, folder: str, latency_seconds: float
+    ) -> bool:
+        """Record that a probe already final as `missing` arrived after all; True the first time."""
+        with self._translate("mark a probe late"):
+            cursor = self._conn.execute(
+                "UPDATE probes SET late_seen_at = ?, late_folder = ?, late_latency_seconds = ?"
+                " WHERE probe_id = ? AND outcome = ? AND late_seen_at IS NULL",
+                (seen_at, folder, latency_seconds, probe_id, Outcome.MISSING.value),
+            )
+        return cursor.rowcount == 1
+
+    def prune(self, older_than: float) -> int:
+        """Delete final probes created before `older_than`; probes still in flight are kept."""
+        with self._translate("prune"):
+            cursor = self._conn.execute(
+                "DELETE FROM probes WHERE created_at < ? AND outcome IS NOT NULL", (older_than,)
+            )
+        return cursor.rowcount
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def get(self, probe_id: str) -> ProbeRecord | None:
+        rows = self._select("WHERE probe_id = ?", (probe_id,))
+        return rows[0] if rows else None
+
+    def in_flight(self) -> list[ProbeRecord]:
+        """Every probe without a final outcome, oldest first."""
+        return self._select("WHERE outcome IS NULL ORDER BY created_at, probe_id", ())
+
+    def due(self, now: float) -> list[ProbeRecord]:
+        """Accepted probes past their deadline and not final: the reaper makes them `missing`."""
+        return self._select(
+            "WHERE outcome IS NULL AND accepted = 1 AND deadline_at <= ?"
+            " ORDER BY deadline_at, probe_id",
+            (now,),
+        )
+
+    def unsent_interrupted(self) -> list[ProbeRecord]:
+        """Probes whose send never reached AWAITING and were never finalized: after a restart,
+        SENDING ones were interrupted mid-transaction, UNACCEPTED ones between send and finalize."""
+        return self._select(
+            "WHERE outcome IS NULL AND (accepted IS NULL OR accepted = 0)"
+            " ORDER BY created_at, probe_id",
+            (),
+        )
+
+    def in_flight_counts(self) -> dict[tuple[str, str], int]:
+        with self._translate("count probes in flight"):
+            rows = self._conn.execute(
+                "SELECT route, mailbox, count(*) FROM probes WHERE outcome IS NULL"
+                " GROUP BY route, mailbox ORDER BY route, mailbox"
+            ).fetchall()
+        return {(route, mailbox): count for route, mailbox, count in rows}
+
+    def recent(self, limit: int) -> list[ProbeRecord]:
+        """The `limit` most recently created probes, newest first."""
+        return self._select("ORDER BY created_at DESC, probe_id DESC LIMIT ?", (limit,))
+
+    def latest_by_pair(self) -> dict[tuple[str, str], ProbeRecord]:
+        """The most recently created probe of each (route, mailbox), in any state."""
+        records = self._select(
+            "WHERE rowid IN (SELECT rowid FROM probes AS p WHERE p.route = probes.route"
+            " AND p.mailbox = probes.mailbox ORDER BY p.created_at DESC, p.probe_id DESC LIMIT 1)"
+            " ORDER BY route, mailbox",
+            (),
+        )
+        return {(r.route, r.mailbox): r for r in records}
+
+    def last_finished_at(self) -> dict[tuple[str, str, Outcome], float]:
+        """Latest `finished_at` per (route, mailbox, outcome): restores the last-outcome gauges
+        after a restart, so "no inbox delivery for N hours" alerts do not fire on every restart."""
+        with self._translate("read last outcomes"):
+            rows = self._conn.execute(
+                "SELECT route, mailbox, outcome, max(finished_at) FROM probes"
+                " WHERE outcome IS NOT NULL GROUP BY route, mailbox, outcome"
+                " ORDER BY route, mailbox, outcome"
+            ).fetchall()
+        try:
+            return {(r, m, Outcome(o)): float(t) for r, m, o, t in rows}
+        except (ValueError, TypeError) as exc:
+            raise LedgerError(f"ledger {self._path}: unreadable outcome: {exc}") from exc
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _require_known(self, probe_id: str) -> None:
+        with self._translate("read a probe"):
+            row = self._conn.execute(
+                "SELECT 1 FROM probes WHERE probe_id = ?", (probe_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownProbeError(f"ledger {self._path}: no probe {probe_id}")
+
+    def _select(self, clause: str, params: tuple[Any, ...]) -> list[ProbeRecord]:
+        with self._translate("read probes"):
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM probes {clause}", params).fetchall()
+        return [self._decode(row) for row in rows]
+
+    def _decode(self, row: tuple[Any, ...]) -> ProbeRecord:
+        try:
+            return _record_from_row(row)
+        except (ValueError, TypeError, KeyError) as exc:
+            # json.JSONDecodeError is a ValueError; so is an enum value this agent does not know.
+            raise LedgerError(f"ledger {self._path}: unreadable probe {row[0]}: {exc}") from exc
+
+
+# -- JSON encoding of the structured columns ------------------------------------------------------
+
+
+def _reply_to_json(reply: SmtpReply) -> dict[str, Any]:
+    return {
+        "stage": reply.stage.value,
+        "code": reply.code,
+        "enhanced_code": reply.enhanced_code,
+        "text": reply.text,
+    }
+
+
+def _reply_from_json(data: dict[str, Any]) -> SmtpReply:
+    return SmtpReply(
+        stage=Stage(data["stage"]),
+        code=int(data["code"]),
+        enhanced_code=data["enhanced_code"],
+        text=str(data["text"]),
+    )
+
+
+def _error_to_json(error: ProbeError) -> dict[str, Any]:
+    return {"stage": error.stage.value, "kind": error.kind.value, "message": error.message}
+
+
+def _error_from_json(data: dict[str, Any]) -> ProbeError:
+    return ProbeError(
+        stage=Stage(data["stage"]), kind=ErrorKind(data["kind"]), message=str(data["message"])
+    )
+
+
+def _auth_to_json(auth: AuthVerdicts) -> dict[str, str | None]:
+    return {
+        method.value: None if result is None else result.value for method, result in auth.items()
+    }
+
+
+def _auth_from_json(data: dict[str, str | None]) -> AuthVerdicts:
+    def result(key: str) -> AuthResult | None:
+        value = data.get(key)
+        return None if value is None else AuthResult(value)
+
+    return AuthVerdicts(
+        spf=result("spf"), dkim=result("dkim"), dmarc=result("dmarc"), arc=result("arc")
+    )
+
+
+def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
+    (
+        probe_id,
+        route,
+        mailbox,
+        created_at,
+        deadline_at,
+        accepted,
+        accepted_at,
+        send_duration_seconds,
+        transcript,
+        send_error,
+        tls_version,
+        tls_cert_not_after,
+        outcome,
+        finished_at,
+        folder,
+        latency_seconds,
+        auth,
+        late_seen_at,
+        late_folder,
+        late_latency_seconds,
+    ) = row
+    return ProbeRecord(
+        probe_id=probe_id,
+        route=route,
+        mailbox=mailbox,
+        created_at=created_at,
+        deadline_at=deadline_at,
+        accepted=None if accepted is None else bool(accepted),
+        accepted_at=accepted_at,
+        send_duration_seconds=send_duration_seconds,
+        transcript=tuple(_reply_from_json(r) for r in json.loads(transcript or "[]")),
+        send_error=None if send_error is None else _error_from_json(json.loads(send_error)),
+        tls_version=tls_version,
+        tls_cert_not_after=tls_cert_not_after,
+        outcome=None if outcome is None else Outcome(outcome),
+        finished_at=finished_at,
+        folder=folder,
+        latency_seconds=latency_seconds,
+        auth=None if auth is None else _auth_from_json(json.loads(auth)),
+        late_seen_at=late_seen_at,
+        late_folder=late_folder,
+        late_latency_seconds=late_latency_seconds,
+    )

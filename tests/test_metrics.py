@@ -1,0 +1,472 @@
+"""The metric catalog and recorder: names, pre-created bounded series, values, golden exposition.
+
+The golden test compares the exposition of a fixed sequence of results with tests/golden/metrics.txt
+byte for byte. After an intended change, regenerate it and review the diff:
+
+    DELIVERABILITY_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_metrics.py -k golden
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.metrics import (
+    AUTH_RESULTS,
+    CATALOG,
+    DELIVERY_SECONDS,
+    PREFIX,
+    PROBES,
+    SMTP_ERRORS,
+    MetricKind,
+    MetricSpec,
+    Recorder,
+    exposition,
+    new_registry,
+    start_metrics_server,
+)
+from agent.model import (
+    AuthMethod,
+    AuthResult,
+    AuthVerdicts,
+    ErrorKind,
+    ImapErrorKind,
+    Outcome,
+    ProbeError,
+    SendResult,
+    SmtpReply,
+    Stage,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+UPDATE_GOLDEN_ENV = "DELIVERABILITY_UPDATE_GOLDEN"
+
+T0 = 1_700_000_000.0
+ROUTE = "submission"
+GMAIL = "gmail-seed"
+OUTLOOK = "outlook-seed"
+PROBE_ID = "pr0be-5f2c9a"  # appears in reply text, as real servers echo queue ids
+
+ACCEPTED = SendResult(
+    transcript=(
+        SmtpReply(Stage.BANNER, 220, None, "mx.example ESMTP"),
+        SmtpReply(Stage.EHLO, 250, None, "mx.example"),
+        SmtpReply(Stage.STARTTLS, 220, "2.0.0", "Ready to start TLS"),
+        SmtpReply(Stage.EHLO, 250, None, "mx.example"),
+        SmtpReply(Stage.AUTH, 235, "2.7.0", "Authentication successful"),
+        SmtpReply(Stage.MAIL, 250, "2.1.0", "Ok"),
+        SmtpReply(Stage.RCPT, 250, "2.1.5", "Ok"),
+        SmtpReply(Stage.DATA, 354, None, "End data with <CR><LF>.<CR><LF>"),
+        SmtpReply(Stage.END_OF_DATA, 250, "2.0.0", f"Ok: queued as {PROBE_ID}"),
+        SmtpReply(Stage.QUIT, 221, "2.0.0", "Bye"),
+    ),
+    accepted=True,
+    accepted_at=T0 + 0.4,
+    duration_seconds=0.42,
+    tls_version="TLSv1.3",
+    tls_cert_not_after=T0 + 90 * 86_400,
+)
+REJECTED = SendResult(
+    transcript=(
+        SmtpReply(Stage.BANNER, 220, None, "mx.example ESMTP"),
+        SmtpReply(Stage.EHLO, 250, None, "mx.example"),
+        SmtpReply(Stage.MAIL, 250, "2.1.0", "Ok"),
+        SmtpReply(Stage.RCPT, 550, "5.1.1", f"<{PROBE_ID}@seed.example>: no such user"),
+    ),
+    accepted=False,
+    accepted_at=None,
+    duration_seconds=0.2,
+)
+TIMED_OUT = SendResult(
+    transcript=(),
+    accepted=False,
+    accepted_at=None,
+    duration_seconds=30.0,
+    error=ProbeError(Stage.CONNECT, ErrorKind.TIMEOUT, "connect to mx.example:587 timed out"),
+)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return new_registry()
+
+
+@pytest.fixture
+def recorder(registry: CollectorRegistry) -> Recorder:
+    return Recorder(registry, version="1.2.3")
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], float]]:
+    for family in registry.collect():
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
+
+
+def play_fixed_sequence(recorder: Recorder) -> None:
+    """The results the golden file shows: one route, two seed mailboxes, every kind of event."""
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.config_reloaded(True, T0)
+    for mailbox in (GMAIL, OUTLOOK, GMAIL, OUTLOOK):
+        recorder.probe_sent(ROUTE, mailbox)
+    recorder.smtp_result(ROUTE, ACCEPTED)
+    recorder.smtp_result(ROUTE, ACCEPTED)
+    recorder.smtp_result(ROUTE, REJECTED)
+    recorder.smtp_result(ROUTE, TIMED_OUT)
+    recorder.probe_final(
+        ROUTE,
+        GMAIL,
+        Outcome.INBOX,
+        finished_at=T0 + 5.0,
+        latency_seconds=4.6,
+        auth=AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS),
+    )
+    recorder.probe_final(
+        ROUTE, OUTLOOK, Outcome.REJECTED, finished_at=T0 + 6.0, latency_seconds=None, auth=None
+    )
+    recorder.probe_final(
+        ROUTE, GMAIL, Outcome.ERROR, finished_at=T0 + 36.0, latency_seconds=None, auth=None
+    )
+    recorder.probe_final(
+        ROUTE, OUTLOOK, Outcome.MISSING, finished_at=T0 + 600.0, latency_seconds=None, auth=None
+    )
+    recorder.probe_late(ROUTE, OUTLOOK)
+    recorder.set_in_flight({(ROUTE, GMAIL): 1})
+    recorder.imap_state(GMAIL, True)
+    recorder.imap_state(OUTLOOK, False)
+    recorder.imap_error(OUTLOOK, ImapErrorKind.TIMEOUT)
+    recorder.forged_message(GMAIL)
+    recorder.malformed_message(OUTLOOK)
+
+
+def test_metrics_exposition_matches_golden_file(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    play_fixed_sequence(recorder)
+    rendered = exposition(registry)
+    if os.environ.get(UPDATE_GOLDEN_ENV) == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_bytes(rendered)
+    assert rendered == GOLDEN.read_bytes()
+
+
+def test_metrics_catalog_and_registry_match_both_ways(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    play_fixed_sequence(recorder)
+    registered = {}
+    for family in registry.collect():
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels: set[tuple[str, ...]] = set()
+        for sample in family.samples:
+            labels.add(tuple(k for k in sample.labels if k != "le"))
+        registered[name] = (family.type, family.documentation, labels)
+
+    assert set(registered) == {spec.name for spec in CATALOG}
+    for spec in CATALOG:
+        kind, documentation, labels = registered[spec.name]
+        assert (kind, documentation) == (spec.kind.value, spec.help), spec.name
+        # Every metric has samples after the fixed sequence, all with exactly the catalog's labels.
+        assert labels == {spec.labels}, spec.name
+
+
+def test_metrics_catalog_names_follow_prometheus_conventions() -> None:
+    names = [spec.name for spec in CATALOG]
+    assert len(names) == len(set(names))
+    for spec in CATALOG:
+        assert spec.name.startswith(PREFIX)
+        assert spec.help.endswith("."), spec.name
+        if spec.name.endswith(("_timestamp_seconds", "_info", "_up", "_successful")):
+            assert spec.kind is MetricKind.GAUGE, spec.name
+    assert DELIVERY_SECONDS.buckets is not None
+    assert (DELIVERY_SECONDS.buckets[0], DELIVERY_SECONDS.buckets[-1]) == (1, 3600)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "buckets"),
+    [
+        ("deliverability_things", MetricKind.COUNTER, None),
+        ("deliverability_things_total", MetricKind.GAUGE, None),
+        ("things_total", MetricKind.COUNTER, None),
+        ("deliverability_things_seconds", MetricKind.HISTOGRAM, None),
+        ("deliverability_things", MetricKind.GAUGE, (1.0,)),
+    ],
+)
+def test_metrics_spec_rejects_unconventional_definitions(
+    name: str, kind: MetricKind, buckets: tuple[float, ...] | None
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        MetricSpec(name, kind, "Help.", (), buckets)
+
+
+def test_metrics_no_label_identifies_a_probe_or_message(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    forbidden = {"probe_id", "probe", "message_id", "recipient", "subject", "text", "token"}
+    for spec in CATALOG:
+        assert not forbidden & set(spec.labels), spec.name
+
+    play_fixed_sequence(recorder)
+    assert PROBE_ID.encode() not in exposition(registry)  # reply text never becomes a label
+    bounded = (
+        {ROUTE, GMAIL, OUTLOOK, "1.2.3", "TLSv1.3", ""}
+        | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ImapErrorKind)}
+        | {str(m) for m in (*AuthMethod, *AuthResult)}
+        | {"2xx", "3xx", "4xx", "5xx", "invalid"}
+    )
+    for name, labels, _ in samples(registry):
+        for key, label in labels.items():
+            if key == "le":
+                continue
+            if key == "code":
+                assert label.isdigit() and len(label) == 3, (name, label)
+            elif key == "enhanced_code":
+                assert label == "" or label[0] in "245", (name, label)
+            else:
+                assert label in bounded, (name, key, label)
+
+
+def test_metrics_declare_precreates_every_bounded_series_at_zero(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+
+    pair = {"route": ROUTE, "mailbox": GMAIL}
+    for outcome in Outcome:
+        assert value(registry, PROBES.name, **pair, outcome=outcome.value) == 0
+        assert (
+            value(
+                registry,
+                "deliverability_last_outcome_timestamp_seconds",
+                **pair,
+                outcome=outcome.value,
+            )
+            == 0
+        )
+    for method in AuthMethod:
+        for result in AuthResult:
+            labels = {**pair, "method": method.value, "result": result.value}
+            assert value(registry, AUTH_RESULTS.name, **labels) == 0
+    for stage in Stage:
+        for kind in ErrorKind:
+            labels = {"route": ROUTE, "stage": stage.value, "kind": kind.value}
+            assert value(registry, SMTP_ERRORS.name, **labels) == 0
+    for imap_kind in ImapErrorKind:
+        labels = {"mailbox": GMAIL, "kind": imap_kind.value}
+        assert value(registry, "deliverability_imap_errors_total", **labels) == 0
+    assert value(registry, "deliverability_probes_sent_total", **pair) == 0
+    assert value(registry, "deliverability_probes_in_flight", **pair) == 0
+    assert value(registry, "deliverability_late_probes_total", **pair) == 0
+    assert value(registry, "deliverability_delivery_seconds_count", **pair) == 0
+    assert value(registry, "deliverability_smtp_transaction_seconds_count", route=ROUTE) == 0
+    assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 0
+    assert value(registry, "deliverability_forged_messages_total", mailbox=GMAIL) == 0
+    assert value(registry, "deliverability_malformed_messages_total", mailbox=GMAIL) == 0
+    # Created only when seen: reply codes, and TLS facts (0 would read as "expired in 1970").
+    names = {name for name, _, _ in samples(registry)}
+    assert "deliverability_smtp_replies_total" not in names
+    assert "deliverability_tls_cert_expiry_timestamp_seconds" not in names
+    assert "deliverability_tls_version_info" not in names
+
+
+def test_metrics_redeclare_adds_new_pairs_removes_stale_and_keeps_values(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([("old-route", GMAIL), (ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.probe_sent(ROUTE, GMAIL)
+    recorder.probe_sent("old-route", GMAIL)
+    recorder.smtp_result("old-route", ACCEPTED)
+    recorder.forged_message(OUTLOOK)
+
+    recorder.declare([(ROUTE, GMAIL), ("new-route", GMAIL)])
+
+    assert value(registry, "deliverability_probes_sent_total", route=ROUTE, mailbox=GMAIL) == 1
+    new_pair = {"route": "new-route", "mailbox": GMAIL}
+    assert value(registry, "deliverability_probes_sent_total", **new_pair) == 0
+    assert value(registry, PROBES.name, **new_pair, outcome="inbox") == 0
+    for name, labels, _ in samples(registry):
+        assert labels.get("route") != "old-route", name
+        assert labels.get("mailbox") != OUTLOOK, name
+        assert (labels.get("route"), labels.get("mailbox")) != (ROUTE, OUTLOOK), name
+
+
+def test_metrics_probe_final_counts_outcome_latency_auth_and_time(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    pair = {"route": ROUTE, "mailbox": GMAIL}
+    recorder.probe_final(
+        ROUTE,
+        GMAIL,
+        Outcome.SPAM,
+        finished_at=T0 + 12.0,
+        latency_seconds=11.5,
+        auth=AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.FAIL),
+    )
+
+    assert value(registry, PROBES.name, **pair, outcome="spam") == 1
+    assert value(registry, PROBES.name, **pair, outcome="inbox") == 0
+    assert (
+        value(registry, "deliverability_last_outcome_timestamp_seconds", **pair, outcome="spam")
+        == T0 + 12.0
+    )
+    assert value(registry, "deliverability_delivery_seconds_count", **pair) == 1
+    assert value(registry, "deliverability_delivery_seconds_sum", **pair) == 11.5
+    assert value(registry, "deliverability_delivery_seconds_bucket", **pair, le="10.0") == 0
+    assert value(registry, "deliverability_delivery_seconds_bucket", **pair, le="15.0") == 1
+    assert value(registry, AUTH_RESULTS.name, **pair, method="spf", result="pass") == 1
+    assert value(registry, AUTH_RESULTS.name, **pair, method="dkim", result="fail") == 1
+    # Methods the receiver did not report are not counted as anything.
+    for result in AuthResult:
+        assert value(registry, AUTH_RESULTS.name, **pair, method="dmarc", result=result) == 0
+
+
+def test_metrics_smtp_result_counts_replies_errors_duration_and_tls(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    recorder.smtp_result(ROUTE, ACCEPTED)
+    recorder.smtp_result(ROUTE, REJECTED)
+    recorder.smtp_result(ROUTE, TIMED_OUT)
+
+    def replies(stage: Stage, code: str, enhanced: str, reply_class: str) -> float | None:
+        labels = {"route": ROUTE, "stage": stage.value, "code": code, "enhanced_code": enhanced}
+        # "class" is a Python keyword, so these labels go in as a dict.
+        return registry.get_sample_value(
+            "deliverability_smtp_replies_total", {**labels, "class": reply_class}
+        )
+
+    assert replies(Stage.BANNER, "220", "", "2xx") == 2
+    assert replies(Stage.EHLO, "250", "", "2xx") == 3
+    assert replies(Stage.DATA, "354", "", "3xx") == 1
+    assert replies(Stage.RCPT, "550", "5.1.1", "5xx") == 1
+    assert replies(Stage.END_OF_DATA, "250", "2.0.0", "2xx") == 1
+    errors = {"route": ROUTE, "stage": "connect", "kind": "timeout"}
+    assert value(registry, SMTP_ERRORS.name, **errors) == 1
+    assert value(registry, SMTP_ERRORS.name, route=ROUTE, stage="rcpt", kind="protocol") == 0
+    assert value(registry, "deliverability_smtp_transaction_seconds_count", route=ROUTE) == 3
+    assert value(registry, "deliverability_smtp_transaction_seconds_sum", route=ROUTE) == 30.62
+    assert (
+        value(registry, "deliverability_tls_cert_expiry_timestamp_seconds", route=ROUTE)
+        == T0 + 90 * 86_400
+    )
+    assert value(registry, "deliverability_tls_version_info", route=ROUTE, version="TLSv1.3") == 1
+
+
+def test_metrics_malformed_enhanced_code_gets_one_bounded_label(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    for junk in ("5.1.1-evil", "x.y.z", "9.9.9", "5.1234.1"):
+        result = SendResult(
+            transcript=(SmtpReply(Stage.RCPT, 550, junk, "no"),),
+            accepted=False,
+            accepted_at=None,
+            duration_seconds=0.1,
+        )
+        recorder.smtp_result(ROUTE, result)
+
+    labels = {"route": ROUTE, "stage": "rcpt", "code": "550", "class": "5xx"}
+    replies = "deliverability_smtp_replies_total"
+    assert value(registry, replies, **labels, enhanced_code="invalid") == 4
+    reply_series = [n for n, _, _ in samples(registry) if n == replies]
+    assert len(reply_series) == 1
+
+
+def test_metrics_tls_version_change_replaces_the_info_series(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    old = SendResult(
+        transcript=(), accepted=True, accepted_at=T0, duration_seconds=0.1, tls_version="TLSv1.2"
+    )
+    recorder.smtp_result(ROUTE, old)
+    recorder.smtp_result(ROUTE, ACCEPTED)
+
+    assert value(registry, "deliverability_tls_version_info", route=ROUTE, version="TLSv1.3") == 1
+    assert (
+        value(registry, "deliverability_tls_version_info", route=ROUTE, version="TLSv1.2") is None
+    )
+
+
+def test_metrics_set_in_flight_zeroes_declared_pairs_absent_from_counts(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.set_in_flight({(ROUTE, GMAIL): 2, (ROUTE, OUTLOOK): 1, ("gone", GMAIL): 1})
+    recorder.set_in_flight({(ROUTE, OUTLOOK): 3})
+
+    in_flight = "deliverability_probes_in_flight"
+    assert value(registry, in_flight, route=ROUTE, mailbox=GMAIL) == 0
+    assert value(registry, in_flight, route=ROUTE, mailbox=OUTLOOK) == 3
+    assert value(registry, in_flight, route="gone", mailbox=GMAIL) is None
+
+
+def test_metrics_mailbox_watcher_events(recorder: Recorder, registry: CollectorRegistry) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    recorder.imap_state(GMAIL, True)
+    assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 1
+    recorder.imap_error(GMAIL, ImapErrorKind.AUTH)
+    recorder.imap_state(GMAIL, False)
+    recorder.forged_message(GMAIL)
+    recorder.malformed_message(GMAIL)
+    recorder.malformed_message(GMAIL)
+
+    assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 0
+    assert value(registry, "deliverability_imap_errors_total", mailbox=GMAIL, kind="auth") == 1
+    assert value(registry, "deliverability_forged_messages_total", mailbox=GMAIL) == 1
+    assert value(registry, "deliverability_malformed_messages_total", mailbox=GMAIL) == 2
+
+
+def test_metrics_failed_reload_clears_success_but_keeps_its_time(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.config_reloaded(True, T0)
+    recorder.config_reloaded(False, T0 + 60.0)
+
+    assert value(registry, "deliverability_config_last_reload_successful") == 0
+    assert value(registry, "deliverability_config_last_reload_success_timestamp_seconds") == T0
+
+
+def test_metrics_probe_sent_late_and_build_info(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.probe_sent(ROUTE, GMAIL)
+    recorder.probe_sent(ROUTE, GMAIL)
+    recorder.probe_late(ROUTE, GMAIL)
+
+    pair = {"route": ROUTE, "mailbox": GMAIL}
+    assert value(registry, "deliverability_probes_sent_total", **pair) == 2
+    assert value(registry, "deliverability_late_probes_total", **pair) == 1
+    assert value(registry, "deliverability_build_info", version="1.2.3") == 1
+
+
+def test_metrics_restore_last_outcomes_after_restart(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    recorder.restore_last_outcomes({(ROUTE, GMAIL, Outcome.INBOX): T0 + 7.0})
+
+    name = "deliverability_last_outcome_timestamp_seconds"
+    assert value(registry, name, route=ROUTE, mailbox=GMAIL, outcome="inbox") == T0 + 7.0
+    assert value(registry, name, route=ROUTE, mailbox=GMAIL, outcome="spam") == 0
+
+
+def test_metrics_server_serves_the_registry(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    server = start_metrics_server(registry, host="127.0.0.1", port=0)
+    try:
+        assert server.port != 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+            body = resp.read()
+    finally:
+        server.close()
+    assert body == exposition(registry)
