@@ -30,10 +30,12 @@ from tests.mailsystem.topology import (
     BOUNCE_ACCOUNT,
     GOOD_DOMAIN,
     MX_HOSTNAME,
+    POOL_ACCOUNTS,
     SEED_ACCOUNTS,
     SEED_DOMAIN,
     SENDER_ACCOUNTS,
     SUBMISSION_HOSTNAME,
+    Account,
 )
 
 __all__ = ["DEBIAN_PACKAGES", "MailSystem", "MailSystemError", "ensure_installed"]
@@ -140,6 +142,7 @@ class MailSystem:
     root: Path
     ports: Ports
     timings: dict[str, float] = field(default_factory=dict)
+    _pool_used: int = 0
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -165,6 +168,14 @@ class MailSystem:
         return Layout(self.root)
 
     # --- addresses tests use --------------------------------------------------------------------
+
+    def new_mailbox(self) -> Account:
+        """A seed mailbox (address and IMAP password) that no other test of this session uses."""
+        if self._pool_used >= len(POOL_ACCOUNTS):
+            raise MailSystemError(f"all {len(POOL_ACCOUNTS)} pool mailboxes are in use")
+        account = POOL_ACCOUNTS[self._pool_used]
+        self._pool_used += 1
+        return account
 
     @property
     def ca_file(self) -> Path:
@@ -217,7 +228,7 @@ class MailSystem:
             (lay.dns / f"{zone}.zone").write_text(text)
         (lay.dns / "nsd.conf").write_text(configs.nsd_conf(lay, self.ports, list(zones)))
 
-        accounts = [*SEED_ACCOUNTS, BOUNCE_ACCOUNT]
+        accounts = [*SEED_ACCOUNTS, BOUNCE_ACCOUNT, *POOL_ACCOUNTS]
         for config_dir, main_cf, master_cf in (
             (
                 lay.postfix_out,

@@ -14,6 +14,7 @@ __all__ = [
     "DKIM_SELECTOR",
     "GOOD_DOMAIN",
     "MX_HOSTNAME",
+    "POOL_ACCOUNTS",
     "RCPT_CODES",
     "SEED_ACCOUNTS",
     "SEED_DOMAIN",
@@ -62,3 +63,8 @@ SEED_ACCOUNTS = (
     Account(f"seed2@{SEED_DOMAIN}", "seed2-password"),
 )
 BOUNCE_ACCOUNT = Account(f"bounces@{SEED_DOMAIN}", "bounces-password")
+# A pool of further seed mailboxes: each test takes fresh ones (MailSystem.new_mailbox()) so no
+# test ever sees another's leftovers.
+POOL_ACCOUNTS = tuple(
+    Account(f"box{i:03d}@{SEED_DOMAIN}", f"box{i:03d}-password") for i in range(200)
+)
