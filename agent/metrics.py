@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import enum
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from wsgiref.types import WSGIApplication
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,7 +27,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 
 from agent import __version__
@@ -68,11 +67,10 @@ __all__ = [
     "TLS_VERSION_INFO",
     "MetricKind",
     "MetricSpec",
-    "MetricsServer",
     "Recorder",
     "exposition",
+    "metrics_app",
     "new_registry",
-    "start_metrics_server",
 ]
 
 # `_created` series add one wall-clock sample per child that no dashboard or alert here uses, and
@@ -470,24 +468,7 @@ class Recorder:
         self._c(MALFORMED_MESSAGES, mailbox).inc()
 
 
-class MetricsServer:
-    """The /metrics HTTP endpoint, served from a daemon thread by prometheus_client."""
-
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
-        self._server = server
-        self._thread = thread
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
-def start_metrics_server(registry: CollectorRegistry, *, host: str, port: int) -> MetricsServer:
-    """Serve `registry` over HTTP on host:port (port 0 picks a free one; read it from `.port`)."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    return MetricsServer(server, thread)
+def metrics_app(registry: CollectorRegistry) -> WSGIApplication:
+    """A WSGI app serving `registry`, with prometheus_client's content negotiation and gzip."""
+    app: WSGIApplication = make_wsgi_app(registry)
+    return app

@@ -9,7 +9,6 @@ byte for byte. After an intended change, regenerate it and review the diff:
 from __future__ import annotations
 
 import os
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from agent.metrics import (
     Recorder,
     exposition,
     new_registry,
-    start_metrics_server,
 )
 from agent.model import (
     AuthMethod,
@@ -456,17 +454,3 @@ def test_metrics_restore_last_outcomes_after_restart(
     name = "deliverability_last_outcome_timestamp_seconds"
     assert value(registry, name, route=ROUTE, mailbox=GMAIL, outcome="inbox") == T0 + 7.0
     assert value(registry, name, route=ROUTE, mailbox=GMAIL, outcome="spam") == 0
-
-
-def test_metrics_server_serves_the_registry(
-    recorder: Recorder, registry: CollectorRegistry
-) -> None:
-    recorder.declare([(ROUTE, GMAIL)])
-    server = start_metrics_server(registry, host="127.0.0.1", port=0)
-    try:
-        assert server.port != 0
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
-            body = resp.read()
-    finally:
-        server.close()
-    assert body == exposition(registry)

@@ -1,0 +1,52 @@
+"""Configured secrets never reach the log, whatever a log call or a traceback contains."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from agent.log_redaction import MASK, SecretRedactingFilter
+
+
+def _logger(secrets: list[str]) -> tuple[logging.Logger, io.StringIO, SecretRedactingFilter]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    redactor = SecretRedactingFilter(secrets)
+    handler.addFilter(redactor)
+    logger = logging.getLogger(f"test-redaction-{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    return logger, stream, redactor
+
+
+def test_secret_in_arguments_is_masked() -> None:
+    logger, stream, _ = _logger(["hunter2-password"])
+    logger.warning("login failed for %s with %s", "user", "hunter2-password")
+    assert stream.getvalue() == f"login failed for user with {MASK}\n"
+
+
+def test_secret_in_a_traceback_is_masked() -> None:
+    logger, stream, _ = _logger(["s3cr3t-token-value"])
+    try:
+        raise RuntimeError("server said: s3cr3t-token-value")
+    except RuntimeError:
+        logger.exception("boom")
+    assert "s3cr3t-token-value" not in stream.getvalue()
+    assert MASK in stream.getvalue()
+
+
+def test_longer_secret_is_masked_whole_and_update_adds_secrets() -> None:
+    logger, stream, redactor = _logger(["abcd", "abcdefgh"])
+    logger.info("abcdefgh abcd")
+    redactor.update([*redactor.secrets, "newsecret"])
+    logger.info("newsecret")
+    assert stream.getvalue() == f"{MASK} {MASK}\n{MASK}\n"
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    # A one-character "password" would mask every such character in every line.
+    logger, stream, _ = _logger(["a"])
+    logger.info("a b c")
+    assert stream.getvalue() == "a b c\n"
