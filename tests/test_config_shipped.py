@@ -1,0 +1,121 @@
+"""The shipped config.yaml, its commented examples and docs/configuration.md stay correct."""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.config import Config, load_config
+from agent.model import TlsMode
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "config.yaml"
+DOCS = ROOT / "docs" / "configuration.md"
+EXAMPLE_RE = re.compile(r"^\s*# --- example: .* ---$")
+
+
+def _uncomment_examples(text: str) -> tuple[str, int]:
+    """`text` with every "# --- example" block uncommented in place, as a user would do it."""
+    lines = text.splitlines()
+    out: list[str] = []
+    blocks = 0
+    in_block = False
+    for line in lines:
+        if EXAMPLE_RE.match(line):
+            in_block, blocks = True, blocks + 1
+            out.append(line)
+        elif in_block and re.match(r"^\s*# ", line):
+            out.append(re.sub(r"^(\s*)# ", r"\1", line, count=1))
+        else:
+            in_block = False
+            out.append(line)
+    return "\n".join(out) + "\n", blocks
+
+
+def test_config_shipped_loads_without_any_environment() -> None:
+    config = load_config(SHIPPED, environ={})
+
+    assert [route.host for route in config.routes] == ["127.0.0.1"]
+    assert [mailbox.host for mailbox in config.mailboxes] == ["127.0.0.1"]
+    route, mailbox = config.routes[0], config.mailboxes[0]
+    assert (route.port, route.tls) == (587, TlsMode.STARTTLS)
+    assert (mailbox.port, mailbox.tls) == (993, TlsMode.IMPLICIT)
+    assert config.secret.get_secret_value().startswith("change-me")
+    assert config.state_dir == ROOT / "state"
+    assert len(config.pairs()) == 1
+
+
+def test_config_shipped_takes_the_secret_from_the_environment() -> None:
+    config = load_config(SHIPPED, environ={"DELIVERABILITY_SECRET": "s" * 32})
+    assert config.secret.get_secret_value() == "s" * 32
+
+
+def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> None:
+    text, blocks = _uncomment_examples(SHIPPED.read_text(encoding="utf-8"))
+    assert blocks == 5
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "m365-seed-password").write_text("m365-password\n", encoding="utf-8")
+    environ = {
+        "SUBMISSION_PASSWORD": "submission-password",
+        "RELAY_PASSWORD": "relay-password",
+        "GMAIL_APP_PASSWORD": "gmail-app-password",
+    }
+
+    config = load_config(path, environ=environ)
+
+    submission, relay = config.route("provider-submission"), config.route("relay-465")
+    assert (submission.port, submission.tls, submission.tls_verify) == (587, TlsMode.STARTTLS, True)
+    assert submission.auth is not None
+    assert submission.auth.password.get_secret_value() == "submission-password"
+    assert (relay.port, relay.tls) == (465, TlsMode.IMPLICIT)
+    gmail, m365 = config.mailbox("gmail-seed"), config.mailbox("m365-seed")
+    assert (gmail.host, gmail.port, gmail.tls) == ("imap.gmail.com", 993, TlsMode.IMPLICIT)
+    assert gmail.folders.junk == "[Gmail]/Spam"
+    assert gmail.trusted_authserv_ids == ("mx.google.com",)
+    assert (m365.host, m365.folders.junk) == ("outlook.office365.com", "Junk Email")
+    assert m365.auth.password.get_secret_value() == "m365-password"
+    pairs = [(route.name, mailbox.name) for route, mailbox in config.pairs()]
+    assert pairs == [("provider-submission", "gmail-seed"), ("relay-465", "m365-seed")]
+
+
+def test_config_docs_complete_example_validates(tmp_path: Path) -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    match = re.search(r"<!-- example: complete -->\n```yaml\n(.*?)```", docs, re.DOTALL)
+    assert match is not None
+    path = tmp_path / "config.yaml"
+    path.write_text(match.group(1), encoding="utf-8")
+    environ = {
+        name: f"{name.lower()}-value-long-enough"
+        for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", match.group(1))
+    }
+    config = load_config(path, environ=environ)
+    assert len(config.pairs()) == 3
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+
+
+def _keys(model: type[BaseModel]) -> set[str]:
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        keys.add(field.alias or name)
+        for inner in _models_in(field.annotation):
+            keys |= _keys(inner)
+    return keys
+
+
+def test_config_docs_describe_every_key() -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    keys = _keys(Config)
+    assert {"listen", "password_file", "trusted_authserv_ids", "pairs", "extra"} <= keys
+    undocumented = sorted(key for key in keys if f"| `{key}`" not in docs)
+    assert not undocumented, f"keys missing from docs/configuration.md: {undocumented}"
