@@ -1,0 +1,612 @@
+"""SMTP sender adapter: hand one probe to one route and report every server reply.
+
+The only module that imports aiosmtplib. Each stage is driven explicitly with aiosmtplib's low-level
+client (connect, EHLO, STARTTLS, EHLO again, AUTH, MAIL, RCPT per recipient, DATA, QUIT) so the
+whole transcript is kept, banner included. A 4xx/5xx reply ends the transaction and is reported in
+the transcript, not as an error; anything that leaves no server verdict (connect, TLS, timeout,
+protocol, closed connection, and AUTH refusals) becomes a `ProbeError`. One deadline
+(`total_timeout`) bounds the whole transaction; per-stage timeouts are backstops.
+
+Choices worth knowing:
+
+* AUTH refused with a 5xx (535 bad credentials, 534/538 policy, 504 mechanism) is an ERROR of kind
+  `auth`: it says nothing about the route's treatment of mail, it means our credentials or
+  settings are wrong. The reply is still in the transcript. A 4xx at AUTH is DEFERRED, like any 4xx.
+* aiosmtplib's `data()` hides the 354 and raises the same exception for a bad 354 and a bad
+  end-of-data reply, so DATA is sent with `execute_command` and the body with the protocol's
+  `write` and `read_response`: both replies are recorded (`Stage.DATA`, `Stage.END_OF_DATA`).
+* When the TLS handshake after a 220 to STARTTLS fails, aiosmtplib does not return that 220, so
+  the transcript lacks it; the error says stage `starttls`. AUTH's 334 challenges are not recorded.
+* Credentials are never sent over an unencrypted connection unless the route says `tls: none`: in
+  `opportunistic` mode without STARTTLS that is an error of kind `tls` at stage `auth`.
+* A plain client on an implicit-TLS port gets no greeting (the server waits for a ClientHello).
+  After `_TLS_SNIFF_AFTER` seconds without a greeting, a second connection sends a TLS ClientHello;
+  a TLS record in answer fails the probe with kind `tls`. The sniff uses its own connection so a
+  server that greets slowly on purpose (greet pause) still gets an untouched session.
+* A 4xx/5xx at EHLO ends the transaction (no HELO fallback: STARTTLS and AUTH need ESMTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from aiosmtplib.errors import (
+    SMTPException,
+    SMTPReadTimeoutError,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+)
+from aiosmtplib.response import SMTPResponse
+
+from agent.model import (
+    ErrorKind,
+    Outcome,
+    ProbeError,
+    ReplyClass,
+    SendResult,
+    SmtpReply,
+    Stage,
+    TlsMode,
+)
+
+__all__ = [
+    "SmtpTarget",
+    "deciding_reply",
+    "parse_enhanced_code",
+    "send_probe",
+    "verdict_of",
+]
+
+_ENHANCED_CODE = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?=\s|$)")
+_PLAIN_ADDRESS = re.compile(r"[!-;=?-~]*")  # printable ASCII but "<" and ">"; empty: null sender
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_TLS_SNIFF_AFTER = 2.0  # seconds without a greeting before checking for implicit TLS
+_TLS_SNIFF_TIMEOUT = 3.0
+_QUIT_GRACE = 2.0  # QUIT is a courtesy: never wait long for it
+_IMPLICIT_TLS_PORT = 465
+_REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SmtpTarget:
+    """Where and how to submit a probe: one configured SMTP route."""
+
+    route: str
+    host: str
+    port: int
+    tls: TlsMode
+    tls_verify: bool
+    ca_file: Path | None = None  # verify against this CA bundle instead of the system's
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ehlo_name: str
+    connect_timeout: float  # TCP connect (DNS included)
+    stage_timeout: float  # each reply, and each TLS handshake
+    total_timeout: float  # the whole transaction
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+        for name in ("connect_timeout", "stage_timeout", "total_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+
+
+def parse_enhanced_code(text: str) -> str | None:
+    """The RFC 3463 enhanced status code at the start of a reply's text ("5.1.1"), if any."""
+    match = _ENHANCED_CODE.match(text)
+    return match.group(1) if match else None
+
+
+def deciding_reply(result: SendResult) -> SmtpReply | None:
+    """The reply that decided the transaction: the last one before the courtesy QUIT."""
+    for reply in reversed(result.transcript):
+        if reply.stage is not Stage.QUIT:
+            return reply
+    return None
+
+
+def verdict_of(result: SendResult) -> Outcome | None:
+    """None when the server accepted the probe (await its arrival), else its final outcome.
+
+    REJECTED when a 5xx ended the transaction, DEFERRED when a 4xx did, ERROR when there is no
+    SMTP verdict (`result.error` is set); an AUTH refusal is an ERROR of kind `auth`.
+    """
+    if result.error is not None:
+        return Outcome.ERROR
+    if result.accepted:
+        return None
+    reply = deciding_reply(result)
+    reply_class = reply.reply_class if reply is not None else ReplyClass.INVALID
+    if reply_class is ReplyClass.PERMANENT:
+        return Outcome.REJECTED
+    if reply_class is ReplyClass.TRANSIENT:
+        return Outcome.DEFERRED
+    return Outcome.ERROR
+
+
+async def send_probe(
+    target: SmtpTarget,
+    *,
+    envelope_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+) -> SendResult:
+    """Submit `message` through `target`; never raises for network or server trouble.
+
+    Raises ValueError, before any I/O, for arguments no server could be sent: no recipients, or
+    an address with whitespace, angle brackets or non-ASCII characters (no SMTPUTF8 here).
+    """
+    recipients = tuple(recipients)
+    if not recipients:
+        raise ValueError("at least one recipient is needed")
+    for address in (envelope_from, *recipients):
+        if not _PLAIN_ADDRESS.fullmatch(address):
+            raise ValueError(f"address {address!r} is not plain ASCII without spaces or <>")
+    transaction = _Transaction(target)
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    deadline = loop.time() + target.total_timeout
+    error: ProbeError | None = None
+    try:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await transaction.run(envelope_from, recipients, message)
+        except _Failed as failed:
+            error = failed.error
+        except TimeoutError:
+            if transaction.accepted_at is None:
+                error = ProbeError(
+                    transaction.stage,
+                    ErrorKind.TIMEOUT,
+                    f"no verdict within total_timeout {target.total_timeout:g}s",
+                )
+        if error is None or error.kind in (ErrorKind.AUTH, ErrorKind.TLS):
+            await transaction.quit(min(deadline, loop.time() + _QUIT_GRACE))
+    finally:
+        transaction.close()
+    return SendResult(
+        transcript=tuple(transaction.transcript),
+        accepted=transaction.accepted_at is not None,
+        accepted_at=transaction.accepted_at,
+        duration_seconds=time.monotonic() - started,
+        error=error,
+        tls_version=transaction.tls_version,
+        tls_cert_not_after=transaction.cert_not_after,
+    )
+
+
+class _Failed(Exception):
+    """Ends the transaction without a server verdict."""
+
+    def __init__(self, error: ProbeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Transaction:
+    """One SMTP session; `stage` always names the stage in progress, for errors and timeouts."""
+
+    def __init__(self, target: SmtpTarget) -> None:
+        self.target = target
+        self.stage = Stage.CONNECT
+        self.transcript: list[SmtpReply] = []
+        self.accepted_at: float | None = None
+        self.tls_version: str | None = None
+        self.cert_not_after: float | None = None
+        self._secrets = _secret_forms(target.username, target.password)
+        self._tls_context: ssl.SSLContext | None = None
+        self._tls_active = False
+        self._sock: socket.socket | None = None
+        # Never given the credentials or start_tls: every stage is driven here, not by connect().
+        self._smtp = aiosmtplib.SMTP(
+            hostname=target.host,
+            local_hostname=target.ehlo_name,
+            timeout=target.stage_timeout,
+            use_tls=target.tls is TlsMode.IMPLICIT,
+            start_tls=False,
+        )
+
+    async def run(self, envelope_from: str, recipients: Sequence[str], message: bytes) -> None:
+        """Returns on acceptance or on a 4xx/5xx verdict; raises _Failed when there is neither."""
+        try:
+            await self._run(envelope_from, recipients, message)
+        except _Failed:
+            raise
+        except Exception as exc:
+            error = self._translate(exc)
+            if error is None:
+                raise
+            raise _Failed(error) from None
+
+    async def _run(self, envelope_from: str, recipients: Sequence[str], message: bytes) -> None:
+        target, smtp, timeout = self.target, self._smtp, self.target.stage_timeout
+        if target.tls is not TlsMode.NONE:
+            self._tls_context = await self._load_tls_context()
+        self._sock = await self._open_socket()
+        if not self._accept(Stage.BANNER, await self._connect(self._sock), 220):
+            return
+        if target.tls is TlsMode.IMPLICIT:
+            self._note_tls()
+
+        self.stage = Stage.EHLO
+        if not self._accept(Stage.EHLO, await self._reply_of(smtp.ehlo(timeout=timeout)), 250):
+            return
+        offered = smtp.supports_extension("starttls")
+        if target.tls is TlsMode.STARTTLS or (target.tls is TlsMode.OPPORTUNISTIC and offered):
+            self.stage = Stage.STARTTLS
+            if not offered:
+                raise self._fail(
+                    ErrorKind.TLS, "the server does not offer STARTTLS (tls: starttls)"
+                )
+            reply = await self._reply_of(
+                smtp.starttls(
+                    server_hostname=target.host, tls_context=self._tls_context, timeout=timeout
+                )
+            )
+            if not self._accept(Stage.STARTTLS, reply, 220):
+                return
+            self._note_tls()
+            self.stage = Stage.EHLO
+            if not self._accept(Stage.EHLO, await self._reply_of(smtp.ehlo(timeout=timeout)), 250):
+                return
+
+        if target.username is not None:
+            self.stage = Stage.AUTH
+            if not await self._authenticate(target.username, target.password or ""):
+                return
+
+        self.stage = Stage.MAIL
+        reply = await self._reply_of(smtp.mail(envelope_from, timeout=timeout))
+        if not self._accept(Stage.MAIL, reply, 250):
+            return
+        self.stage = Stage.RCPT
+        accepted = 0
+        for recipient in recipients:
+            reply = await self._reply_of(smtp.rcpt(recipient, timeout=timeout))
+            accepted += self._accept(Stage.RCPT, reply, 250, 251)
+        if not accepted:  # the last RCPT reply's class decides
+            return
+
+        self.stage = Stage.DATA
+        reply = await self._reply_of(smtp.execute_command(b"DATA", timeout=timeout))
+        if not self._accept(Stage.DATA, reply, 354):
+            return
+        self.stage = Stage.END_OF_DATA
+        protocol = smtp.protocol
+        if protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        protocol.write(_data_payload(message))
+        if self._accept(Stage.END_OF_DATA, await protocol.read_response(timeout=timeout), 250):
+            self.accepted_at = time.time()
+
+    async def quit(self, deadline: float) -> None:
+        """Say goodbye if the connection is still usable; a failure here changes nothing."""
+        if not self._smtp.is_connected or deadline <= asyncio.get_running_loop().time():
+            return
+        self.stage = Stage.QUIT
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._reply_of(self._smtp.quit(timeout=None))
+        except Exception:
+            return
+        self._record(Stage.QUIT, response)
+
+    def close(self) -> None:
+        connected = self._smtp.transport is not None
+        self._smtp.close()
+        if self._sock is not None and not connected:
+            self._sock.close()  # never handed over to (or already dropped by) the transport
+
+    # -- stages ---------------------------------------------------------------------------
+
+    async def _load_tls_context(self) -> ssl.SSLContext:
+        try:
+            return await asyncio.to_thread(_client_tls_context, self.target)
+        except (OSError, ssl.SSLError) as exc:
+            raise self._fail(ErrorKind.TLS, f"cannot load CA certificates: {exc}") from None
+
+    async def _open_socket(self) -> socket.socket:
+        """TCP connect, bounded by connect_timeout, so CONNECT and BANNER failures stay apart."""
+        loop = asyncio.get_running_loop()
+        target = self.target
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+                failure: OSError = OSError(f"no address for {target.host}")
+                for family, kind, proto, _, address in infos:
+                    sock = socket.socket(family, kind, proto)
+                    try:
+                        sock.setblocking(False)
+                        await loop.sock_connect(sock, address)
+                    except OSError as exc:
+                        sock.close()
+                        failure = exc
+                        continue
+                    except BaseException:
+                        sock.close()
+                        raise
+                    return sock
+                raise failure
+        except TimeoutError:
+            raise self._fail(
+                ErrorKind.TIMEOUT,
+                f"TCP connect to port {target.port} not done within {target.connect_timeout:g}s",
+            ) from None
+
+    async def _connect(self, sock: socket.socket) -> SMTPResponse:
+        """Hand the socket to aiosmtplib: TLS handshake when implicit, then read the greeting."""
+        implicit = self.target.tls is TlsMode.IMPLICIT
+        self.stage = Stage.CONNECT if implicit else Stage.BANNER
+        peer = sock.getpeername()
+        greeting = asyncio.ensure_future(
+            self._reply_of(
+                self._smtp.connect(
+                    sock=sock, tls_context=self._tls_context, timeout=self.target.stage_timeout
+                )
+            )
+        )
+        try:
+            if not implicit and self.target.stage_timeout > _TLS_SNIFF_AFTER:
+                done, _ = await asyncio.wait({greeting}, timeout=_TLS_SNIFF_AFTER)
+                if not done:
+                    await self._sniff_implicit_tls(greeting, peer)
+            response = await greeting
+        except _Failed:
+            raise
+        except Exception as exc:
+            if implicit and _is_greeting_failure(exc):
+                self.stage = Stage.BANNER
+            raise
+        finally:
+            if not greeting.done():
+                greeting.cancel()
+                self._smtp.close()  # now, not when the cancelled task next runs: no QUIT on it
+            elif not greeting.cancelled():
+                greeting.exception()  # retrieved: it was re-raised above or is irrelevant
+        self.stage = Stage.BANNER
+        return response
+
+    async def _sniff_implicit_tls(
+        self, greeting: asyncio.Future[SMTPResponse], peer: tuple[Any, ...]
+    ) -> None:
+        """While still waiting for the greeting, ask a second connection whether TLS is spoken."""
+        limit = min(_TLS_SNIFF_TIMEOUT, self.target.stage_timeout)
+
+        async def answers_tls() -> bool:
+            try:
+                async with asyncio.timeout(limit):
+                    return await _answers_tls(peer, self.target.host)
+            except TimeoutError:
+                return False
+
+        sniff = asyncio.ensure_future(answers_tls())
+        both: set[asyncio.Future[Any]] = {greeting, sniff}
+        try:
+            done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sniff.cancel()
+        if greeting not in done and sniff.result():
+            raise self._fail(
+                ErrorKind.TLS,
+                f"no SMTP greeting after {_TLS_SNIFF_AFTER:g}s and the port answers a TLS "
+                "ClientHello: it expects implicit TLS (tls: implicit)",
+            )
+
+    async def _authenticate(self, username: str, password: str) -> bool:
+        if not self._tls_active and self.target.tls is not TlsMode.NONE:
+            raise self._fail(
+                ErrorKind.TLS,
+                "refusing to send credentials over an unencrypted connection "
+                "(the server did not offer STARTTLS)",
+            )
+        smtp, timeout = self._smtp, self.target.stage_timeout
+        methods = smtp.server_auth_methods
+        # One mechanism only: trying each in turn would multiply failed logins (and lockouts).
+        if "plain" in methods:
+            call = smtp.auth_plain(username, password, timeout=timeout)
+        elif "login" in methods:
+            call = smtp.auth_login(username, password, timeout=timeout)
+        else:
+            offered = " ".join(methods).upper() or "none"
+            raise self._fail(
+                ErrorKind.AUTH,
+                f"no usable AUTH mechanism (we use PLAIN, LOGIN; offered: {offered})",
+            )
+        reply = self._record(Stage.AUTH, await self._reply_of(call))
+        if reply.code == 235:
+            return True
+        if reply.reply_class is ReplyClass.PERMANENT:
+            raise self._fail(ErrorKind.AUTH, f"authentication refused: {reply.code} {reply.text}")
+        if reply.reply_class is ReplyClass.TRANSIENT:
+            return False
+        raise self._fail(ErrorKind.PROTOCOL, f"unexpected reply {reply.code} to AUTH")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _reply_of(self, call: Awaitable[SMTPResponse]) -> SMTPResponse:
+        """The server's reply, whether aiosmtplib liked its code or raised over it."""
+        try:
+            return await call
+        except SMTPResponseException as exc:
+            if not 100 <= exc.code <= 599:  # aiosmtplib's -1: malformed or oversized reply
+                raise
+            return SMTPResponse(exc.code, exc.message)
+
+    def _record(self, stage: Stage, response: SMTPResponse) -> SmtpReply:
+        text = self._redact(response.message)
+        reply = SmtpReply(stage, response.code, parse_enhanced_code(text), text)
+        self.transcript.append(reply)
+        return reply
+
+    def _accept(self, stage: Stage, response: SMTPResponse, *expected: int) -> bool:
+        """Record a reply: True to go on, False when a 4xx/5xx verdict ends the transaction."""
+        reply = self._record(stage, response)
+        if reply.code in expected:
+            return True
+        if reply.reply_class in (ReplyClass.TRANSIENT, ReplyClass.PERMANENT):
+            return False
+        raise self._fail(ErrorKind.PROTOCOL, f"unexpected reply {reply.code} at {stage}")
+
+    def _note_tls(self) -> None:
+        self._tls_active = True
+        transport = self._smtp.transport
+        tls = transport.get_extra_info("ssl_object") if transport is not None else None
+        if isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+            self.tls_version = tls.version()
+            self.cert_not_after = _cert_not_after(tls)
+
+    def _fail(self, kind: ErrorKind, message: str) -> _Failed:
+        return _Failed(ProbeError(self.stage, kind, self._redact(message)))
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    def _translate(self, exc: Exception) -> ProbeError | None:
+        """Map a library or OS exception to our error, or None for one we do not expect (a bug)."""
+        stage, chain = self.stage, _chain(exc)
+        kind: ErrorKind
+        if verify := _first(chain, ssl.SSLCertVerificationError):
+            kind, message = ErrorKind.TLS, f"certificate verification failed: {verify}"
+        elif tls_error := _first(chain, ssl.SSLError):
+            kind, message = ErrorKind.TLS, f"TLS handshake failed: {tls_error}"
+            if stage is Stage.CONNECT:
+                message += " (if the port speaks plain SMTP first, use tls: starttls)"
+        elif _first(chain, TimeoutError) or (
+            stage is Stage.CONNECT and _first(chain, ConnectionAbortedError)
+        ):
+            # asyncio reports an expired TLS handshake as ConnectionAbortedError.
+            kind = ErrorKind.TIMEOUT
+            message = f"no reply within stage_timeout {self.target.stage_timeout:g}s"
+            if stage is Stage.BANNER and self.target.port == _IMPLICIT_TLS_PORT:
+                message += f" (port {_IMPLICIT_TLS_PORT} usually expects tls: implicit)"
+        elif stage is Stage.CONNECT and self._sock is None and _first(chain, OSError):
+            kind, message = ErrorKind.CONNECT, f"cannot connect: {_first(chain, OSError)}"
+        elif stage is Stage.CONNECT and _first(chain, ConnectionError):
+            kind, message = ErrorKind.TLS, "connection closed during the TLS handshake"
+        elif _first(chain, SMTPServerDisconnected, ConnectionError, EOFError):
+            kind, message = ErrorKind.CLOSED, f"connection closed: {_describe(exc)}"
+        elif _first(chain, SMTPException):
+            kind, message = ErrorKind.PROTOCOL, f"protocol error: {_describe(exc)}"
+        elif _first(chain, OSError):
+            kind, message = ErrorKind.CLOSED, f"connection failed: {_describe(exc)}"
+        else:
+            return None
+        return ProbeError(stage, kind, self._redact(message))
+
+
+async def _answers_tls(peer: tuple[Any, ...], server_hostname: str) -> bool:
+    """Whether the peer answers a TLS ClientHello with a TLS record (handshake or alert)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA bundle to load: nothing is verified
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_hostname)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()  # writes the ClientHello into `outgoing`
+    writer: asyncio.StreamWriter | None = None
+    try:
+        reader, writer = await asyncio.open_connection(peer[0], peer[1])
+        writer.write(outgoing.read())
+        header = await reader.readexactly(2)
+    except (OSError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+    # A TLS record starts with content type 22 (handshake) or 21 (alert), then major version 3.
+    return header[0] in (21, 22) and header[1] == 3
+
+
+def _client_tls_context(target: SmtpTarget) -> ssl.SSLContext:
+    cafile = str(target.ca_file) if target.ca_file is not None else None
+    context = ssl.create_default_context(cafile=cafile)
+    if not target.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _cert_not_after(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:
+    """The peer certificate's notAfter, epoch seconds; None when it cannot be read."""
+    cert = tls.getpeercert()  # empty unless the certificate was verified
+    not_after = cert.get("notAfter") if cert else None
+    if isinstance(not_after, str):
+        return float(ssl.cert_time_to_seconds(not_after))
+    der = tls.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:  # an optional dependency: present wherever trustme is
+        from cryptography import x509
+    except ImportError:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None
+
+
+def _data_payload(message: bytes) -> bytes:
+    """The DATA body as sent: CRLF line endings, dot-stuffed, ending with the lone dot."""
+    body = _LINE_ENDINGS.sub(b"\r\n", message)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return _LEADING_DOT.sub(b"..", body) + b".\r\n"
+
+
+def _secret_forms(username: str | None, password: str | None) -> tuple[str, ...]:
+    """The password as it could come back from a server: plain, and as AUTH LOGIN/PLAIN sent it."""
+    if not password:
+        return ()
+
+    def b64(value: str) -> str:
+        return base64.b64encode(value.encode()).decode("ascii")
+
+    forms = {password, b64(password)}
+    if username is not None:
+        forms.add(b64(f"\0{username}\0{password}"))
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _chain(exc: BaseException) -> tuple[BaseException, ...]:
+    """The exception and its causes (aiosmtplib wraps OS and ssl errors with `from`)."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in found and len(found) < 10:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return tuple(found)
+
+
+def _describe(exc: BaseException) -> str:
+    message = exc.message if isinstance(exc, SMTPException) else str(exc)
+    return message or type(exc).__name__
+
+
+def _first(chain: tuple[BaseException, ...], *types: type[BaseException]) -> BaseException | None:
+    return next((exc for exc in chain if isinstance(exc, types)), None)
+
+
+def _is_greeting_failure(exc: BaseException) -> bool:
+    """Whether an implicit-TLS connect failed reading the greeting rather than in the handshake."""
+    chain = _chain(exc)
+    return bool(
+        _first(chain, SMTPReadTimeoutError, SMTPServerDisconnected)
+        or (isinstance(exc, SMTPResponseException) and not 100 <= exc.code <= 599)
+    )
