@@ -1,4 +1,5 @@
-"""Email deliverability monitoring agent: probes SMTP routes, reads seed mailboxes, exports metrics."""
+"""Email deliverability monitoring agent: probe routes, read seed mailboxes, export metrics.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

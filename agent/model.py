@@ -1,7 +1,7 @@
-"""Result types shared by every module: the bounded label sets and the frozen results probes produce.
+"""Result types shared by every module: bounded label sets and the frozen results of probes.
 
-Senders and watchers return these; only `agent.metrics` turns them into Prometheus series. Every enum
-here is a bounded label set, pre-created at zero by the metrics recorder.
+Senders and watchers return these; only `agent.metrics` turns them into Prometheus series. Every
+enum here is a bounded label set, pre-created at zero by the metrics recorder.
 """
 
 from __future__ import annotations
@@ -164,10 +164,6 @@ class SendResult:
     error: ProbeError | None = None
     tls_version: str | None = None
     tls_cert_not_after: float | None = None  # peer certificate expiry, epoch seconds
-
-    @property
-    def final_reply(self) -> SmtpReply | None:
-        return self.transcript[-1] if self.transcript else None
 
 
 @dataclass(frozen=True, slots=True)
