@@ -14,7 +14,13 @@ from email.message import EmailMessage
 import pytest
 
 from tests.mailsystem import MailSystem
-from tests.mailsystem.topology import BAD_DOMAIN, GOOD_DOMAIN, SEED_ACCOUNTS, SENDER_ACCOUNTS
+from tests.mailsystem.topology import (
+    BAD_DOMAIN,
+    GOOD_DOMAIN,
+    SEED_ACCOUNTS,
+    SENDER_ACCOUNTS,
+    Account,
+)
 
 pytestmark = pytest.mark.mailsystem
 
@@ -27,10 +33,17 @@ def _tls(system: MailSystem) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(system.ca_file))
 
 
-def _submit(system: MailSystem, *, sender_address: str, password: str, subject: str) -> None:
+def _submit(
+    system: MailSystem,
+    *,
+    sender_address: str,
+    password: str,
+    subject: str,
+    to: str = SEED.address,
+) -> None:
     msg = EmailMessage()
     msg["From"] = sender_address
-    msg["To"] = SEED.address
+    msg["To"] = to
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{uuid.uuid4()}@{sender_address.split('@')[1]}>"
     msg.set_content("smoke test\n")
@@ -40,10 +53,12 @@ def _submit(system: MailSystem, *, sender_address: str, password: str, subject: 
         smtp.send_message(msg)
 
 
-def _wait_for(system: MailSystem, subject: str) -> tuple[str, email.message.Message]:
+def _wait_for(
+    system: MailSystem, subject: str, *, account: Account = SEED
+) -> tuple[str, email.message.Message]:
     """The folder and message with this subject; polls, as imaplib (3.11) has no IDLE."""
     with imaplib.IMAP4_SSL("127.0.0.1", system.ports.imaps, ssl_context=_tls(system)) as imap:
-        imap.login(SEED.address, SEED.password)
+        imap.login(account.address, account.password)
         deadline = time.monotonic() + ARRIVAL_TIMEOUT
         while time.monotonic() < deadline:
             for folder in ("INBOX", "Junk"):
@@ -129,3 +144,20 @@ def test_implicit_tls_submission_accepts_authenticated_mail(mail_system: MailSys
         assert code == 250
         code, text = smtp.rcpt("reject-550@seed.test")
     assert (code, text[:5]) == (550, b"5.7.1")
+
+
+def test_mail_for_a_held_mailbox_waits_until_released(mail_system: MailSystem) -> None:
+    held = mail_system.new_held_mailbox()
+    subject = f"smoke held {uuid.uuid4()}"
+    _submit(
+        mail_system,
+        sender_address=GOOD_SENDER.address,
+        password=GOOD_SENDER.password,
+        subject=subject,
+        to=held.address,
+    )
+    assert mail_system.held_count() == 1
+    mail_system.release_held()
+    folder, _ = _wait_for(mail_system, subject, account=held)
+    assert folder == "INBOX"
+    assert mail_system.held_count() == 0

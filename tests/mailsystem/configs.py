@@ -15,6 +15,7 @@ from tests.mailsystem.topology import (
     BAD_DOMAIN,
     DKIM_SELECTOR,
     GOOD_DOMAIN,
+    HELD_ACCOUNTS,
     MX_HOSTNAME,
     RCPT_CODES,
     SEED_DOMAIN,
@@ -247,9 +248,12 @@ def _postfix_common(*, config_dir: Path, tls: Path, logs: Path, name: str, hostn
         """)
 
 
-def rcpt_access() -> str:
-    """Recipients that answer a fixed code at RCPT, on both the submission server and the MX."""
-    return "".join(f"{address} {reply}\n" for address, reply in RCPT_CODES.items())
+def rcpt_access(*, hold: bool) -> str:
+    """Recipients that answer a fixed code at RCPT (both instances); held ones (submission only)."""
+    lines = [f"{address} {reply}\n" for address, reply in RCPT_CODES.items()]
+    if hold:
+        lines += [f"{account.address} HOLD\n" for account in HELD_ACCOUNTS]
+    return "".join(lines)
 
 
 def postfix_out_main(layout: Layout, ports: Ports) -> str:

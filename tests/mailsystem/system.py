@@ -29,6 +29,7 @@ from tests.mailsystem.topology import (
     BAD_DOMAIN,
     BOUNCE_ACCOUNT,
     GOOD_DOMAIN,
+    HELD_ACCOUNTS,
     MX_HOSTNAME,
     POOL_ACCOUNTS,
     SEED_ACCOUNTS,
@@ -143,6 +144,7 @@ class MailSystem:
     ports: Ports
     timings: dict[str, float] = field(default_factory=dict)
     _pool_used: int = 0
+    _held_used: int = 0
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -176,6 +178,25 @@ class MailSystem:
         account = POOL_ACCOUNTS[self._pool_used]
         self._pool_used += 1
         return account
+
+    def new_held_mailbox(self) -> Account:
+        """A fresh seed mailbox whose mail waits in the submission queue until `release_held()`."""
+        if self._held_used >= len(HELD_ACCOUNTS):
+            raise MailSystemError(f"all {len(HELD_ACCOUNTS)} held mailboxes are in use")
+        account = HELD_ACCOUNTS[self._held_used]
+        self._held_used += 1
+        return account
+
+    def release_held(self) -> None:
+        """Deliver every message on hold in the submission server's queue now."""
+        config = str(self.layout.postfix_out)
+        self._run(["postsuper", "-c", config, "-H", "ALL"], what="release held mail")
+        self._run(["postqueue", "-c", config, "-f"], what="flush the submission queue")
+
+    def held_count(self) -> int:
+        """Messages on hold in the submission server's queue."""
+        hold = self.layout.postfix_out / "queue" / "hold"
+        return sum(1 for path in hold.rglob("*") if path.is_file()) if hold.exists() else 0
 
     @property
     def ca_file(self) -> Path:
@@ -228,7 +249,7 @@ class MailSystem:
             (lay.dns / f"{zone}.zone").write_text(text)
         (lay.dns / "nsd.conf").write_text(configs.nsd_conf(lay, self.ports, list(zones)))
 
-        accounts = [*SEED_ACCOUNTS, BOUNCE_ACCOUNT, *POOL_ACCOUNTS]
+        accounts = [*SEED_ACCOUNTS, BOUNCE_ACCOUNT, *POOL_ACCOUNTS, *HELD_ACCOUNTS]
         for config_dir, main_cf, master_cf in (
             (
                 lay.postfix_out,
@@ -243,7 +264,8 @@ class MailSystem:
         ):
             (config_dir / "main.cf").write_text(main_cf)
             (config_dir / "master.cf").write_text(master_cf)
-            (config_dir / "rcpt_access").write_text(configs.rcpt_access())
+            hold = config_dir == lay.postfix_out
+            (config_dir / "rcpt_access").write_text(configs.rcpt_access(hold=hold))
             (config_dir / "mailboxes").write_text(configs.postfix_mailboxes(accounts))
             for sub in ("queue", "data"):
                 (config_dir / sub).mkdir(exist_ok=True)

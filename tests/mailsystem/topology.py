@@ -13,6 +13,7 @@ __all__ = [
     "BOUNCE_ACCOUNT",
     "DKIM_SELECTOR",
     "GOOD_DOMAIN",
+    "HELD_ACCOUNTS",
     "MX_HOSTNAME",
     "POOL_ACCOUNTS",
     "RCPT_CODES",
@@ -65,6 +66,11 @@ SEED_ACCOUNTS = (
 BOUNCE_ACCOUNT = Account(f"bounces@{SEED_DOMAIN}", "bounces-password")
 # A pool of further seed mailboxes: each test takes fresh ones (MailSystem.new_mailbox()) so no
 # test ever sees another's leftovers.
+# Held seed mailboxes: the submission server accepts mail for them but puts it on hold in its queue
+# until MailSystem.release_held(): a probe that is accepted, then delivered when a test decides.
+HELD_ACCOUNTS = tuple(
+    Account(f"held{i:02d}@{SEED_DOMAIN}", f"held{i:02d}-password") for i in range(20)
+)
 POOL_ACCOUNTS = tuple(
     Account(f"box{i:03d}@{SEED_DOMAIN}", f"box{i:03d}-password") for i in range(200)
 )
