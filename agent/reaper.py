@@ -1,0 +1,18 @@
+"""Turns accepted probes that were not seen by their deadline into `missing`."""
+
+from __future__ import annotations
+
+from agent.ledger import Ledger
+from agent.model import Outcome
+from agent.outcomes import Outcomes
+
+__all__ = ["reap"]
+
+
+def reap(ledger: Ledger, outcomes: Outcomes, *, now: float) -> int:
+    """Finalize every probe past its deadline as missing; returns how many this call finalized."""
+    finalized = 0
+    for record in ledger.due(now):
+        if outcomes.finalize(record, Outcome.MISSING, finished_at=now):
+            finalized += 1
+    return finalized

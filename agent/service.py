@@ -1,0 +1,357 @@
+"""The running agent: wires config, ledger, prober, watchers, reaper, scheduler and metrics.
+
+Data flows one way: the scheduler asks the prober to send; the prober records the probe in the
+ledger and forgets it; one watcher per watched folder of each seed mailbox hands every arrival to
+the matcher; the reaper turns probes past their deadline into `missing`. Every final outcome goes
+through `Outcomes`, which writes the ledger first and the metrics second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent.config import Config, Mailbox
+from agent.imap_watcher import (
+    Disposition,
+    FetchedMessage,
+    FolderWatcher,
+    ImapError,
+    ImapTarget,
+    OnMessage,
+    detect_folders,
+)
+from agent.ledger import Ledger, ProbeState
+from agent.matcher import Matcher
+from agent.metrics import Recorder
+from agent.model import ImapErrorKind, Outcome
+from agent.outcomes import FinalOutcome, Outcomes
+from agent.prober import Prober
+from agent.reaper import reap
+from agent.smtp_sender import verdict_of
+
+__all__ = ["Agent", "imap_target"]
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL = 5.0  # seconds between deadline sweeps
+DETECT_BACKOFF_MAX = 300.0
+
+
+def imap_target(mailbox: Mailbox) -> ImapTarget:
+    """The IMAP adapter's view of a configured seed mailbox."""
+    return ImapTarget(
+        mailbox=mailbox.name,
+        host=mailbox.host,
+        port=mailbox.port,
+        tls=mailbox.tls,
+        tls_verify=mailbox.tls_verify,
+        ca_file=mailbox.ca_file,
+        username=mailbox.auth.username,
+        password=mailbox.auth.password.get_secret_value(),
+    )
+
+
+@dataclass
+class _MailboxWatch:
+    """The watchers of one seed mailbox, and what they found out about its folders."""
+
+    mailbox: Mailbox
+    junk: str | None = None
+    task: asyncio.Task[None] | None = None
+    folders_up: dict[str, bool] = field(default_factory=dict)
+
+
+class Agent:
+    """One agent process's probing machinery, for `run` and `once` alike."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        recorder: Recorder,
+        use_idle: bool = True,
+        poll_interval: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.recorder = recorder
+        self._clock = clock
+        self._use_idle = use_idle
+        self._poll_interval = poll_interval
+        self.ledger = Ledger.in_state_dir(config.state_dir)
+        self.outcomes = Outcomes(self.ledger, recorder)
+        self._build(config)
+        self._watches: dict[str, _MailboxWatch] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[str]] = set()
+        self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.started = False
+        self.draining = False
+
+    def _build(self, config: Config) -> None:
+        secret = config.secret.get_secret_value().encode()
+        self.prober = Prober(
+            ledger=self.ledger,
+            recorder=self.recorder,
+            outcomes=self.outcomes,
+            secret=secret,
+            deadline_seconds=config.probes.deadline,
+            clock=self._clock,
+        )
+        self.matcher = Matcher(
+            ledger=self.ledger,
+            recorder=self.recorder,
+            outcomes=self.outcomes,
+            secret=secret,
+            cleanup=config.probes.cleanup,
+        )
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover probes left by a previous run, declare series, start watchers and the reaper."""
+        self._declare()
+        self._recover()
+        for mailbox in self.config.mailboxes:
+            self._start_watch(mailbox)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="reaper")
+        self.started = True
+
+    def _declare(self) -> None:
+        pairs = [(route.name, mailbox.name) for route, mailbox in self.config.pairs()]
+        self.recorder.declare(pairs)
+        self.recorder.restore_last_outcomes(self.ledger.last_finished_at())
+        for mailbox in self.config.mailboxes:
+            self.recorder.imap_state(mailbox.name, False)
+
+    def _recover(self) -> None:
+        """Give each probe a crash or kill interrupted its one outcome; keep awaiting the rest."""
+        now = self._clock()
+        for record in self.ledger.unsent_interrupted():
+            if record.state is ProbeState.SENDING:
+                # The SMTP transaction was cut by the restart: we never learned the verdict.
+                self.outcomes.finalize(record, Outcome.ERROR, finished_at=now)
+            else:
+                result = record.send_result
+                verdict = verdict_of(result) if result is not None else Outcome.ERROR
+                self.outcomes.finalize(record, verdict or Outcome.ERROR, finished_at=now)
+        awaiting = self.ledger.in_flight()
+        if awaiting:
+            log.info("resuming %d probe(s) in flight from the previous run", len(awaiting))
+        self.outcomes.refresh_in_flight()
+
+    async def stop(self, *, drain_timeout: float = 60.0) -> None:
+        """Stop scheduling, let SMTP transactions under way finish, stop watchers, close."""
+        self.draining = True
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        if self._sending:
+            log.info("waiting for %d SMTP transaction(s) to finish", len(self._sending))
+            await asyncio.wait(set(self._sending), timeout=drain_timeout)
+        for watch in self._watches.values():
+            if watch.task is not None:
+                watch.task.cancel()
+        tasks = [w.task for w in self._watches.values() if w.task is not None]
+        if self._reaper is not None:
+            self._reaper.cancel()
+            tasks.append(self._reaper)
+        await asyncio.gather(*tasks, *self._sending, return_exceptions=True)
+        self._watches.clear()
+        self.ledger.close()
+        self.started = False
+
+    # --- probing --------------------------------------------------------------------------------
+
+    async def probe_pair(self, route_name: str, mailbox_name: str) -> str | None:
+        """Send one probe for the pair; skipped (None) while the previous one is still sending."""
+        if self.draining:
+            return None
+        lock = self._pair_locks.setdefault((route_name, mailbox_name), asyncio.Lock())
+        if lock.locked():
+            log.warning("previous probe %s -> %s still sending; skipped", route_name, mailbox_name)
+            return None
+        async with lock:
+            route = self.config.route(route_name)
+            mailbox = self.config.mailbox(mailbox_name)
+            task = asyncio.create_task(self.prober.probe(route, mailbox))
+            self._sending.add(task)
+            try:
+                probe_id = await asyncio.shield(task)
+            finally:
+                if task.done():
+                    self._sending.discard(task)
+                else:
+                    task.add_done_callback(self._sending.discard)
+            self.matcher.settle_early(probe_id)
+            return probe_id
+
+    async def probe_all_once(self) -> list[str]:
+        """One probe for every configured pair, sent concurrently; their ids."""
+        results = await asyncio.gather(
+            *(self.probe_pair(route.name, mailbox.name) for route, mailbox in self.config.pairs())
+        )
+        return [probe_id for probe_id in results if probe_id is not None]
+
+    async def wait_final(self, probe_ids: list[str]) -> list[FinalOutcome]:
+        """Wait until every probe has its final outcome (the reaper bounds this by the deadline)."""
+        return list(await asyncio.gather(*(self.outcomes.wait(pid) for pid in probe_ids)))
+
+    def schedule(self) -> None:
+        """Start the APScheduler jobs: one per pair, each on its own interval with jitter."""
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        probes = self.config.probes
+        now = self._clock()
+        for route, mailbox in self.config.pairs():
+            first = now + random.uniform(0.0, min(probes.jitter, probes.interval) or 1.0)
+            scheduler.add_job(
+                self.probe_pair,
+                IntervalTrigger(seconds=probes.interval, jitter=probes.jitter or None),
+                args=(route.name, mailbox.name),
+                id=f"probe:{route.name}:{mailbox.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=int(probes.interval),
+                next_run_time=_datetime(first),
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def _reap_forever(self) -> None:
+        interval = min(REAP_INTERVAL, max(0.5, self.config.probes.deadline / 10))
+        while True:
+            reap(self.ledger, self.outcomes, now=self._clock())
+            await asyncio.sleep(interval)  # a periodic sweep: deadlines are clock events
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    async def reload(self, config: Config) -> None:
+        """Switch to a new, already validated config without losing probes in flight."""
+        if config.state_dir != self.config.state_dir:
+            log.warning("state_dir changes need a restart; keeping %s", self.config.state_dir)
+        if config.listen != self.config.listen:
+            log.warning("listen changes need a restart; keeping %s", self.config.listen)
+        rescheduling = self._scheduler is not None
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        old_mailboxes = {m.name: m for m in self.config.mailboxes}
+        self.config = config.model_copy(
+            update={"state_dir": self.config.state_dir, "listen": self.config.listen}
+        )
+        self._build(self.config)
+        new_mailboxes = {m.name: m for m in self.config.mailboxes}
+        for name, watch in list(self._watches.items()):
+            if old_mailboxes.get(name) != new_mailboxes.get(name) and watch.task is not None:
+                watch.task.cancel()
+                await asyncio.gather(watch.task, return_exceptions=True)
+                del self._watches[name]
+        self._declare()
+        for name, mailbox in new_mailboxes.items():
+            if name not in self._watches:
+                self._start_watch(mailbox)
+        if rescheduling:
+            self.schedule()
+
+    # --- watching -------------------------------------------------------------------------------
+
+    def _start_watch(self, mailbox: Mailbox) -> None:
+        watch = _MailboxWatch(mailbox)
+        watch.task = asyncio.create_task(self._watch_mailbox(watch), name=f"watch:{mailbox.name}")
+        self._watches[mailbox.name] = watch
+
+    async def _watch_mailbox(self, watch: _MailboxWatch) -> None:
+        mailbox = watch.mailbox
+        target = imap_target(mailbox)
+        delay = 1.0
+        while True:
+            try:
+                folders = await detect_folders(target, junk_override=mailbox.folders.junk)
+                break
+            except ImapError as exc:
+                self._imap_state(watch, "*", False, exc.kind)
+                log.warning(
+                    "mailbox %s: cannot list folders (%s): %s; retrying in %.0f s",
+                    mailbox.name,
+                    exc.kind,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)  # backoff before the next attempt
+                delay = min(delay * 2, DETECT_BACKOFF_MAX)
+        watch.junk = folders.junk
+        if folders.junk is None:
+            log.warning(
+                "mailbox %s: no junk folder found (no SPECIAL-USE \\Junk, no well-known name); "
+                "spam placement cannot be seen; set folders.junk",
+                mailbox.name,
+            )
+        names = [mailbox.folders.inbox]
+        if folders.junk:
+            names.append(folders.junk)
+        names.extend(f for f in mailbox.folders.extra if f not in names)
+        log.info("mailbox %s: watching %s", mailbox.name, ", ".join(names))
+        watchers = [
+            FolderWatcher(
+                target,
+                folder,
+                on_message=self._on_message_for(watch),
+                on_state=self._on_state_for(watch, folder),
+                use_idle=self._use_idle,
+                poll_interval=self._poll_interval,
+            )
+            for folder in names
+        ]
+        async with asyncio.TaskGroup() as group:
+            for watcher in watchers:
+                group.create_task(watcher.run())
+
+    def _on_message_for(self, watch: _MailboxWatch) -> OnMessage:
+        async def on_message(message: FetchedMessage) -> Disposition:
+            delete = self.matcher.handle(
+                watch.mailbox, message.folder, message.raw, seen_at=message.seen_at, junk=watch.junk
+            )
+            return Disposition.DELETE if delete else Disposition.KEEP
+
+        return on_message
+
+    def _on_state_for(
+        self, watch: _MailboxWatch, folder: str
+    ) -> Callable[[bool, ImapErrorKind | None], None]:
+        def on_state(up: bool, kind: ImapErrorKind | None) -> None:
+            self._imap_state(watch, folder, up, kind)
+
+        return on_state
+
+    def _imap_state(
+        self, watch: _MailboxWatch, folder: str, up: bool, kind: ImapErrorKind | None
+    ) -> None:
+        watch.folders_up[folder] = up
+        if kind is not None:
+            self.recorder.imap_error(watch.mailbox.name, kind)
+        # The mailbox is up only while every watched folder's connection is.
+        healthy = all(watch.folders_up.values()) and "*" not in watch.folders_up
+        if up and folder != "*":
+            watch.folders_up.pop("*", None)
+            healthy = all(watch.folders_up.values())
+        self.recorder.imap_state(watch.mailbox.name, healthy)
+
+    def imap_health(self) -> dict[str, bool]:
+        return {
+            name: bool(w.folders_up) and all(w.folders_up.values())
+            for name, w in self._watches.items()
+        }
+
+
+def _datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

@@ -1,0 +1,251 @@
+"""The `deliverability-agent` command as users run it, as a real process against the mail system."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from agent.ledger import Ledger
+from agent.model import Outcome
+from tests.agent_setup import AgentSetup
+from tests.mailsystem import MailSystem
+from tests.mailsystem.system import free_ports
+from tests.mailsystem.topology import SEED_DOMAIN
+
+WAIT = 60.0
+ONCE_KEYS = [
+    "route",
+    "mailbox",
+    "probe_id",
+    "outcome",
+    "folder",
+    "latency_seconds",
+    "smtp",
+    "auth",
+    "error",
+]
+
+
+def agent_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", *args]
+
+
+def test_check_config_accepts_the_shipped_config() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        agent_command("check-config", "--config", str(root / "config.yaml")),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DELIVERABILITY_")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK: 1 route(s), 1 mailbox(es), 1 pair(s)" in result.stdout
+
+
+def test_check_config_names_the_bad_field_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "secret: 0123456789abcdef0123\n"
+        "routes: [{name: r, host: h, port: 99999, from: a@b.test}]\n"
+        "mailboxes: [{name: m, host: h, auth: {username: u, password: hunter2-secret},"
+        " address: s@b.test}]\n"
+    )
+    result = subprocess.run(
+        agent_command("check-config", "--config", str(path)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{path}: routes[0].port: " in result.stderr
+    assert "99999" in result.stderr
+    assert "hunter2-secret" not in result.stderr
+
+
+@pytest.mark.mailsystem
+def test_once_json_prints_one_object_per_probe_and_exits_0_when_all_in_inbox(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    setup = (
+        AgentSetup(mail_system, tmp_path).route("good").mailbox("seed", mail_system.new_mailbox())
+    )
+    result = subprocess.run(
+        agent_command("once", "--json", "--config", str(setup.write())),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT * 2,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    probe = json.loads(lines[0])
+    assert list(probe) == ONCE_KEYS
+    assert probe["outcome"] == "inbox"
+    assert probe["folder"] == "INBOX"
+    assert probe["auth"] == {"spf": "pass", "dkim": "pass", "dmarc": "pass", "arc": None}
+    assert probe["error"] is None
+    assert probe["smtp"][0] == {
+        "stage": "banner",
+        "code": 220,
+        "enhanced_code": None,
+        "class": "2xx",
+        "text": probe["smtp"][0]["text"],
+    }
+    assert setup.routes[0]["auth"]["password"] not in result.stdout + result.stderr
+
+
+@pytest.mark.mailsystem
+def test_once_exits_1_when_a_probe_does_not_land_in_the_inbox(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    setup = (
+        AgentSetup(mail_system, tmp_path)
+        .route("good")
+        .mailbox("ok", mail_system.new_mailbox())
+        .mailbox("refused", mail_system.new_mailbox(), address=f"reject-550@{SEED_DOMAIN}")
+    )
+    result = subprocess.run(
+        agent_command("once", "--config", str(setup.write())),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT * 2,
+    )
+    assert result.returncode == 1, result.stderr
+    table = result.stdout.splitlines()
+    assert table[0].split()[:4] == ["ROUTE", "MAILBOX", "OUTCOME", "FOLDER"]
+    rows = {line.split()[1]: line.split()[2] for line in table[1:]}
+    assert rows == {"ok": "inbox", "refused": "rejected"}
+
+
+class AgentProcess:
+    """`deliverability-agent run` in a subprocess, with its log lines readable as they come."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            agent_command("run", "--config", str(config)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: Queue[str] = Queue()
+        self.seen: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, text: str) -> str:
+        """The first log line (from now on) that contains `text`."""
+        while True:
+            try:
+                line = self.lines.get(timeout=WAIT)
+            except Empty:
+                pytest.fail(f"no log line with {text!r}; log so far:\n{''.join(self.seen)}")
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=WAIT)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            process.kill()
+
+
+def _get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+@pytest.mark.mailsystem
+def test_run_serves_metrics_keeps_its_config_on_a_bad_sighup_and_drains_on_sigterm(
+    mail_system: MailSystem, tmp_path: Path, processes: list[AgentProcess]
+) -> None:
+    (port,) = free_ports(1)
+    setup = (
+        AgentSetup(mail_system, tmp_path).route("good").mailbox("seed", mail_system.new_mailbox())
+    )
+    config = setup.write()
+    text = config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}")
+    config.write_text(text)
+    agent = AgentProcess(config)
+    processes.append(agent)
+    agent.wait_for("metrics on http://")
+    assert _get(port, "/readyz") == "ok: probing\n"
+    agent.wait_for(": inbox")
+    metrics = _get(port, "/metrics")
+    assert 'deliverability_probes_total{mailbox="seed",outcome="inbox",route="good"} 1.0' in metrics
+    assert "deliverability_config_last_reload_successful 1.0" in metrics
+
+    config.write_text(text.replace("routes:", "routez:"))
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for("keeping the running configuration")
+    metrics = _get(port, "/metrics")
+    assert "deliverability_config_last_reload_successful 0.0" in metrics
+    assert _get(port, "/readyz") == "ok: probing\n"
+
+    config.write_text(text)
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_for("configuration reloaded")
+    assert "deliverability_config_last_reload_successful 1.0" in _get(port, "/metrics")
+
+    assert agent.stop() == 0
+    agent.wait_for("stopped")
+    assert setup.routes[0]["auth"]["password"] not in "".join(agent.seen)
+
+
+@pytest.mark.mailsystem
+def test_kill_9_with_a_probe_in_flight_loses_nothing(
+    mail_system: MailSystem, tmp_path: Path, processes: list[AgentProcess]
+) -> None:
+    held = mail_system.new_held_mailbox()
+    setup = AgentSetup(mail_system, tmp_path).route("good").mailbox("seed", held)
+    setup.probes["interval"] = "1h"
+    config = setup.write()
+    first = AgentProcess(config)
+    processes.append(first)
+    line = first.wait_for("accepted by good")
+    probe_id = line.split("probe ", 1)[1].split()[0]
+    first.kill()  # SIGKILL: no drain, no cleanup
+
+    mail_system.release_held()
+    second = AgentProcess(config)
+    processes.append(second)
+    second.wait_for(f"probe {probe_id} good -> seed: inbox")
+    assert second.stop() == 0
+    with Ledger(tmp_path / "state" / "ledger.sqlite3") as ledger:
+        record = ledger.get(probe_id)
+        assert record is not None
+        assert record.outcome is Outcome.INBOX
+        # The second agent may have sent probes of its own since; this one is no longer waiting.
+        assert probe_id not in {r.probe_id for r in ledger.in_flight()}

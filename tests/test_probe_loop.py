@@ -1,0 +1,374 @@
+"""The probe loop end to end against the real mail system: every outcome reproduced for real."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.config import Config
+from agent.ledger import Ledger, ProbeRecord
+from agent.metrics import Recorder, new_registry
+from agent.model import AuthResult, ErrorKind, Outcome, Stage
+from agent.probe_message import build_probe_message, new_probe_id
+from agent.service import Agent
+from tests.agent_setup import BAD_SENDER, AgentSetup
+from tests.mailsystem import MailSystem
+from tests.mailsystem.topology import SEED_DOMAIN
+
+pytestmark = pytest.mark.mailsystem
+
+WAIT = 60.0  # generous bound on any single wait; tests never pass or fail on timing
+
+
+@pytest.fixture
+def setup(mail_system: MailSystem, tmp_path: Path) -> AgentSetup:
+    return AgentSetup(mail_system, tmp_path)
+
+
+class SignallingRecorder(Recorder):
+    """A Recorder that also sets an event per recorded kind, so tests await instead of polling."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.events: dict[str, asyncio.Event] = {}
+
+    def event(self, name: str) -> asyncio.Event:
+        return self.events.setdefault(name, asyncio.Event())
+
+    def forged_message(self, mailbox: str) -> None:
+        super().forged_message(mailbox)
+        self.event("forged").set()
+
+    def malformed_message(self, mailbox: str) -> None:
+        super().malformed_message(mailbox)
+        self.event("malformed").set()
+
+    def probe_late(self, route: str, mailbox: str) -> None:
+        super().probe_late(route, mailbox)
+        self.event("late").set()
+
+
+@asynccontextmanager
+async def running(
+    config: Config, registry: CollectorRegistry | None = None
+) -> AsyncIterator[Agent]:
+    recorder = SignallingRecorder(registry or new_registry())
+    agent = Agent(config, recorder=recorder, poll_interval=0.5)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop(drain_timeout=WAIT)
+
+
+async def probe_once(agent: Agent, route: str, mailbox: str) -> ProbeRecord:
+    probe_id = await agent.probe_pair(route, mailbox)
+    assert probe_id is not None
+    async with asyncio.timeout(WAIT):
+        await agent.outcomes.wait(probe_id)
+    record = agent.ledger.get(probe_id)
+    assert record is not None
+    return record
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_probe_from_the_good_domain_lands_in_inbox_with_spf_dkim_dmarc_pass(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = setup.route("good").mailbox("seed", mail_system.new_mailbox()).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.INBOX
+    assert record.folder == "INBOX"
+    assert record.latency_seconds is not None and record.latency_seconds >= 0
+    assert record.auth is not None
+    assert (record.auth.spf, record.auth.dkim, record.auth.dmarc) == (
+        AuthResult.PASS,
+        AuthResult.PASS,
+        AuthResult.PASS,
+    )
+    stages = [reply.stage for reply in record.transcript]
+    assert stages[:8] == [
+        Stage.BANNER,
+        Stage.EHLO,
+        Stage.STARTTLS,
+        Stage.EHLO,
+        Stage.AUTH,
+        Stage.MAIL,
+        Stage.RCPT,
+        Stage.DATA,
+    ]
+    assert Stage.END_OF_DATA in stages
+    labels = {"route": "good", "mailbox": "seed"}
+    assert metric(registry, "deliverability_probes_total", outcome="inbox", **labels) == 1
+    assert metric(registry, "deliverability_probes_sent_total", **labels) == 1
+    assert metric(registry, "deliverability_probes_in_flight", **labels) == 0
+    assert metric(registry, "deliverability_delivery_seconds_count", **labels) == 1
+    assert (
+        metric(
+            registry, "deliverability_auth_results_total", method="dmarc", result="pass", **labels
+        )
+        == 1
+    )
+    assert metric(registry, "deliverability_imap_up", mailbox="seed") in (0.0, 1.0)
+
+
+async def test_probe_from_the_misconfigured_domain_lands_in_spam_with_dmarc_fail(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = setup.route("bad", sender=BAD_SENDER).mailbox("seed", mail_system.new_mailbox()).load()
+    async with running(config) as agent:
+        record = await probe_once(agent, "bad", "seed")
+    assert record.outcome is Outcome.SPAM
+    assert record.folder == "Junk"
+    assert record.auth is not None
+    assert record.auth.dmarc is AuthResult.FAIL
+    assert record.auth.spf is AuthResult.FAIL
+
+
+async def test_rcpt_5xx_is_rejected_with_its_enhanced_code(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = (
+        setup.route("good")
+        .mailbox("seed", mail_system.new_mailbox(), address=f"reject-550@{SEED_DOMAIN}")
+        .load()
+    )
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.REJECTED
+    rcpt = [reply for reply in record.transcript if reply.stage is Stage.RCPT]
+    assert [(r.code, r.enhanced_code) for r in rcpt] == [(550, "5.7.1")]
+    assert (
+        metric(
+            registry,
+            "deliverability_smtp_replies_total",
+            route="good",
+            stage="rcpt",
+            code="550",
+            enhanced_code="5.7.1",
+            **{"class": "5xx"},
+        )
+        == 1
+    )
+
+
+async def test_rcpt_4xx_is_deferred(setup: AgentSetup, mail_system: MailSystem) -> None:
+    config = (
+        setup.route("good")
+        .mailbox("seed", mail_system.new_mailbox(), address=f"defer-451@{SEED_DOMAIN}")
+        .load()
+    )
+    async with running(config) as agent:
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.DEFERRED
+    assert record.transcript[-2].code == 451 or any(
+        r.code == 451 and r.enhanced_code == "4.7.1" for r in record.transcript
+    )
+
+
+async def test_wrong_password_is_an_auth_error_with_the_535_in_the_transcript(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = (
+        setup.route("good", password="not-the-password")
+        .mailbox("seed", mail_system.new_mailbox())
+        .load()
+    )
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.ERROR
+    assert record.send_error is not None
+    assert (record.send_error.stage, record.send_error.kind) == (Stage.AUTH, ErrorKind.AUTH)
+    assert any(r.stage is Stage.AUTH and r.code == 535 for r in record.transcript)
+    assert "not-the-password" not in repr(record)
+    assert (
+        metric(
+            registry, "deliverability_smtp_errors_total", route="good", stage="auth", kind="auth"
+        )
+        == 1
+    )
+
+
+async def test_starttls_against_the_implicit_tls_port_fails_as_a_tls_error(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = (
+        setup.route("mismatch", port=mail_system.ports.submissions, tls="starttls")
+        .mailbox("seed", mail_system.new_mailbox())
+        .load()
+    )
+    async with running(config) as agent:
+        record = await probe_once(agent, "mismatch", "seed")
+    assert record.outcome is Outcome.ERROR
+    assert record.send_error is not None
+    assert record.send_error.kind is ErrorKind.TLS
+
+
+async def test_implicit_tls_against_the_starttls_port_fails_as_a_tls_error(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = (
+        setup.route("mismatch", port=mail_system.ports.submission, tls="implicit")
+        .mailbox("seed", mail_system.new_mailbox())
+        .load()
+    )
+    async with running(config) as agent:
+        record = await probe_once(agent, "mismatch", "seed")
+    assert record.outcome is Outcome.ERROR
+    assert record.send_error is not None
+    assert record.send_error.kind is ErrorKind.TLS
+
+
+async def test_probe_not_seen_by_its_deadline_is_missing(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    # Probes go to one mailbox while the agent watches another: they can never be seen.
+    elsewhere = mail_system.new_mailbox()
+    setup.probes["deadline"] = "2s"
+    config = (
+        setup.route("good")
+        .mailbox("seed", mail_system.new_mailbox(), address=elsewhere.address)
+        .load()
+    )
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.MISSING
+    assert (
+        metric(
+            registry, "deliverability_probes_total", route="good", mailbox="seed", outcome="missing"
+        )
+        == 1
+    )
+
+
+async def test_probe_seen_after_its_deadline_stays_missing_and_counts_as_late(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    held = mail_system.new_held_mailbox()
+    setup.probes["deadline"] = "1s"
+    config = setup.route("good").mailbox("seed", held).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+        assert record.outcome is Outcome.MISSING
+        mail_system.release_held()
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("late").wait()
+    with Ledger(config.state_dir / "ledger.sqlite3") as ledger:
+        late = ledger.get(record.probe_id)
+    assert late is not None
+    assert late.outcome is Outcome.MISSING
+    assert late.late_folder == "INBOX"
+    labels = {"route": "good", "mailbox": "seed"}
+    assert metric(registry, "deliverability_late_probes_total", **labels) == 1
+    assert metric(registry, "deliverability_probes_total", outcome="missing", **labels) == 1
+    assert metric(registry, "deliverability_probes_total", outcome="inbox", **labels) == 0
+
+
+def _deliver_raw(mail_system: MailSystem, to: str, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", mail_system.ports.mx, timeout=30) as smtp:
+        smtp.sendmail("someone@elsewhere.test", [to], raw)
+
+
+def recorder_of(agent: Agent) -> SignallingRecorder:
+    recorder = agent.recorder
+    assert isinstance(recorder, SignallingRecorder)
+    return recorder
+
+
+async def test_forged_probe_is_counted_and_never_matched(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    box = mail_system.new_mailbox()
+    config = setup.route("good").mailbox("seed", box).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        forged = build_probe_message(
+            probe_id=new_probe_id(),
+            secret=b"some-other-agent-secret-000000",
+            header_from="sender@good.test",
+            to=box.address,
+            route="good",
+            mailbox="seed",
+            sent_at=datetime.now(UTC),
+        )
+        _deliver_raw(mail_system, box.address, forged.as_bytes())
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("forged").wait()
+        assert metric(registry, "deliverability_forged_messages_total", mailbox="seed") == 1
+        # The agent still works, and the forged message did not finalize anything.
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.INBOX
+    assert (
+        metric(
+            registry, "deliverability_probes_total", route="good", mailbox="seed", outcome="inbox"
+        )
+        == 1
+    )
+
+
+HOSTILE_MESSAGES = [
+    b"\x00\xff\xfe garbage that is not a message at all \x00\x00\r\n\r\n\x01\x02",
+    b"Subject: =?utf-8?B?////?=\r\nContent-Type: multipart/mixed; boundary=\r\n"
+    b"X-Deliverability-Probe: id=../../etc/passwd; sig=\r\n\r\n--\r\n--\r\n",
+    b"From: " + b"A" * 200_000 + b"\r\n\r\nbody\r\n",
+]
+
+
+async def test_hostile_messages_in_the_seed_mailbox_are_skipped_without_a_crash(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    box = mail_system.new_mailbox()
+    for raw in HOSTILE_MESSAGES:
+        _deliver_raw(mail_system, box.address, raw)
+    config = setup.route("good").mailbox("seed", box).load()
+    async with running(config) as agent:
+        record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.INBOX
+
+
+async def test_restart_with_a_probe_in_flight_reaches_its_outcome_exactly_once(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    held = mail_system.new_held_mailbox()
+    config = setup.route("good").mailbox("seed", held).load()
+    first_registry = new_registry()
+    async with running(config, first_registry) as first:
+        probe_id = await first.probe_pair("good", "seed")
+        assert probe_id is not None
+    # The first agent stopped with the probe accepted and awaiting delivery.
+    with Ledger(config.state_dir / "ledger.sqlite3") as ledger:
+        before = ledger.get(probe_id)
+    assert before is not None and before.outcome is None and before.accepted
+    mail_system.release_held()
+    second_registry = new_registry()
+    async with running(config, second_registry) as second:
+        assert (
+            metric(second_registry, "deliverability_probes_in_flight", route="good", mailbox="seed")
+            == 1
+        )
+        async with asyncio.timeout(WAIT):
+            final = await second.outcomes.wait(probe_id)
+    assert final.outcome is Outcome.INBOX
+    labels = {"route": "good", "mailbox": "seed"}
+    assert metric(first_registry, "deliverability_probes_total", outcome="inbox", **labels) == 0
+    assert metric(second_registry, "deliverability_probes_total", outcome="inbox", **labels) == 1
+    with Ledger(config.state_dir / "ledger.sqlite3") as ledger:
+        after = ledger.get(probe_id)
+    assert after is not None and after.outcome is Outcome.INBOX
