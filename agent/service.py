@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -226,6 +227,9 @@ class Agent:
             )
         scheduler.start()
         self._scheduler = scheduler
+
+    def scheduled_jobs(self) -> list[Job]:
+        return self._scheduler.get_jobs() if self._scheduler is not None else []
 
     async def _reap_forever(self) -> None:
         interval = min(REAP_INTERVAL, max(0.5, self.config.probes.deadline / 10))

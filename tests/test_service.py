@@ -1,0 +1,135 @@
+"""Service behaviour that needs no real mail system: overlap guard, scheduling, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, validate_config
+from agent.ledger import Ledger
+from agent.metrics import Recorder, new_registry
+from agent.model import ErrorKind, Outcome, SendResult, SmtpReply, Stage
+from agent.service import Agent
+from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
+
+SECRET = "service-test-secret-0123456789"
+
+
+def _config(tmp_path: Path, smtp_port: int, **probes: Any) -> Config:
+    data = {
+        "listen": "127.0.0.1:0",
+        "state_dir": str(tmp_path / "state"),
+        "secret": SECRET,
+        "routes": [
+            {
+                "name": "r",
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "tls": "none",
+                "ehlo_name": "client.test",
+                "from": "probe@client.test",
+                "timeouts": {"connect": "1s", "stage": "1s", "total": "1s"},
+            }
+        ],
+        "mailboxes": [
+            {
+                "name": "m",
+                "host": "127.0.0.1",
+                "port": 1,  # nothing listens: the watcher keeps retrying in the background
+                "tls": "none",
+                "allow_plaintext_auth": True,
+                "auth": {"username": "u", "password": "imap-password-1"},
+                "address": "seed@seed.test",
+                "folders": {"junk": "Junk"},
+            }
+        ],
+        "probes": {"interval": "1m", "jitter": "0s", "deadline": "1m", **probes},
+    }
+    return validate_config(data, base_dir=tmp_path, environ={})
+
+
+async def test_a_pair_never_has_two_probes_sending_at_once(tmp_path: Path) -> None:
+    async with ScriptedSmtpServer(Script(replies={Stage.DATA: Hang()})) as server:
+        agent = Agent(_config(tmp_path, server.port), recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            first = asyncio.create_task(agent.probe_pair("r", "m"))
+            await server.wait_for_session(0)
+            assert await agent.probe_pair("r", "m") is None  # skipped, not queued
+            probe_id = await first
+            assert probe_id is not None
+            record = agent.ledger.get(probe_id)
+            assert record is not None
+            assert record.outcome is Outcome.ERROR
+            assert record.send_error is not None and record.send_error.kind is ErrorKind.TIMEOUT
+            assert len(server.sessions) == 1
+        finally:
+            await agent.stop()
+
+
+async def test_schedule_creates_one_non_overlapping_job_per_pair(tmp_path: Path) -> None:
+    agent = Agent(
+        _config(tmp_path, 25, interval="10m", jitter="30s"), recorder=Recorder(new_registry())
+    )
+    await agent.start()
+    try:
+        agent.schedule()
+        jobs = agent.scheduled_jobs()
+        assert [job.id for job in jobs] == ["probe:r:m"]
+        assert jobs[0].max_instances == 1
+        assert jobs[0].coalesce is True
+        assert jobs[0].trigger.interval.total_seconds() == 600
+        assert jobs[0].trigger.jitter == 30
+    finally:
+        await agent.stop()
+
+
+async def test_start_gives_probes_interrupted_mid_send_their_one_outcome(tmp_path: Path) -> None:
+    config = _config(tmp_path, 25)
+    now = time.time()
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        # Killed mid-transaction: no send result was ever stored.
+        ledger.record_sending(
+            probe_id="00000000000000000000000001",
+            route="r",
+            mailbox="m",
+            created_at=now,
+            deadline_at=now + 60,
+        )
+        # Killed after a 5xx was stored but before the outcome was.
+        ledger.record_sending(
+            probe_id="00000000000000000000000002",
+            route="r",
+            mailbox="m",
+            created_at=now,
+            deadline_at=now + 60,
+        )
+        ledger.record_send_result(
+            "00000000000000000000000002",
+            SendResult(
+                transcript=(SmtpReply(Stage.RCPT, 550, "5.1.1", "no such user"),),
+                accepted=False,
+                accepted_at=None,
+                duration_seconds=0.1,
+            ),
+        )
+    registry = new_registry()
+    agent = Agent(config, recorder=Recorder(registry))
+    await agent.start()
+    try:
+        interrupted = agent.ledger.get("00000000000000000000000001")
+        rejected = agent.ledger.get("00000000000000000000000002")
+        assert interrupted is not None and interrupted.outcome is Outcome.ERROR
+        assert rejected is not None and rejected.outcome is Outcome.REJECTED
+        labels = {"route": "r", "mailbox": "m"}
+        assert (
+            registry.get_sample_value(
+                "deliverability_probes_total", {**labels, "outcome": "rejected"}
+            )
+            == 1
+        )
+        assert registry.get_sample_value("deliverability_probes_in_flight", labels) == 0
+    finally:
+        await agent.stop()
