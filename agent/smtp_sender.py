@@ -212,6 +212,9 @@ class _Transaction:
         self._tls_context: ssl.SSLContext | None = None
         self._tls_active = False
         self._sock: socket.socket | None = None
+        # Once aiosmtplib has the socket, its transport owns the file descriptor, even after
+        # aiosmtplib forgot the transport (QUIT, or a TLS shutdown still under way).
+        self._sock_handed_over = False
         # Never given the credentials or start_tls: every stage is driven here, not by connect().
         self._smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -307,10 +310,11 @@ class _Transaction:
         self._record(Stage.QUIT, response)
 
     def close(self) -> None:
-        connected = self._smtp.transport is not None
         self._smtp.close()
-        if self._sock is not None and not connected:
-            self._sock.close()  # never handed over to (or already dropped by) the transport
+        if self._sock is not None and not self._sock_handed_over:
+            # Closing a handed-over socket would free its descriptor under a live transport:
+            # the next connection to get that number fails ("used by transport").
+            self._sock.close()
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -353,6 +357,7 @@ class _Transaction:
         implicit = self.target.tls is TlsMode.IMPLICIT
         self.stage = Stage.CONNECT if implicit else Stage.BANNER
         peer = sock.getpeername()
+        self._sock_handed_over = True
         greeting = asyncio.ensure_future(
             self._reply_of(
                 self._smtp.connect(
