@@ -1,0 +1,119 @@
+"""Benchmark: how fast the agent sees a delivered probe (IDLE vs polling), and its CPU per probe.
+
+    .venv/bin/python -m tests.benchmarks.probe_loop [--probes N] [--poll-interval S]
+
+Method: starts the real test mail system, then runs the agent in this process twice (IMAP IDLE,
+then polling every S seconds), each time sending N probes one after another through submission
+(STARTTLS + AUTH, DKIM-signed, rspamd-checked, Sieve, LMTP) to a fresh seed mailbox, with
+cleanup `keep`. For each probe it reads three instants: the 250 reply to end-of-data
+(`accepted_at`), the moment Dovecot wrote the message file into the Maildir (its mtime), and the
+moment the agent's watcher saw the message (`seen_at`). It prints the distribution of
+arrival -> seen (the agent's own reaction time) and 250 -> seen (what the latency metric shows),
+and the agent process's CPU time (user + system, all threads) divided by the number of probes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from agent.ledger import ProbeRecord
+from agent.metrics import Recorder, new_registry
+from agent.service import Agent
+from tests.agent_setup import AgentSetup
+from tests.mailsystem import MailSystem
+from tests.mailsystem.topology import Account
+
+
+def _maildir_mtime(system: MailSystem, account: Account, probe_id: str) -> float:
+    local, domain = account.address.split("@")
+    maildir = system.layout.mail / domain / local / "Maildir"
+    for sub in ("new", "cur"):
+        for path in (maildir / sub).iterdir():
+            if probe_id.encode() in path.read_bytes():
+                return path.stat().st_mtime
+    raise LookupError(f"probe {probe_id} not found in {maildir}")
+
+
+async def _run_mode(
+    system: MailSystem, workdir: Path, *, probes: int, use_idle: bool, poll_interval: float
+) -> tuple[list[float], list[float], float]:
+    account = system.new_mailbox()
+    setup = AgentSetup(system, workdir).route("good").mailbox("seed", account)
+    setup.probes["cleanup"] = "keep"
+    config = setup.load()
+    agent = Agent(
+        config, recorder=Recorder(new_registry()), use_idle=use_idle, poll_interval=poll_interval
+    )
+    await agent.start()
+    records: list[ProbeRecord] = []
+    cpu_start = time.process_time()
+    try:
+        for _ in range(probes):
+            probe_id = await agent.probe_pair("good", "seed")
+            assert probe_id is not None
+            async with asyncio.timeout(120):
+                await agent.outcomes.wait(probe_id)
+            record = agent.ledger.get(probe_id)
+            assert record is not None
+            records.append(record)
+        cpu = (time.process_time() - cpu_start) / probes
+    finally:
+        await agent.stop()
+    arrival_to_seen, accepted_to_seen = [], []
+    for record in records:
+        assert record.finished_at is not None and record.accepted_at is not None, record
+        arrived = _maildir_mtime(system, account, record.probe_id)
+        arrival_to_seen.append(record.finished_at - arrived)
+        accepted_to_seen.append(record.finished_at - record.accepted_at)
+    return arrival_to_seen, accepted_to_seen, cpu
+
+
+def _summary(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return (
+        f"median {statistics.median(ordered) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms   "
+        f"max {ordered[-1] * 1000:7.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    args = parser.parse_args()
+    system = MailSystem.create()
+    system.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = {}
+            for name, use_idle in (("IDLE", True), (f"poll every {args.poll_interval:g} s", False)):
+                workdir = Path(tmp) / name.split()[0]
+                workdir.mkdir()
+                results[name] = asyncio.run(
+                    _run_mode(
+                        system,
+                        workdir,
+                        probes=args.probes,
+                        use_idle=use_idle,
+                        poll_interval=args.poll_interval,
+                    )
+                )
+    finally:
+        system.stop()
+    print(__doc__.split("Method: ")[1].strip())
+    print(f"\n{args.probes} probes per mode\n")
+    for name, (arrival, accepted, cpu) in results.items():
+        print(f"{name}:")
+        print(f"  arrival in mailbox -> seen by agent   {_summary(arrival)}")
+        print(f"  250 end-of-data -> seen by agent      {_summary(accepted)}")
+        print(f"  agent CPU time per probe              {cpu * 1000:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
