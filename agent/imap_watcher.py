@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import enum
 import logging
 import random
@@ -48,6 +47,7 @@ from typing import Any, Final, TypeVar
 import aioimaplib
 
 from agent.model import ImapErrorKind, TlsMode
+from agent.tls_sniff import answers_tls
 
 __all__ = [
     "JUNK_FOLDER_NAMES",
@@ -742,7 +742,7 @@ class _Connection:
     async def _sniff_implicit_tls(self, hello: asyncio.Future[Any]) -> None:
         """While still waiting for a greeting, ask a second connection whether TLS is spoken."""
         target = self._target
-        sniff = asyncio.ensure_future(_answers_tls(target.host, target.port))
+        sniff = asyncio.ensure_future(_sniff_tls(target.host, target.port))
         try:
             done, _ = await asyncio.wait(
                 {hello, self._protocol.failure, sniff}, return_when=asyncio.FIRST_COMPLETED
@@ -1039,28 +1039,12 @@ def _tls_context(target: ImapTarget) -> ssl.SSLContext:
     return context
 
 
-async def _answers_tls(host: str, port: int) -> bool:
-    """Whether the peer answers a TLS ClientHello with a TLS record (handshake or alert)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    outgoing = ssl.MemoryBIO()
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=host)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()  # writes the ClientHello into `outgoing`
-    writer: asyncio.StreamWriter | None = None
+async def _sniff_tls(host: str, port: int) -> bool:
     try:
         async with asyncio.timeout(_TLS_SNIFF_TIMEOUT):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(outgoing.read())
-            header = await reader.readexactly(2)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return await answers_tls(host, port, server_hostname=host)
+    except TimeoutError:
         return False
-    finally:
-        if writer is not None:
-            writer.close()
-    # A TLS record starts with content type 22 (handshake) or 21 (alert), then major version 3.
-    return header[0] in (21, 22) and header[1] == 3
 
 
 def _discard(future: asyncio.Future[Any]) -> None:

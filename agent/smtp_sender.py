@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import re
 import socket
 import ssl
@@ -59,6 +58,7 @@ from agent.model import (
     Stage,
     TlsMode,
 )
+from agent.tls_sniff import answers_tls
 
 __all__ = [
     "SmtpTarget",
@@ -392,14 +392,14 @@ class _Transaction:
         """While still waiting for the greeting, ask a second connection whether TLS is spoken."""
         limit = min(_TLS_SNIFF_TIMEOUT, self.target.stage_timeout)
 
-        async def answers_tls() -> bool:
+        async def peer_answers_tls() -> bool:
             try:
                 async with asyncio.timeout(limit):
-                    return await _answers_tls(peer, self.target.host)
+                    return await answers_tls(peer[0], peer[1], server_hostname=self.target.host)
             except TimeoutError:
                 return False
 
-        sniff = asyncio.ensure_future(answers_tls())
+        sniff = asyncio.ensure_future(peer_answers_tls())
         both: set[asyncio.Future[Any]] = {greeting, sniff}
         try:
             done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
@@ -514,29 +514,6 @@ class _Transaction:
         else:
             return None
         return ProbeError(stage, kind, self._redact(message))
-
-
-async def _answers_tls(peer: tuple[Any, ...], server_hostname: str) -> bool:
-    """Whether the peer answers a TLS ClientHello with a TLS record (handshake or alert)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA bundle to load: nothing is verified
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    outgoing = ssl.MemoryBIO()
-    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_hostname)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()  # writes the ClientHello into `outgoing`
-    writer: asyncio.StreamWriter | None = None
-    try:
-        reader, writer = await asyncio.open_connection(peer[0], peer[1])
-        writer.write(outgoing.read())
-        header = await reader.readexactly(2)
-    except (OSError, asyncio.IncompleteReadError):
-        return False
-    finally:
-        if writer is not None:
-            writer.close()
-    # A TLS record starts with content type 22 (handshake) or 21 (alert), then major version 3.
-    return header[0] in (21, 22) and header[1] == 3
 
 
 def _client_tls_context(target: SmtpTarget) -> ssl.SSLContext:
