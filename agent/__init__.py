@@ -1,5 +1,4 @@
-"""Email deliverability monitoring agent: probe routes, read seed mailboxes, export metrics.
-"""
+"""Email deliverability monitoring agent: probe routes, read seed mailboxes, export metrics."""
 
 from importlib.metadata import PackageNotFoundError, version
 

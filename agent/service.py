@@ -340,21 +340,14 @@ class Agent:
     def _imap_state(
         self, watch: _MailboxWatch, folder: str, up: bool, kind: ImapErrorKind | None
     ) -> None:
-        watch.folders_up[folder] = up
+        """Track each watched folder's connection; "*" stands for the folder listing at start."""
         if kind is not None:
             self.recorder.imap_error(watch.mailbox.name, kind)
+        if folder != "*":
+            watch.folders_up.pop("*", None)  # a folder watcher reporting means listing is done
+        watch.folders_up[folder] = up
         # The mailbox is up only while every watched folder's connection is.
-        healthy = all(watch.folders_up.values()) and "*" not in watch.folders_up
-        if up and folder != "*":
-            watch.folders_up.pop("*", None)
-            healthy = all(watch.folders_up.values())
-        self.recorder.imap_state(watch.mailbox.name, healthy)
-
-    def imap_health(self) -> dict[str, bool]:
-        return {
-            name: bool(w.folders_up) and all(w.folders_up.values())
-            for name, w in self._watches.items()
-        }
+        self.recorder.imap_state(watch.mailbox.name, all(watch.folders_up.values()))
 
 
 def _datetime(epoch: float) -> datetime:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import smtplib
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -15,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from agent.config import Config
 from agent.ledger import Ledger, ProbeRecord
 from agent.metrics import Recorder, new_registry
-from agent.model import AuthResult, ErrorKind, Outcome, Stage
+from agent.model import AuthResult, ErrorKind, ImapErrorKind, Outcome, Stage
 from agent.probe_message import build_probe_message, new_probe_id
 from agent.service import Agent
 from tests.agent_setup import BAD_SENDER, AgentSetup
 from tests.mailsystem import MailSystem
-from tests.mailsystem.topology import SEED_DOMAIN
+from tests.mailsystem.topology import SEED_DOMAIN, Account
 
 pytestmark = pytest.mark.mailsystem
 
@@ -53,6 +55,15 @@ class SignallingRecorder(Recorder):
     def probe_late(self, route: str, mailbox: str) -> None:
         super().probe_late(route, mailbox)
         self.event("late").set()
+
+    def imap_state(self, mailbox: str, up: bool) -> None:
+        super().imap_state(mailbox, up)
+        if up:
+            self.event("imap_up").set()
+
+    def imap_error(self, mailbox: str, kind: ImapErrorKind) -> None:
+        super().imap_error(mailbox, kind)
+        self.event(f"imap_error:{kind}").set()
 
 
 @asynccontextmanager
@@ -122,7 +133,34 @@ async def test_probe_from_the_good_domain_lands_in_inbox_with_spf_dkim_dmarc_pas
         )
         == 1
     )
-    assert metric(registry, "deliverability_imap_up", mailbox="seed") in (0.0, 1.0)
+
+
+async def test_imap_up_is_1_once_every_watched_folder_is_selected(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = setup.route("good").mailbox("seed", mail_system.new_mailbox()).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        assert metric(registry, "deliverability_imap_up", mailbox="seed") == 0
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("imap_up").wait()
+        assert metric(registry, "deliverability_imap_up", mailbox="seed") == 1
+
+
+async def test_wrong_imap_password_keeps_imap_up_at_0_and_counts_auth_errors(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    box = mail_system.new_mailbox()
+    wrong = Account(box.address, "not-the-imap-password")
+    config = setup.route("good").mailbox("seed", wrong).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("imap_error:auth").wait()
+        assert metric(registry, "deliverability_imap_up", mailbox="seed") == 0
+        assert (
+            metric(registry, "deliverability_imap_errors_total", mailbox="seed", kind="auth") >= 1
+        )
 
 
 async def test_probe_from_the_misconfigured_domain_lands_in_spam_with_dmarc_fail(
@@ -323,12 +361,28 @@ async def test_forged_probe_is_counted_and_never_matched(
     )
 
 
+# Planted with IMAP APPEND: no MTA cleans them up on the way (Dovecot still normalises line ends).
 HOSTILE_MESSAGES = [
-    b"\x00\xff\xfe garbage that is not a message at all \x00\x00\r\n\r\n\x01\x02",
+    b"\x00\xff\xfe garbage that is not a message at all \x00\x00\r\n\r\n\x01\x02",  # malformed
+    # A bare CR hiding a header: Dovecot stores it as a line break, so it reads as unrelated.
+    b"Subject: hi\rX-Hidden: 1\r\nFrom: a@b.test\r\n\r\nbody\r\n",
     b"Subject: =?utf-8?B?////?=\r\nContent-Type: multipart/mixed; boundary=\r\n"
-    b"X-Deliverability-Probe: id=../../etc/passwd; sig=\r\n\r\n--\r\n--\r\n",
-    b"From: " + b"A" * 200_000 + b"\r\n\r\nbody\r\n",
+    b"X-Deliverability-Probe: id=../../etc/passwd; sig=\r\n\r\n--\r\n--\r\n",  # forged
+    b"From: a@b.test\r\nContent-Type: text/plain; x="
+    + b"y" * 10_000
+    + b"\r\n\r\nb\r\n",  # malformed
+    b"From: " + b"A" * 200_000 + b"\r\n\r\nbody\r\n",  # unrelated (not a probe, not broken)
+    b"Subject: cut off in the middle",  # unrelated
 ]
+HOSTILE_COUNTS = (2.0, 1.0)  # (malformed, forged)
+
+
+def _append(mail_system: MailSystem, account: Account, raw: bytes) -> None:
+    context = ssl.create_default_context(cafile=str(mail_system.ca_file))
+    with imaplib.IMAP4_SSL("127.0.0.1", mail_system.ports.imaps, ssl_context=context) as imap:
+        imap.login(account.address, account.password)
+        status, _ = imap.append("INBOX", None, None, raw)
+        assert status == "OK"
 
 
 async def test_hostile_messages_in_the_seed_mailbox_are_skipped_without_a_crash(
@@ -336,11 +390,16 @@ async def test_hostile_messages_in_the_seed_mailbox_are_skipped_without_a_crash(
 ) -> None:
     box = mail_system.new_mailbox()
     for raw in HOSTILE_MESSAGES:
-        _deliver_raw(mail_system, box.address, raw)
+        _append(mail_system, box, raw)
     config = setup.route("good").mailbox("seed", box).load()
-    async with running(config) as agent:
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        # The watcher hands over in UID order: the hostile messages before the probe.
         record = await probe_once(agent, "good", "seed")
     assert record.outcome is Outcome.INBOX
+    skipped = metric(registry, "deliverability_malformed_messages_total", mailbox="seed")
+    forged = metric(registry, "deliverability_forged_messages_total", mailbox="seed")
+    assert (skipped, forged) == HOSTILE_COUNTS
 
 
 async def test_restart_with_a_probe_in_flight_reaches_its_outcome_exactly_once(
