@@ -156,8 +156,8 @@ def test_mail_for_a_held_mailbox_waits_until_released(mail_system: MailSystem) -
         subject=subject,
         to=held.address,
     )
-    assert mail_system.held_count() == 1
+    assert mail_system.held_count(held.address) == 1
     mail_system.release_held()
     folder, _ = _wait_for(mail_system, subject, account=held)
     assert folder == "INBOX"
-    assert mail_system.held_count() == 0
+    assert mail_system.held_count(held.address) == 0

@@ -50,6 +50,10 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "dovecot-sieve": "/usr/bin/sievec",
     "rspamd": "/usr/bin/rspamd",
     "opendkim": "/usr/sbin/opendkim",
+    # Not mail: the monitoring proof scrapes the agent with a real Prometheus and checks the
+    # example Alertmanager config with amtool.
+    "prometheus": "/usr/bin/prometheus",
+    "prometheus-alertmanager": "/usr/bin/amtool",
 }
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 START_TIMEOUT = 60.0
@@ -193,10 +197,20 @@ class MailSystem:
         self._run(["postsuper", "-c", config, "-H", "ALL"], what="release held mail")
         self._run(["postqueue", "-c", config, "-f"], what="flush the submission queue")
 
-    def held_count(self) -> int:
-        """Messages on hold in the submission server's queue."""
-        hold = self.layout.postfix_out / "queue" / "hold"
-        return sum(1 for path in hold.rglob("*") if path.is_file()) if hold.exists() else 0
+    def held_count(self, address: str) -> int:
+        """Messages for `address` on hold in the submission server's queue."""
+        result = subprocess.run(
+            ["postqueue", "-c", str(self.layout.postfix_out), "-j"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return sum(
+            1
+            for line in result.stdout.splitlines()
+            if (entry := json.loads(line))["queue_name"] == "hold"
+            and any(r["address"] == address for r in entry["recipients"])
+        )
 
     @property
     def ca_file(self) -> Path:
