@@ -35,6 +35,8 @@ from typing import Any, Self
 from agent.model import (
     AuthResult,
     AuthVerdicts,
+    BounceSource,
+    BounceType,
     ErrorKind,
     Outcome,
     ProbeError,
@@ -46,6 +48,7 @@ from agent.model import (
 __all__ = [
     "LEDGER_FILENAME",
     "SCHEMA_VERSION",
+    "BounceRecord",
     "Ledger",
     "LedgerError",
     "ProbeRecord",
@@ -88,6 +91,17 @@ CREATE TABLE probes (
     late_latency_seconds REAL
 ) STRICT
 """,
+    """
+CREATE TABLE bounces (
+    probe_id      TEXT NOT NULL REFERENCES probes (probe_id) ON DELETE CASCADE,
+    type          TEXT NOT NULL,  -- hard | soft
+    source        TEXT NOT NULL,  -- smtp | dsn
+    status        TEXT,           -- enhanced status code, e.g. 5.1.1
+    reporting_mta TEXT,
+    seen_at       REAL NOT NULL,
+    PRIMARY KEY (probe_id, type, source)
+) STRICT
+""",
     "CREATE INDEX probes_open ON probes (deadline_at) WHERE outcome IS NULL",
     "CREATE INDEX probes_created ON probes (created_at)",
     "CREATE INDEX probes_pair ON probes (route, mailbox, created_at)",
@@ -107,6 +121,17 @@ class LedgerError(Exception):
 
 class UnknownProbeError(LedgerError):
     """A call named a probe id the ledger has never recorded (a caller bug)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BounceRecord:
+    """One bounce of a probe: hard or soft, from the SMTP reply or a DSN."""
+
+    bounce_type: BounceType
+    source: BounceSource
+    status: str | None
+    reporting_mta: str | None
+    seen_at: float
 
 
 class ProbeState(enum.StrEnum):
@@ -341,6 +366,48 @@ class Ledger:
                 (seen_at, folder, latency_seconds, probe_id, Outcome.MISSING.value),
             )
         return cursor.rowcount == 1
+
+    def record_bounce(
+        self,
+        probe_id: str,
+        *,
+        bounce_type: BounceType,
+        source: BounceSource,
+        status: str | None,
+        reporting_mta: str | None,
+        seen_at: float,
+    ) -> bool:
+        """Record a bounce of the probe; True only the first time for this type and source, so a
+        DSN seen again (after a restart, or sent twice) is counted once."""
+        with self._translate("record a bounce"):
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO bounces (probe_id, type, source, status, reporting_mta,"
+                " seen_at) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS"
+                " (SELECT 1 FROM probes WHERE probe_id = ?)",
+                (
+                    probe_id,
+                    bounce_type.value,
+                    source.value,
+                    status,
+                    reporting_mta,
+                    seen_at,
+                    probe_id,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def bounces(self, probe_id: str) -> list[BounceRecord]:
+        """The bounces recorded for a probe, in the order they were seen."""
+        with self._translate("read bounces"):
+            rows = self._conn.execute(
+                "SELECT type, source, status, reporting_mta, seen_at FROM bounces"
+                " WHERE probe_id = ? ORDER BY seen_at",
+                (probe_id,),
+            ).fetchall()
+        return [
+            BounceRecord(BounceType(t), BounceSource(src), status, mta, seen_at)
+            for t, src, status, mta, seen_at in rows
+        ]
 
     def prune(self, older_than: float) -> int:
         """Delete final probes created before `older_than`; probes still in flight are kept."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.config import Cleanup, Mailbox
+from agent.bounces import read_bounce
+from agent.config import Cleanup, Config, Mailbox
 from agent.ledger import Ledger, ProbeRecord
 from agent.metrics import Recorder
-from agent.model import AuthVerdicts, Outcome
+from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome
 from agent.outcomes import Outcomes
 from agent.triage import TriageKind, placement_of, triage_message
 
@@ -101,6 +102,48 @@ class Matcher:
             self._early[record.probe_id] = sighting
             return self._cleanup is Cleanup.DELETE
         self._settle(record, sighting)
+        return self._cleanup is Cleanup.DELETE
+
+    def handle_bounce(
+        self, config: Config, bounce_mailbox: Mailbox, raw: bytes, *, seen_at: float
+    ) -> bool:
+        """Account for one message in a bounce mailbox; True when the watcher should delete it."""
+        report = read_bounce(raw, secret=self._secret)
+        if report.bounce_type is None or report.probe_id is None:
+            log.debug("%s: not a bounce of a probe: %s", bounce_mailbox.name, report.reason)
+            return False
+        record = self._ledger.get(report.probe_id)
+        if record is None:
+            log.info(
+                "%s: bounce names probe %s, which is not in the ledger",
+                bounce_mailbox.name,
+                report.probe_id,
+            )
+            return False
+        try:
+            recipient = config.mailbox(record.mailbox).address.lower()
+        except KeyError:
+            recipient = None
+        if report.recipients and recipient is not None and recipient not in report.recipients:
+            # A bounce for another recipient of a message with our envelope: not this probe's.
+            log.info(
+                "%s: bounce for %s does not concern probe %s (sent to %s)",
+                bounce_mailbox.name,
+                ", ".join(report.recipients),
+                record.probe_id,
+                recipient,
+            )
+            return False
+        self._outcomes.bounce(
+            record,
+            report.bounce_type,
+            BounceSource.DSN,
+            status=report.status,
+            reporting_mta=report.reporting_mta,
+            seen_at=seen_at,
+        )
+        if report.bounce_type is BounceType.HARD and record.outcome is None:
+            self._outcomes.finalize(record, Outcome.BOUNCED, finished_at=seen_at)
         return self._cleanup is Cleanup.DELETE
 
     def settle_early(self, probe_id: str) -> None:

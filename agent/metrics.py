@@ -35,6 +35,8 @@ from agent.model import (
     AuthMethod,
     AuthResult,
     AuthVerdicts,
+    BounceSource,
+    BounceType,
     ErrorKind,
     ImapErrorKind,
     Outcome,
@@ -44,6 +46,7 @@ from agent.model import (
 
 __all__ = [
     "AUTH_RESULTS",
+    "BOUNCES",
     "BUILD_INFO",
     "CATALOG",
     "CONFIG_LAST_RELOAD_SUCCESSFUL",
@@ -222,6 +225,13 @@ TLS_CERT_EXPIRY = MetricSpec(
     "Expiry of the certificate the route's SMTP server last presented (Unix time).",
     ("route",),
 )
+BOUNCES = MetricSpec(
+    "deliverability_bounces_total",
+    MetricKind.COUNTER,
+    "Bounces of probes by type (hard 5.x.x, soft 4.x.x) and source (SMTP reply or later DSN); "
+    "bounce rate is this over deliverability_probes_sent_total.",
+    ("route", "type", "source"),
+)
 TLS_VERSION_INFO = MetricSpec(
     "deliverability_tls_version_info",
     MetricKind.GAUGE,
@@ -249,6 +259,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     BUILD_INFO,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
+    BOUNCES,
 )
 
 # RFC 3463 status codes; anything else a server sends is labelled "invalid" so a hostile server
@@ -324,14 +335,17 @@ class Recorder:
 
     # -- configuration ----------------------------------------------------------------------------
 
-    def declare(self, pairs: Iterable[tuple[str, str]]) -> None:
+    def declare(
+        self, pairs: Iterable[tuple[str, str]], *, bounce_mailboxes: Iterable[str] = ()
+    ) -> None:
         """Pre-create every bounded series of the configured (route, mailbox) pairs at zero, and
         remove the series of routes, mailboxes and pairs no longer configured. Call at start and on
-        every successful reload. Existing values of pairs still configured are kept."""
+        every successful reload. Existing values of pairs still configured are kept. Bounce
+        mailboxes get the per-mailbox series (IMAP health, malformed and forged messages)."""
         ordered = tuple(dict.fromkeys(pairs))
         pair_set = set(ordered)
         routes = tuple(dict.fromkeys(route for route, _ in ordered))
-        mailboxes = tuple(dict.fromkeys(mailbox for _, mailbox in ordered))
+        mailboxes = tuple(dict.fromkeys([*(mailbox for _, mailbox in ordered), *bounce_mailboxes]))
         route_set, mailbox_set = set(routes), set(mailboxes)
 
         for spec in CATALOG:
@@ -355,6 +369,9 @@ class Recorder:
                 for kind in ErrorKind:
                     self._c(SMTP_ERRORS, route, stage.value, kind.value)
             self._h(SMTP_TRANSACTION_SECONDS, route)
+            for bounce_type in BounceType:
+                for source in BounceSource:
+                    self._c(BOUNCES, route, bounce_type.value, source.value)
         for route, mailbox in ordered:
             for outcome in Outcome:
                 self._c(PROBES, route, mailbox, outcome.value)
@@ -374,6 +391,10 @@ class Recorder:
                 self._c(IMAP_ERRORS, mailbox, imap_kind.value)
             self._c(MALFORMED_MESSAGES, mailbox)
         self._pairs = ordered
+
+    def bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
+        """One bounce of one probe (the caller makes sure each is counted once)."""
+        self._c(BOUNCES, route, bounce_type.value, source.value).inc()
 
     def config_reloaded(self, ok: bool, at: float) -> None:
         """A configuration load or reload finished; `at` is its wall-clock time."""

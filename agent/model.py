@@ -14,6 +14,8 @@ __all__ = [
     "AuthMethod",
     "AuthResult",
     "AuthVerdicts",
+    "BounceSource",
+    "BounceType",
     "ErrorKind",
     "ImapErrorKind",
     "Outcome",
@@ -43,8 +45,23 @@ class Outcome(enum.StrEnum):
     OTHER = "other"  # delivered to a folder that is neither the inbox nor junk
     MISSING = "missing"  # accepted, but not seen by the deadline
     REJECTED = "rejected"  # a 5xx reply ended the transaction
+    BOUNCED = "bounced"  # accepted, then a hard bounce (DSN) came back before it was seen
     DEFERRED = "deferred"  # a 4xx reply ended the transaction
     ERROR = "error"  # no SMTP verdict: connect, TLS, auth, timeout, protocol
+
+
+class BounceType(enum.StrEnum):
+    """Hard: permanent failure (5.x.x). Soft: transient (4.x.x, or a delay notice)."""
+
+    HARD = "hard"
+    SOFT = "soft"
+
+
+class BounceSource(enum.StrEnum):
+    """Where a bounce was learned: the SMTP transaction itself, or a DSN that came back later."""
+
+    SMTP = "smtp"
+    DSN = "dsn"
 
 
 class Stage(enum.StrEnum):

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from agent.ledger import Ledger, ProbeRecord
 from agent.metrics import Recorder
-from agent.model import AuthVerdicts, Outcome
+from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome, ReplyClass, SendResult
+from agent.smtp_sender import deciding_reply
 
 __all__ = ["FinalOutcome", "Outcomes"]
 
@@ -99,6 +100,58 @@ class Outcomes:
             latency_seconds,
         )
         return True
+
+    def bounce(
+        self,
+        record: ProbeRecord,
+        bounce_type: BounceType,
+        source: BounceSource,
+        *,
+        status: str | None,
+        reporting_mta: str | None,
+        seen_at: float,
+    ) -> bool:
+        """Count a bounce of the probe once per type and source; True when this call counted it."""
+        if not self._ledger.record_bounce(
+            record.probe_id,
+            bounce_type=bounce_type,
+            source=source,
+            status=status,
+            reporting_mta=reporting_mta,
+            seen_at=seen_at,
+        ):
+            return False
+        self._recorder.bounce(record.route, bounce_type, source)
+        log.info(
+            "probe %s %s -> %s: %s bounce (%s) %s from %s",
+            record.probe_id,
+            record.route,
+            record.mailbox,
+            bounce_type,
+            source,
+            status or "no status code",
+            reporting_mta or "unknown MTA",
+        )
+        return True
+
+    def smtp_verdict(
+        self, record: ProbeRecord, result: SendResult, verdict: Outcome, *, finished_at: float
+    ) -> None:
+        """Finalize a probe the SMTP server answered for; a 5xx or 4xx also counts as a bounce."""
+        reply = deciding_reply(result)
+        if result.error is None and reply is not None:
+            kind = {ReplyClass.PERMANENT: BounceType.HARD, ReplyClass.TRANSIENT: BounceType.SOFT}
+            bounce_type = kind.get(reply.reply_class)
+            if bounce_type is not None:
+                self.bounce(
+                    record,
+                    bounce_type,
+                    BounceSource.SMTP,
+                    status=reply.enhanced_code,
+                    reporting_mta=None,
+                    seen_at=finished_at,
+                )
+        self.finalize(record, verdict, finished_at=finished_at)
 
     def refresh_in_flight(self) -> None:
         self._recorder.set_in_flight(self._ledger.in_flight_counts())

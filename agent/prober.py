@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from agent.config import Mailbox, Route
+from agent.config import Config, Mailbox, Route
 from agent.ledger import Ledger
 from agent.metrics import Recorder
 from agent.outcomes import Outcomes
@@ -49,18 +49,18 @@ class Prober:
     def __init__(
         self,
         *,
+        config: Config,
         ledger: Ledger,
         recorder: Recorder,
         outcomes: Outcomes,
-        secret: bytes,
-        deadline_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._config = config
+        self._secret = config.secret.get_secret_value().encode()
+        self._deadline = config.probes.deadline
         self._ledger = ledger
         self._recorder = recorder
         self._outcomes = outcomes
-        self._secret = secret
-        self._deadline = deadline_seconds
         self._clock = clock
 
     async def probe(self, route: Route, mailbox: Mailbox) -> str:
@@ -88,7 +88,7 @@ class Prober:
 
         result = await send_probe(
             smtp_target(route),
-            envelope_from=route.envelope_from,
+            envelope_from=self._config.envelope_from(route, probe_id),
             recipients=[mailbox.address],
             message=message.as_bytes(policy=email.policy.SMTP),
         )
@@ -111,5 +111,5 @@ class Prober:
             )
         record = self._ledger.get(probe_id)
         assert record is not None  # written above
-        self._outcomes.finalize(record, verdict, finished_at=self._clock())
+        self._outcomes.smtp_verdict(record, result, verdict, finished_at=self._clock())
         return probe_id

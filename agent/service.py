@@ -66,6 +66,7 @@ class _MailboxWatch:
     """The watchers of one seed mailbox, and what they found out about its folders."""
 
     mailbox: Mailbox
+    bounces: bool = False  # a bounce mailbox: its messages are read as bounces, not as probes
     junk: str | None = None
     task: asyncio.Task[None] | None = None
     folders_up: dict[str, bool] = field(default_factory=dict)
@@ -102,11 +103,10 @@ class Agent:
     def _build(self, config: Config) -> None:
         secret = config.secret.get_secret_value().encode()
         self.prober = Prober(
+            config=config,
             ledger=self.ledger,
             recorder=self.recorder,
             outcomes=self.outcomes,
-            secret=secret,
-            deadline_seconds=config.probes.deadline,
             clock=self._clock,
         )
         self.matcher = Matcher(
@@ -123,17 +123,19 @@ class Agent:
         """Recover probes left by a previous run, declare series, start watchers and the reaper."""
         self._declare()
         self._recover()
-        for mailbox in self.config.mailboxes:
-            self._start_watch(mailbox)
+        for mailbox, bounces in _watched_mailboxes(self.config).values():
+            self._start_watch(mailbox, bounces=bounces)
         self._reaper = asyncio.create_task(self._reap_forever(), name="reaper")
         self.started = True
 
     def _declare(self) -> None:
         pairs = [(route.name, mailbox.name) for route, mailbox in self.config.pairs()]
-        self.recorder.declare(pairs)
+        bounce_names = [mailbox.name for mailbox in self.config.bounce_mailboxes]
+        self.recorder.declare(pairs, bounce_mailboxes=bounce_names)
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at())
-        for mailbox in self.config.mailboxes:
-            self.recorder.imap_state(mailbox.name, False)
+        for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes):
+            if mailbox.name not in self._watches:
+                self.recorder.imap_state(mailbox.name, False)
 
     def _recover(self) -> None:
         """Give each probe a crash or kill interrupted its one outcome; keep awaiting the rest."""
@@ -144,8 +146,9 @@ class Agent:
                 self.outcomes.finalize(record, Outcome.ERROR, finished_at=now)
             else:
                 result = record.send_result
-                verdict = verdict_of(result) if result is not None else Outcome.ERROR
-                self.outcomes.finalize(record, verdict or Outcome.ERROR, finished_at=now)
+                assert result is not None  # UNACCEPTED means a send result is stored
+                verdict = verdict_of(result) or Outcome.ERROR
+                self.outcomes.smtp_verdict(record, result, verdict, finished_at=now)
         awaiting = self.ledger.in_flight()
         if awaiting:
             log.info("resuming %d probe(s) in flight from the previous run", len(awaiting))
@@ -249,28 +252,28 @@ class Agent:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        old_mailboxes = {m.name: m for m in self.config.mailboxes}
+        old_mailboxes = _watched_mailboxes(self.config)
         self.config = config.model_copy(
             update={"state_dir": self.config.state_dir, "listen": self.config.listen}
         )
         self._build(self.config)
-        new_mailboxes = {m.name: m for m in self.config.mailboxes}
+        new_mailboxes = _watched_mailboxes(self.config)
         for name, watch in list(self._watches.items()):
             if old_mailboxes.get(name) != new_mailboxes.get(name) and watch.task is not None:
                 watch.task.cancel()
                 await asyncio.gather(watch.task, return_exceptions=True)
                 del self._watches[name]
         self._declare()
-        for name, mailbox in new_mailboxes.items():
+        for name, (mailbox, bounces) in new_mailboxes.items():
             if name not in self._watches:
-                self._start_watch(mailbox)
+                self._start_watch(mailbox, bounces=bounces)
         if rescheduling:
             self.schedule()
 
     # --- watching -------------------------------------------------------------------------------
 
-    def _start_watch(self, mailbox: Mailbox) -> None:
-        watch = _MailboxWatch(mailbox)
+    def _start_watch(self, mailbox: Mailbox, *, bounces: bool = False) -> None:
+        watch = _MailboxWatch(mailbox, bounces=bounces)
         watch.task = asyncio.create_task(self._watch_mailbox(watch), name=f"watch:{mailbox.name}")
         self._watches[mailbox.name] = watch
 
@@ -322,9 +325,18 @@ class Agent:
 
     def _on_message_for(self, watch: _MailboxWatch) -> OnMessage:
         async def on_message(message: FetchedMessage) -> Disposition:
-            delete = self.matcher.handle(
-                watch.mailbox, message.folder, message.raw, seen_at=message.seen_at, junk=watch.junk
-            )
+            if watch.bounces:
+                delete = self.matcher.handle_bounce(
+                    self.config, watch.mailbox, message.raw, seen_at=message.seen_at
+                )
+            else:
+                delete = self.matcher.handle(
+                    watch.mailbox,
+                    message.folder,
+                    message.raw,
+                    seen_at=message.seen_at,
+                    junk=watch.junk,
+                )
             return Disposition.DELETE if delete else Disposition.KEEP
 
         return on_message
@@ -348,6 +360,13 @@ class Agent:
         watch.folders_up[folder] = up
         # The mailbox is up only while every watched folder's connection is.
         self.recorder.imap_state(watch.mailbox.name, all(watch.folders_up.values()))
+
+
+def _watched_mailboxes(config: Config) -> dict[str, tuple[Mailbox, bool]]:
+    """Every mailbox to watch, by name, with whether it is a bounce mailbox."""
+    watched = {mailbox.name: (mailbox, False) for mailbox in config.mailboxes}
+    watched.update((mailbox.name, (mailbox, True)) for mailbox in config.bounce_mailboxes)
+    return watched
 
 
 def _datetime(epoch: float) -> datetime:

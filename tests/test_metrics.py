@@ -32,6 +32,8 @@ from agent.model import (
     AuthMethod,
     AuthResult,
     AuthVerdicts,
+    BounceSource,
+    BounceType,
     ErrorKind,
     ImapErrorKind,
     Outcome,
@@ -113,6 +115,7 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     """The results the golden file shows: one route, two seed mailboxes, every kind of event."""
     recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
     recorder.config_reloaded(True, T0)
+    recorder.bounce(ROUTE, BounceType.HARD, BounceSource.DSN)
     for mailbox in (GMAIL, OUTLOOK, GMAIL, OUTLOOK):
         recorder.probe_sent(ROUTE, mailbox)
     recorder.smtp_result(ROUTE, ACCEPTED)
@@ -217,7 +220,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
     bounded = (
         {ROUTE, GMAIL, OUTLOOK, "1.2.3", "TLSv1.3", ""}
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ImapErrorKind)}
-        | {str(m) for m in (*AuthMethod, *AuthResult)}
+        | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource)}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
     )
     for name, labels, _ in samples(registry):

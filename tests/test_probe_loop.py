@@ -17,7 +17,15 @@ from prometheus_client import CollectorRegistry
 from agent.config import Config
 from agent.ledger import Ledger, ProbeRecord
 from agent.metrics import Recorder, new_registry
-from agent.model import AuthResult, ErrorKind, ImapErrorKind, Outcome, Stage
+from agent.model import (
+    AuthResult,
+    BounceSource,
+    BounceType,
+    ErrorKind,
+    ImapErrorKind,
+    Outcome,
+    Stage,
+)
 from agent.probe_message import build_probe_message, new_probe_id
 from agent.service import Agent
 from tests.agent_setup import BAD_SENDER, AgentSetup
@@ -55,6 +63,10 @@ class SignallingRecorder(Recorder):
     def probe_late(self, route: str, mailbox: str) -> None:
         super().probe_late(route, mailbox)
         self.event("late").set()
+
+    def bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
+        super().bounce(route, bounce_type, source)
+        self.event("bounce").set()
 
     def imap_state(self, mailbox: str, up: bool) -> None:
         super().imap_state(mailbox, up)
@@ -187,9 +199,17 @@ async def test_rcpt_5xx_is_rejected_with_its_enhanced_code(
     registry = new_registry()
     async with running(config, registry) as agent:
         record = await probe_once(agent, "good", "seed")
+        bounces = agent.ledger.bounces(record.probe_id)
     assert record.outcome is Outcome.REJECTED
     rcpt = [reply for reply in record.transcript if reply.stage is Stage.RCPT]
     assert [(r.code, r.enhanced_code) for r in rcpt] == [(550, "5.7.1")]
+    assert (
+        metric(registry, "deliverability_bounces_total", route="good", type="hard", source="smtp")
+        == 1
+    )
+    assert [(b.bounce_type, b.source, b.status) for b in bounces] == [
+        (BounceType.HARD, BounceSource.SMTP, "5.7.1")
+    ]
     assert (
         metric(
             registry,
@@ -210,9 +230,14 @@ async def test_rcpt_4xx_is_deferred(setup: AgentSetup, mail_system: MailSystem) 
         .mailbox("seed", mail_system.new_mailbox(), address=f"defer-451@{SEED_DOMAIN}")
         .load()
     )
-    async with running(config) as agent:
+    registry = new_registry()
+    async with running(config, registry) as agent:
         record = await probe_once(agent, "good", "seed")
     assert record.outcome is Outcome.DEFERRED
+    assert (
+        metric(registry, "deliverability_bounces_total", route="good", type="soft", source="smtp")
+        == 1
+    )
     assert record.transcript[-2].code == 451 or any(
         r.code == 451 and r.enhanced_code == "4.7.1" for r in record.transcript
     )

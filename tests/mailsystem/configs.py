@@ -17,6 +17,7 @@ from tests.mailsystem.topology import (
     GOOD_DOMAIN,
     HELD_ACCOUNTS,
     MX_HOSTNAME,
+    MX_ONLY_RCPT_CODES,
     RCPT_CODES,
     SEED_DOMAIN,
     SPAM_SUBJECT_TOKEN,
@@ -238,7 +239,10 @@ def _postfix_common(*, config_dir: Path, tls: Path, logs: Path, name: str, hostn
         maximal_backoff_time = 10s
         maximal_queue_lifetime = 1h
         bounce_queue_lifetime = 1h
-        delay_warning_time = 0
+        # Mail deferred by the MX gets a delay DSN at its second attempt (soft bounce tests).
+        delay_warning_time = 1s
+        # user+detail@ is delivered to user@ (VERP bounce addresses).
+        recipient_delimiter = +
         smtpd_tls_cert_file = {tls / "server.pem"}
         smtpd_tls_key_file = {tls / "server.key"}
         smtpd_tls_security_level = may
@@ -248,10 +252,13 @@ def _postfix_common(*, config_dir: Path, tls: Path, logs: Path, name: str, hostn
         """)
 
 
-def rcpt_access(*, hold: bool) -> str:
-    """Recipients that answer a fixed code at RCPT (both instances); held ones (submission only)."""
+def rcpt_access(*, mx: bool) -> str:
+    """Recipients that answer a fixed code at RCPT (both instances; some at the MX only), and on
+    the submission server the held mailboxes."""
     lines = [f"{address} {reply}\n" for address, reply in RCPT_CODES.items()]
-    if hold:
+    if mx:
+        lines += [f"{address} {reply}\n" for address, reply in MX_ONLY_RCPT_CODES.items()]
+    else:
         lines += [f"{account.address} HOLD\n" for account in HELD_ACCOUNTS]
     return "".join(lines)
 
@@ -618,6 +625,7 @@ def dovecot_conf(layout: Layout, ports: Ports, instance: str) -> str:
           mail_plugins = $mail_plugins sieve
           postmaster_address = postmaster@{SEED_DOMAIN}
           lmtp_save_to_detail_mailbox = no
+          recipient_delimiter = +
         }}
 
         plugin {{

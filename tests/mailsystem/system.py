@@ -278,8 +278,8 @@ class MailSystem:
         ):
             (config_dir / "main.cf").write_text(main_cf)
             (config_dir / "master.cf").write_text(master_cf)
-            hold = config_dir == lay.postfix_out
-            (config_dir / "rcpt_access").write_text(configs.rcpt_access(hold=hold))
+            mx = config_dir == lay.postfix_in
+            (config_dir / "rcpt_access").write_text(configs.rcpt_access(mx=mx))
             (config_dir / "mailboxes").write_text(configs.postfix_mailboxes(accounts))
             for sub in ("queue", "data"):
                 (config_dir / sub).mkdir(exist_ok=True)

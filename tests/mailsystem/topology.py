@@ -15,6 +15,7 @@ __all__ = [
     "GOOD_DOMAIN",
     "HELD_ACCOUNTS",
     "MX_HOSTNAME",
+    "MX_ONLY_RCPT_CODES",
     "POOL_ACCOUNTS",
     "RCPT_CODES",
     "SEED_ACCOUNTS",
@@ -36,6 +37,11 @@ DKIM_SELECTOR = "sel1"
 SPAM_SUBJECT_TOKEN = "XSPAMTRIGGERX"
 
 # Recipients that answer a fixed reply at RCPT, on the submission server and on the MX.
+# Answered by the MX only: the submission server queues the mail, then bounces it (a DSN).
+MX_ONLY_RCPT_CODES: dict[str, str] = {
+    f"defer-mx-451@{SEED_DOMAIN}": "451 4.7.1 Try again later (test recipient, MX only)",
+    f"reject-mx-550@{SEED_DOMAIN}": "550 5.7.1 Rejected by policy (test recipient, MX only)",
+}
 RCPT_CODES: dict[str, str] = {
     f"defer-451@{SEED_DOMAIN}": "451 4.7.1 Try again later (test recipient)",
     f"reject-550@{SEED_DOMAIN}": "550 5.7.1 Rejected by policy (test recipient)",

@@ -1,0 +1,131 @@
+"""Reading bounces: a real Postfix DSN, its variants, and what must never count as a bounce."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.bounces import read_bounce
+from agent.config import Config, validate_config
+from agent.model import BounceType
+from tests.agent_setup import TEST_SECRET
+
+SECRET = TEST_SECRET.encode()
+MESSAGES = Path(__file__).parent / "messages"
+# Produced by the test mail system: submission accepted nobody-132a2d3e@seed.test, the MX refused
+# it with 550 5.1.1, and Postfix returned the probe to its VERP envelope sender.
+HARD = (MESSAGES / "postfix-dsn-hard-5.1.1.eml").read_bytes()
+PROBE_ID = "01m8h9j127ya08stfwvwzdepnt"
+
+
+def test_real_postfix_dsn_is_a_hard_bounce_of_the_signed_probe() -> None:
+    report = read_bounce(HARD, secret=SECRET)
+    assert report.bounce_type is BounceType.HARD
+    assert report.probe_id == PROBE_ID
+    assert report.signed
+    assert report.status == "5.1.1"
+    assert report.reporting_mta == "mail.good.test"
+    assert report.recipients == ("nobody-132a2d3e@seed.test",)
+
+
+def test_without_the_returned_message_the_verp_address_names_the_probe() -> None:
+    headers_only = HARD.split(b"Content-Description: Undelivered Message")[0]
+    report = read_bounce(headers_only, secret=SECRET)
+    assert report.bounce_type is BounceType.HARD
+    assert (report.probe_id, report.signed) == (PROBE_ID, False)
+
+
+def test_a_dsn_signed_with_another_secret_names_the_probe_only_by_verp() -> None:
+    report = read_bounce(HARD, secret=b"another-agent-secret-0123456789")
+    assert (report.probe_id, report.signed) == (PROBE_ID, False)
+
+
+def test_a_delay_notice_is_a_soft_bounce() -> None:
+    delayed = (
+        HARD.replace(b"Action: failed", b"Action: delayed")
+        .replace(b"Status: 5.1.1", b"Status: 4.7.1")
+        .replace(b"Undelivered Mail Returned to Sender", b"Delayed Mail (still being retried)")
+    )
+    report = read_bounce(delayed, secret=SECRET)
+    assert report.bounce_type is BounceType.SOFT
+    assert report.status == "4.7.1"
+
+
+def test_a_dsn_reporting_only_a_successful_relay_is_no_failure() -> None:
+    relayed = HARD.replace(b"Action: failed", b"Action: relayed").replace(
+        b"Status: 5.1.1", b"Status: 2.0.0"
+    )
+    # Strip the human-readable text that heuristic detectors would read as a failure.
+    relayed = re.sub(rb"<nobody-132a2d3e@seed.test>: host .*?command\)\n", b"", relayed, flags=re.S)
+    report = read_bounce(relayed, secret=SECRET)
+    assert report.bounce_type is None
+
+
+def test_an_out_of_office_reply_quoting_the_probe_is_not_a_bounce() -> None:
+    reply = (
+        f"From: seed@seed.test\r\nTo: box000+{PROBE_ID}@seed.test\r\n"
+        f"Subject: Out of Office: Deliverability probe {PROBE_ID}\r\n"
+        "Auto-Submitted: auto-replied\r\n\r\nAway.\r\n"
+    ).encode()
+    report = read_bounce(reply, secret=SECRET)
+    assert report.bounce_type is None
+    assert report.probe_id is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\x01 not a message",
+        HARD[: len(HARD) // 3],
+        HARD.replace(b"message/delivery-status", b"message/delivery-status; x=" + b"y" * 9000),
+        b"From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=\r\n\r\n--\r\n",
+    ],
+)
+def test_hostile_or_broken_bounces_never_raise(raw: bytes) -> None:
+    read_bounce(raw, secret=SECRET)
+
+
+def _config(route_extra: dict[str, object]) -> Config:
+    return validate_config(
+        {
+            "secret": TEST_SECRET,
+            "routes": [{"name": "r", "host": "h", "from": "p@example.com", **route_extra}],
+            "mailboxes": [
+                {
+                    "name": "m",
+                    "host": "h",
+                    "auth": {"username": "u", "password": "pw-123456"},
+                    "address": "seed@example.com",
+                }
+            ],
+            "bounce_mailboxes": [
+                {
+                    "name": "b",
+                    "host": "h",
+                    "auth": {"username": "u", "password": "pw-123456"},
+                    "address": "bounces@example.com",
+                }
+            ],
+        },
+        base_dir=Path("."),
+        environ={},
+    )
+
+
+def test_envelope_sender_is_verp_on_the_bounce_mailbox() -> None:
+    config = _config({"bounce_mailbox": "b"})
+    assert config.envelope_from(config.routes[0], PROBE_ID) == f"bounces+{PROBE_ID}@example.com"
+
+
+def test_envelope_sender_without_verp_is_the_bounce_mailbox_address() -> None:
+    config = _config({"bounce_mailbox": "b", "verp": False})
+    assert config.envelope_from(config.routes[0], PROBE_ID) == "bounces@example.com"
+
+
+def test_envelope_sender_without_a_bounce_mailbox_is_envelope_from() -> None:
+    config = _config({"envelope_from": "rp@example.com"})
+    assert config.envelope_from(config.routes[0], PROBE_ID) == "rp@example.com"

@@ -1,0 +1,170 @@
+"""Bounces against the real mail system: DSNs produced by the real Postfix, read back, matched."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import os
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from agent.config import Config, load_config
+from agent.metrics import new_registry
+from agent.model import BounceSource, BounceType, Outcome
+from agent.service import Agent
+from tests.agent_setup import AgentSetup
+from tests.mailsystem import MailSystem
+from tests.mailsystem.topology import SEED_DOMAIN, Account
+from tests.test_probe_loop import WAIT, SignallingRecorder, metric, probe_once, recorder_of
+
+pytestmark = pytest.mark.mailsystem
+
+
+@pytest.fixture
+def setup(mail_system: MailSystem, tmp_path: Path) -> AgentSetup:
+    return AgentSetup(mail_system, tmp_path)
+
+
+@asynccontextmanager
+async def running(config: Config, registry: CollectorRegistry) -> AsyncIterator[Agent]:
+    agent = Agent(config, recorder=SignallingRecorder(registry), poll_interval=0.5)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop(drain_timeout=WAIT)
+
+
+def with_bounces(setup: AgentSetup, bounce_box: Account, *, to: str) -> Config:
+    """A good route whose bounces go to `bounce_box`, probing a seed that receives at `to`."""
+    setup.route("good")
+    setup.routes[0]["bounce_mailbox"] = "bounces"
+    setup.mailbox("seed", setup.system.new_mailbox(), address=to)
+    setup.mailbox("bounces", bounce_box)
+    bounce = setup.mailboxes.pop()
+    data = setup.data()
+    data["bounce_mailboxes"] = [bounce]
+    data["probes"]["cleanup"] = os.environ.get("BOUNCE_TEST_CLEANUP", "delete")
+    path = setup.directory / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_config(path)
+
+
+async def test_a_dsn_for_an_unknown_recipient_bounces_the_probe_hard(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    # The submission server accepts any recipient; the MX then refuses it with 550 5.1.1 and the
+    # submission server sends a DSN to the probe's VERP envelope sender.
+    config = with_bounces(
+        setup, mail_system.new_mailbox(), to=f"nobody-{uuid.uuid4().hex[:8]}@{SEED_DOMAIN}"
+    )
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+        bounces = agent.ledger.bounces(record.probe_id)
+    assert record.outcome is Outcome.BOUNCED
+    assert [(b.bounce_type, b.source, b.status) for b in bounces] == [
+        (BounceType.HARD, BounceSource.DSN, "5.1.1")
+    ]
+    assert bounces[0].reporting_mta == "mail.good.test"
+    labels = {"route": "good"}
+    assert (
+        metric(registry, "deliverability_bounces_total", type="hard", source="dsn", **labels) == 1
+    )
+    assert (
+        metric(registry, "deliverability_bounces_total", type="hard", source="smtp", **labels) == 0
+    )
+    assert (
+        metric(registry, "deliverability_probes_total", mailbox="seed", outcome="bounced", **labels)
+        == 1
+    )
+
+
+async def test_a_delay_notice_counts_a_soft_bounce_and_the_probe_keeps_waiting(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    # The MX defers this recipient with 451 4.7.1; at its next attempt the submission server
+    # sends a delay notice (delay_warning_time) to the VERP envelope sender.
+    config = with_bounces(setup, mail_system.new_mailbox(), to=f"defer-mx-451@{SEED_DOMAIN}")
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        probe_id = await agent.probe_pair("good", "seed")
+        assert probe_id is not None
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("bounce").wait()
+        record = agent.ledger.get(probe_id)
+        bounces = agent.ledger.bounces(probe_id)
+    assert record is not None and record.outcome is None  # still in flight: a delay is no verdict
+    assert [(b.bounce_type, b.source, b.status) for b in bounces] == [
+        (BounceType.SOFT, BounceSource.DSN, "4.7.1")
+    ]
+    assert (
+        metric(registry, "deliverability_bounces_total", route="good", type="soft", source="dsn")
+        == 1
+    )
+
+
+def _append(mail_system: MailSystem, account: Account, raw: bytes) -> None:
+    context = ssl.create_default_context(cafile=str(mail_system.ca_file))
+    with imaplib.IMAP4_SSL("127.0.0.1", mail_system.ports.imaps, ssl_context=context) as imap:
+        imap.login(account.address, account.password)
+        status, _ = imap.append("INBOX", None, None, raw)
+        assert status == "OK"
+
+
+async def test_auto_replies_and_foreign_bounces_are_never_counted(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    bounce_box = mail_system.new_mailbox()
+    held = mail_system.new_held_mailbox()  # the probe stays in flight, accepted and unseen
+    config = with_bounces(setup, bounce_box, to=held.address)
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        probe_id = await agent.probe_pair("good", "seed")
+        assert probe_id is not None
+        local, domain = bounce_box.address.split("@")
+        verp = f"{local}+{probe_id}@{domain}"
+        out_of_office = (
+            f"From: seed@seed.test\r\nTo: {verp}\r\nSubject: Out of Office: Deliverability probe "
+            f"{probe_id}\r\nAuto-Submitted: auto-replied\r\nX-Autoreply: yes\r\n\r\n"
+            "I am away until Monday.\r\n"
+        ).encode()
+        foreign = (
+            Path(__file__).parent / "messages" / "postfix-dsn-hard-5.1.1.eml"
+        ).read_bytes()  # a real DSN, but for a probe this ledger never sent
+        _append(mail_system, bounce_box, out_of_office)
+        _append(mail_system, bounce_box, foreign)
+        # Then a real bounce of this agent's probe, so that we know both were read before it.
+        _append(mail_system, bounce_box, _dsn_for(probe_id, verp, held.address))
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("bounce").wait()
+        record = agent.ledger.get(probe_id)
+    assert record is not None and record.outcome is Outcome.BOUNCED
+    assert (
+        metric(registry, "deliverability_bounces_total", route="good", type="hard", source="dsn")
+        == 1
+    )
+
+
+def _dsn_for(probe_id: str, verp: str, recipient: str) -> bytes:
+    """A minimal RFC 3464 DSN (no returned message): only the VERP address names the probe."""
+    return (
+        "From: MAILER-DAEMON@relay.test\r\n"
+        f"To: {verp}\r\n"
+        "Subject: Delivery Status Notification (Failure)\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; relay.test\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.2.1\r\n\r\n"
+        "--b--\r\n"
+    ).encode()
