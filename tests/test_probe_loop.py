@@ -137,6 +137,17 @@ async def test_probe_from_the_good_domain_lands_in_inbox_with_spf_dkim_dmarc_pas
     labels = {"route": "good", "mailbox": "seed"}
     assert metric(registry, "deliverability_probes_total", outcome="inbox", **labels) == 1
     assert metric(registry, "deliverability_probes_sent_total", **labels) == 1
+    # TLS health of the route: the version negotiated and the certificate's expiry (the test CA's
+    # certificates are valid for about a year).
+    assert record.tls_version is not None
+    assert (
+        metric(
+            registry, "deliverability_tls_version_info", route="good", version=record.tls_version
+        )
+        == 1
+    )
+    expiry = metric(registry, "deliverability_tls_cert_expiry_timestamp_seconds", route="good")
+    assert record.accepted_at is not None and expiry > record.accepted_at + 30 * 86400
     assert metric(registry, "deliverability_probes_in_flight", **labels) == 0
     assert metric(registry, "deliverability_delivery_seconds_count", **labels) == 1
     assert (
