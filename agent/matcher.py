@@ -16,7 +16,7 @@ from agent.ledger import Ledger, ProbeRecord
 from agent.metrics import Recorder
 from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome
 from agent.outcomes import Outcomes
-from agent.triage import TriageKind, placement_of, triage_message
+from agent.triage import Triage, TriageKind, placement_of, triage_message
 
 __all__ = ["Matcher"]
 
@@ -47,18 +47,36 @@ class Matcher:
         self._recorder = recorder
         self._outcomes = outcomes
         self._secret = secret
+        self._earlier_secrets: tuple[bytes, ...] = ()
         self._cleanup = cleanup
         # Probes seen before their sender recorded the 250 reply (a fast server can deliver
         # before our QUIT completes); settled by `settle_early` once the send result is stored.
         self._early: dict[str, _Sighting] = {}
 
+    def reconfigure(self, *, secret: bytes, cleanup: Cleanup) -> None:
+        """A reloaded config: probes in flight signed with an earlier secret still match."""
+        if secret != self._secret:
+            self._earlier_secrets = (self._secret, *self._earlier_secrets)[:4]
+            self._secret = secret
+        self._cleanup = cleanup
+
+    def _triage(self, raw: bytes, mailbox: Mailbox) -> Triage:
+        triage = triage_message(
+            raw, secret=self._secret, trusted_authserv_ids=mailbox.trusted_authserv_ids
+        )
+        for earlier in self._earlier_secrets:
+            if triage.kind is not TriageKind.FORGED:
+                break
+            triage = triage_message(
+                raw, secret=earlier, trusted_authserv_ids=mailbox.trusted_authserv_ids
+            )
+        return triage
+
     def handle(
         self, mailbox: Mailbox, folder: str, raw: bytes, *, seen_at: float, junk: str | None
     ) -> bool:
         """Account for one message; True when the watcher should delete it."""
-        triage = triage_message(
-            raw, secret=self._secret, trusted_authserv_ids=mailbox.trusted_authserv_ids
-        )
+        triage = self._triage(raw, mailbox)
         if triage.kind is TriageKind.MALFORMED:
             self._recorder.malformed_message(mailbox.name)
             log.warning(
@@ -109,6 +127,10 @@ class Matcher:
     ) -> bool:
         """Account for one message in a bounce mailbox; True when the watcher should delete it."""
         report = read_bounce(raw, secret=self._secret)
+        for earlier in self._earlier_secrets:
+            if report.probe_id is not None:
+                break
+            report = read_bounce(raw, secret=earlier)
         if report.bounce_type is None or report.probe_id is None:
             log.debug("%s: not a bounce of a probe: %s", bounce_mailbox.name, report.reason)
             return False

@@ -91,6 +91,13 @@ class Agent:
         self._poll_interval = poll_interval
         self.ledger = Ledger.in_state_dir(config.state_dir)
         self.outcomes = Outcomes(self.ledger, recorder)
+        self.matcher = Matcher(
+            ledger=self.ledger,
+            recorder=recorder,
+            outcomes=self.outcomes,
+            secret=config.secret.get_secret_value().encode(),
+            cleanup=config.probes.cleanup,
+        )
         self._build(config)
         self._watches: dict[str, _MailboxWatch] = {}
         self._scheduler: AsyncIOScheduler | None = None
@@ -109,13 +116,9 @@ class Agent:
             outcomes=self.outcomes,
             clock=self._clock,
         )
-        self.matcher = Matcher(
-            ledger=self.ledger,
-            recorder=self.recorder,
-            outcomes=self.outcomes,
-            secret=secret,
-            cleanup=config.probes.cleanup,
-        )
+        # The matcher is kept across reloads: it holds sightings that wait for their send
+        # result and the secrets that signed probes still in flight.
+        self.matcher.reconfigure(secret=secret, cleanup=config.probes.cleanup)
 
     # --- life cycle -----------------------------------------------------------------------------
 

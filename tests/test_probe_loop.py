@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.config import Config
+from agent.config import Config, validate_config
 from agent.ledger import Ledger, ProbeRecord
 from agent.metrics import Recorder, new_registry
 from agent.model import (
@@ -467,3 +467,22 @@ async def test_restart_with_a_probe_in_flight_reaches_its_outcome_exactly_once(
     with Ledger(config.state_dir / "ledger.sqlite3") as ledger:
         after = ledger.get(probe_id)
     assert after is not None and after.outcome is Outcome.INBOX
+
+
+async def test_probe_in_flight_still_matches_after_a_reload_rotates_the_secret(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    held = mail_system.new_held_mailbox()
+    config = setup.route("good").mailbox("seed", held).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        probe_id = await agent.probe_pair("good", "seed")
+        assert probe_id is not None
+        rotated = setup.data()
+        rotated["secret"] = "a-brand-new-secret-after-rotation-0001"
+        await agent.reload(validate_config(rotated, base_dir=setup.directory, environ={}))
+        mail_system.release_held()
+        async with asyncio.timeout(WAIT):
+            final = await agent.outcomes.wait(probe_id)
+    assert final.outcome is Outcome.INBOX
+    assert metric(registry, "deliverability_forged_messages_total", mailbox="seed") == 0
