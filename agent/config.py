@@ -45,15 +45,18 @@ from agent.model import AuthResult, Stage, TlsMode
 
 __all__ = [
     "Auth",
+    "Blocklists",
     "Cleanup",
     "Config",
     "ConfigError",
+    "Dns",
     "Folders",
     "Http",
     "HttpTls",
     "ListenAddress",
     "LogLevel",
     "Mailbox",
+    "Nameserver",
     "PairRef",
     "Probes",
     "Route",
@@ -275,6 +278,27 @@ AddrSpec = Annotated[str, BeforeValidator(_addr_spec)]
 HeaderAddress = Annotated[str, BeforeValidator(_header_address)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 ConfigPath = Annotated[Path, AfterValidator(_config_path)]
+
+
+_DNS_LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME_RE: Final = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
+def _dns_name(value: Any) -> str:
+    if isinstance(value, str) and _DNS_NAME_RE.fullmatch(value.removesuffix(".")):
+        return value.removesuffix(".").lower()
+    raise _invalid("expected a domain name such as example.com")
+
+
+def _ip_address(value: Any) -> str:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(value.removeprefix("[").removesuffix("]")))
+    raise _invalid("expected an IP address such as 192.0.2.10 or 2001:db8::10")
+
+
+DnsName = Annotated[str, BeforeValidator(_dns_name)]
+IpAddress = Annotated[str, BeforeValidator(_ip_address)]
 
 
 # --- durations ---------------------------------------------------------------------------------
@@ -529,6 +553,7 @@ class Route(_Model):
     # with the probe id in it as user+<probe-id>@domain when verp is on.
     bounce_mailbox: Name | None = None
     verp: bool = True
+    sending_ips: tuple[IpAddress, ...] = ()  # the IPs mail leaves from, for the DNS checks
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:
@@ -642,6 +667,8 @@ class Probes(_Model):
     deadline: PositiveDuration = 600.0
     cleanup: Cleanup = Cleanup.DELETE
     pairs: tuple[PairRef, ...] | None = None  # None: every route to every mailbox
+    # Finished probes older than this are deleted from the ledger; probes in flight never are.
+    retention: Annotated[float, _duration(minimum=3600.0)] = 30 * 86400.0
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:
@@ -897,6 +924,87 @@ class Http(_Model):
     status_page: bool = True
 
 
+# --- DNS checks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Nameserver:
+    """A DNS server to ask: an IP address and a port."""
+
+    host: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _nameserver(value: Any) -> Nameserver:
+    if isinstance(value, Nameserver):
+        return value
+    message = "expected an IP address and an optional port: 192.0.2.53, 127.0.0.1:5353, [::1]:53"
+    if not isinstance(value, str):
+        raise _invalid(message)
+    host, port = value, "53"
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise _invalid(message)
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise _invalid(message) from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _invalid(message)
+    return Nameserver(str(address), int(port))
+
+
+class Blocklists(_Model):
+    """DNS blocklist zones: `ips` are asked about each sending IP, `domains` about each domain."""
+
+    ips: tuple[DnsName, ...] = ()
+    domains: tuple[DnsName, ...] = ()
+
+
+class Dns(_Model):
+    """DNS checks of the sending setup: SPF, DKIM, DMARC, MX, MTA-STS, TLS-RPT, rDNS, blocklists."""
+
+    nameservers: tuple[
+        Annotated[Nameserver, PlainValidator(_nameserver), PlainSerializer(str)], ...
+    ] = ()  # empty: the system's resolver
+    interval: Annotated[float, _duration(minimum=60.0)] = 3600.0
+    timeout: PositiveDuration = 10.0  # one check, all of its lookups included
+    blocklists: Blocklists = Field(default_factory=Blocklists)
+    dkim_selectors: dict[DnsName, Annotated[tuple[DnsName, ...], Field(min_length=1)]] = Field(
+        default_factory=dict
+    )
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:
+        selectors = data.get("dkim_selectors")
+        if isinstance(selectors, Mapping):
+            # Checked here so the problem names the key itself, not pydantic's "[key]".
+            good = {key for key in selectors if _DNS_NAME_RE.fullmatch(str(key).removesuffix("."))}
+            for key in selectors:
+                if key not in good:
+                    problems.add(
+                        ("dkim_selectors", key), "expected a domain name such as example.com as key"
+                    )
+            data["dkim_selectors"] = {k: v for k, v in selectors.items() if k in good}
+
+    def _check(self, problems: _Problems) -> None:
+        if self.timeout >= self.interval:
+            problems.add(
+                ("timeout",),
+                f"expected less than the interval ({format_duration(self.interval)})",
+                got=format_duration(self.timeout),
+            )
+
+
 def _duplicates(items: Any, kind: str, section: str, problems: _Problems) -> None:
     if not isinstance(items, list):
         return
@@ -939,6 +1047,7 @@ class Config(_Model):
     bounce_mailboxes: tuple[Mailbox, ...] = ()
     sandbox: Sandbox | None = None  # a local demo mail provider, started by the agent
     http: Http = Field(default_factory=Http)
+    dns: Dns | None = None  # DNS checks of the sending setup; None: no DNS checks
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:

@@ -26,7 +26,7 @@ import contextlib
 import enum
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -410,10 +410,10 @@ class Ledger:
         ]
 
     def prune(self, older_than: float) -> int:
-        """Delete final probes created before `older_than`; probes still in flight are kept."""
+        """Delete probes that finished before `older_than`; probes still in flight are kept."""
         with self._translate("prune"):
             cursor = self._conn.execute(
-                "DELETE FROM probes WHERE created_at < ? AND outcome IS NOT NULL", (older_than,)
+                "DELETE FROM probes WHERE outcome IS NOT NULL AND finished_at < ?", (older_than,)
             )
         return cursor.rowcount
 
@@ -447,8 +447,10 @@ class Ledger:
     def in_flight_counts(self) -> dict[tuple[str, str], int]:
         with self._translate("count probes in flight"):
             rows = self._conn.execute(
-                "SELECT route, mailbox, count(*) FROM probes WHERE outcome IS NULL"
-                " GROUP BY route, mailbox ORDER BY route, mailbox"
+                # The partial index holds only open probes; without INDEXED BY the planner walks
+                # probes_pair for the GROUP BY, reading every probe ever sent.
+                "SELECT route, mailbox, count(*) FROM probes INDEXED BY probes_open"
+                " WHERE outcome IS NULL GROUP BY route, mailbox ORDER BY route, mailbox"
             ).fetchall()
         return {(route, mailbox): count for route, mailbox, count in rows}
 
@@ -456,8 +458,26 @@ class Ledger:
         """The `limit` most recently created probes, newest first."""
         return self._select("ORDER BY created_at DESC, probe_id DESC LIMIT ?", (limit,))
 
-    def latest_by_pair(self) -> dict[tuple[str, str], ProbeRecord]:
-        """The most recently created probe of each (route, mailbox), in any state."""
+    def latest_by_pair(
+        self, pairs: Iterable[tuple[str, str]] | None = None
+    ) -> dict[tuple[str, str], ProbeRecord]:
+        """The most recently created probe of each (route, mailbox), in any state.
+
+        With `pairs`, only those pairs, each found with two index seeks: the cost no longer grows
+        with the number of probes stored (the status page's path). Without, every pair ever seen.
+        """
+        if pairs is not None:
+            found: dict[tuple[str, str], ProbeRecord] = {}
+            for route, mailbox in dict.fromkeys(pairs):
+                rows = self._select(
+                    "WHERE route = ?1 AND mailbox = ?2 AND created_at = (SELECT max(created_at)"
+                    " FROM probes WHERE route = ?1 AND mailbox = ?2)"
+                    " ORDER BY probe_id DESC LIMIT 1",
+                    (route, mailbox),
+                )
+                if rows:
+                    found[route, mailbox] = rows[0]
+            return found
         records = self._select(
             "WHERE rowid IN (SELECT rowid FROM probes AS p WHERE p.route = probes.route"
             " AND p.mailbox = probes.mailbox ORDER BY p.created_at DESC, p.probe_id DESC LIMIT 1)"

@@ -44,6 +44,7 @@ __all__ = ["Agent", "imap_target"]
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = 5.0  # seconds between deadline sweeps
+PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
 DETECT_BACKOFF_MAX = 300.0
 
 
@@ -239,8 +240,15 @@ class Agent:
 
     async def _reap_forever(self) -> None:
         interval = min(REAP_INTERVAL, max(0.5, self.config.probes.deadline / 10))
+        next_prune = 0.0
         while True:
-            reap(self.ledger, self.outcomes, now=self._clock())
+            now = self._clock()
+            reap(self.ledger, self.outcomes, now=now)
+            if now >= next_prune:
+                pruned = self.ledger.prune(older_than=now - self.config.probes.retention)
+                if pruned:
+                    log.info("removed %d finished probe(s) past retention from the ledger", pruned)
+                next_prune = now + PRUNE_INTERVAL
             await asyncio.sleep(interval)  # a periodic sweep: deadlines are clock events
 
     # --- reload ---------------------------------------------------------------------------------

@@ -285,10 +285,14 @@ def test_ledger_prune_deletes_only_old_final_probes(ledger: Ledger) -> None:
     send(ledger, "new-final", created_at=T0 + 100.0)
     ledger.finalize("new-final", outcome=Outcome.INBOX, finished_at=T0 + 101.0)
 
+    send(ledger, "old-finished-late", created_at=T0)
+    ledger.finalize("old-finished-late", outcome=Outcome.ERROR, finished_at=T0 + 60.0)
+
     assert ledger.prune(T0 + 50.0) == 1
     assert ledger.get("old-final") is None
     assert ledger.get("old-open") is not None
     assert ledger.get("new-final") is not None
+    assert ledger.get("old-finished-late") is not None  # age counts from when it finished
     assert ledger.prune(T0 + 50.0) == 0
 
 

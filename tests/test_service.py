@@ -133,3 +133,39 @@ async def test_start_gives_probes_interrupted_mid_send_their_one_outcome(tmp_pat
         assert registry.get_sample_value("deliverability_probes_in_flight", labels) == 0
     finally:
         await agent.stop()
+
+
+async def test_finished_probes_past_retention_are_pruned_and_probes_in_flight_kept(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, 25, retention="1h", deadline="3h")
+    now = time.time()
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        for probe_id, age in (
+            ("0000000000000000000000000a", 7200),
+            ("0000000000000000000000000b", 60),
+        ):
+            ledger.record_sending(
+                probe_id=probe_id,
+                route="r",
+                mailbox="m",
+                created_at=now - age,
+                deadline_at=now + 3600,
+            )
+        ledger.finalize("0000000000000000000000000a", outcome=Outcome.ERROR, finished_at=now - 7000)
+        ledger.finalize("0000000000000000000000000b", outcome=Outcome.ERROR, finished_at=now - 50)
+        ledger.record_sending(
+            probe_id="0000000000000000000000000c",
+            route="r",
+            mailbox="m",
+            created_at=now - 9000,
+            deadline_at=now + 3600,
+        )
+    agent = Agent(config, recorder=Recorder(new_registry()))
+    await agent.start()
+    try:
+        await asyncio.sleep(0)  # let the reaper task run its first sweep
+        remaining = {r.probe_id for r in agent.ledger.recent(10)}
+    finally:
+        await agent.stop()
+    assert remaining == {"0000000000000000000000000b", "0000000000000000000000000c"}
