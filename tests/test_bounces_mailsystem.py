@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import imaplib
 import os
-import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,14 +109,6 @@ async def test_a_delay_notice_counts_a_soft_bounce_and_the_probe_keeps_waiting(
     )
 
 
-def _append(mail_system: MailSystem, account: Account, raw: bytes) -> None:
-    context = ssl.create_default_context(cafile=str(mail_system.ca_file))
-    with imaplib.IMAP4_SSL("127.0.0.1", mail_system.ports.imaps, ssl_context=context) as imap:
-        imap.login(account.address, account.password)
-        status, _ = imap.append("INBOX", None, None, raw)
-        assert status == "OK"
-
-
 async def test_auto_replies_and_foreign_bounces_are_never_counted(
     setup: AgentSetup, mail_system: MailSystem
 ) -> None:
@@ -139,10 +129,10 @@ async def test_auto_replies_and_foreign_bounces_are_never_counted(
         foreign = (
             Path(__file__).parent / "messages" / "postfix-dsn-hard-5.1.1.eml"
         ).read_bytes()  # a real DSN, but for a probe this ledger never sent
-        _append(mail_system, bounce_box, out_of_office)
-        _append(mail_system, bounce_box, foreign)
+        mail_system.append(bounce_box, out_of_office)
+        mail_system.append(bounce_box, foreign)
         # Then a real bounce of this agent's probe, so that we know both were read before it.
-        _append(mail_system, bounce_box, _dsn_for(probe_id, verp, held.address))
+        mail_system.append(bounce_box, _dsn_for(probe_id, verp, held.address))
         async with asyncio.timeout(WAIT):
             await recorder_of(agent).event("bounce").wait()
         record = agent.ledger.get(probe_id)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import imaplib
 import smtplib
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -278,26 +276,17 @@ async def test_wrong_password_is_an_auth_error_with_the_535_in_the_transcript(
     )
 
 
-async def test_starttls_against_the_implicit_tls_port_fails_as_a_tls_error(
-    setup: AgentSetup, mail_system: MailSystem
+@pytest.mark.parametrize(
+    ("tls", "port_name"),
+    [("starttls", "submissions"), ("implicit", "submission")],
+    ids=["starttls-on-the-implicit-tls-port", "implicit-tls-on-the-starttls-port"],
+)
+async def test_tls_mode_mismatch_fails_as_a_tls_error(
+    setup: AgentSetup, mail_system: MailSystem, tls: str, port_name: str
 ) -> None:
+    port = getattr(mail_system.ports, port_name)
     config = (
-        setup.route("mismatch", port=mail_system.ports.submissions, tls="starttls")
-        .mailbox("seed", mail_system.new_mailbox())
-        .load()
-    )
-    async with running(config) as agent:
-        record = await probe_once(agent, "mismatch", "seed")
-    assert record.outcome is Outcome.ERROR
-    assert record.send_error is not None
-    assert record.send_error.kind is ErrorKind.TLS
-
-
-async def test_implicit_tls_against_the_starttls_port_fails_as_a_tls_error(
-    setup: AgentSetup, mail_system: MailSystem
-) -> None:
-    config = (
-        setup.route("mismatch", port=mail_system.ports.submission, tls="implicit")
+        setup.route("mismatch", port=port, tls=tls)
         .mailbox("seed", mail_system.new_mailbox())
         .load()
     )
@@ -413,20 +402,12 @@ HOSTILE_MESSAGES = [
 HOSTILE_COUNTS = (2.0, 1.0)  # (malformed, forged)
 
 
-def _append(mail_system: MailSystem, account: Account, raw: bytes) -> None:
-    context = ssl.create_default_context(cafile=str(mail_system.ca_file))
-    with imaplib.IMAP4_SSL("127.0.0.1", mail_system.ports.imaps, ssl_context=context) as imap:
-        imap.login(account.address, account.password)
-        status, _ = imap.append("INBOX", None, None, raw)
-        assert status == "OK"
-
-
 async def test_hostile_messages_in_the_seed_mailbox_are_skipped_without_a_crash(
     setup: AgentSetup, mail_system: MailSystem
 ) -> None:
     box = mail_system.new_mailbox()
     for raw in HOSTILE_MESSAGES:
-        _append(mail_system, box, raw)
+        mail_system.append(box, raw)
     config = setup.route("good").mailbox("seed", box).load()
     registry = new_registry()
     async with running(config, registry) as agent:
