@@ -21,6 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.config import Config, Mailbox
+from agent.dns_checks import declare_dns_series, run_dns_checks
 from agent.imap_watcher import (
     Disposition,
     FetchedMessage,
@@ -136,6 +137,7 @@ class Agent:
         pairs = [(route.name, mailbox.name) for route, mailbox in self.config.pairs()]
         bounce_names = [mailbox.name for mailbox in self.config.bounce_mailboxes]
         self.recorder.declare(pairs, bounce_mailboxes=bounce_names)
+        declare_dns_series(self.config, self.recorder)
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at())
         for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes):
             if mailbox.name not in self._watches:
@@ -166,7 +168,11 @@ class Agent:
             self._scheduler = None
         if self._sending:
             log.info("waiting for %d SMTP transaction(s) to finish", len(self._sending))
-            await asyncio.wait(set(self._sending), timeout=drain_timeout)
+            _, unfinished = await asyncio.wait(set(self._sending), timeout=drain_timeout)
+            for task in unfinished:
+                # Bounded stop: the probe stays "sending" in the ledger and the next start
+                # gives it its one outcome (error, interrupted).
+                task.cancel()
         for watch in self._watches.values():
             if watch.task is not None:
                 watch.task.cancel()
@@ -232,8 +238,28 @@ class Agent:
                 misfire_grace_time=int(probes.interval),
                 next_run_time=_datetime(first),
             )
+        self._schedule_dns_checks(scheduler, now)
         scheduler.start()
         self._scheduler = scheduler
+
+    def _schedule_dns_checks(self, scheduler: AsyncIOScheduler, now: float) -> None:
+        """The DNS checks (`agent.dns_checks`), if configured: one run now, then every interval."""
+        if self.config.dns is None:
+            return
+        interval = self.config.dns.interval
+        scheduler.add_job(
+            self.check_dns,
+            IntervalTrigger(seconds=interval),
+            id="dns-checks",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(interval),
+            next_run_time=_datetime(now),
+        )
+
+    async def check_dns(self) -> None:
+        """One run of the configured DNS checks, recorded as metrics."""
+        await run_dns_checks(self.config, self.recorder)
 
     def scheduled_jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.config import Config, validate_config
-from agent.ledger import Ledger
+from agent.ledger import Ledger, ProbeState
 from agent.metrics import Recorder, new_registry
 from agent.model import ErrorKind, Outcome, SendResult, SmtpReply, Stage
 from agent.service import Agent
@@ -169,3 +171,18 @@ async def test_finished_probes_past_retention_are_pruned_and_probes_in_flight_ke
     finally:
         await agent.stop()
     assert remaining == {"0000000000000000000000000b", "0000000000000000000000000c"}
+
+
+async def test_stop_cancels_sends_still_running_after_the_drain_timeout(tmp_path: Path) -> None:
+    async with ScriptedSmtpServer(Script(replies={Stage.DATA: Hang()})) as server:
+        config = _config(tmp_path, server.port)
+        agent = Agent(config, recorder=Recorder(new_registry()))
+        await agent.start()
+        sending = asyncio.create_task(agent.probe_pair("r", "m"))
+        await server.wait_for_session(0)
+        await agent.stop(drain_timeout=0.01)
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        (record,) = ledger.in_flight()
+        assert record.state is ProbeState.SENDING  # its one outcome comes at the next start
