@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 
 from agent import __version__
+from agent.dns_records import DnsCheck, DnsReport
 from agent.model import (
     AuthMethod,
     AuthResult,
@@ -53,6 +54,12 @@ __all__ = [
     "CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP",
     "CONTENT_TYPE",
     "DELIVERY_SECONDS",
+    "DKIM_KEY_BITS",
+    "DMARC_POLICY_INFO",
+    "DNSBL_LISTED",
+    "DNS_CHECK_DURATION",
+    "DNS_CHECK_ERRORS",
+    "DNS_CHECK_OK",
     "FORGED_MESSAGES",
     "IMAP_ERRORS",
     "IMAP_UP",
@@ -66,6 +73,7 @@ __all__ = [
     "SMTP_ERRORS",
     "SMTP_REPLIES",
     "SMTP_TRANSACTION_SECONDS",
+    "SPF_DNS_LOOKUPS",
     "TLS_CERT_EXPIRY",
     "TLS_VERSION_INFO",
     "MetricKind",
@@ -238,6 +246,50 @@ TLS_VERSION_INFO = MetricSpec(
     "Always 1; labelled with the TLS version last negotiated on the route.",
     ("route", "version"),
 )
+DNS_CHECK_OK = MetricSpec(
+    "deliverability_dns_check_ok",
+    MetricKind.GAUGE,
+    "Whether the last decided DNS check of the target (a domain, or an IP for rdns and fcrdns) "
+    "passed (1) or found a problem (0).",
+    ("target", "check"),
+)
+DNS_CHECK_ERRORS = MetricSpec(
+    "deliverability_dns_check_errors_total",
+    MetricKind.COUNTER,
+    "DNS checks left undecided because their lookups failed or timed out, and blocklist lookups "
+    "answered with an error code (check dnsbl).",
+    ("check",),
+)
+DNS_CHECK_DURATION = MetricSpec(
+    "deliverability_dns_check_duration_seconds",
+    MetricKind.GAUGE,
+    "Duration of the last run of every DNS check.",
+)
+DNSBL_LISTED = MetricSpec(
+    "deliverability_dnsbl_listed",
+    MetricKind.GAUGE,
+    "Whether the sending IP or domain is listed on the DNS blocklist zone (1) or not (0).",
+    ("target", "zone"),
+)
+SPF_DNS_LOOKUPS = MetricSpec(
+    "deliverability_spf_dns_lookups",
+    MetricKind.GAUGE,
+    "DNS lookups an SPF evaluation of the domain may need over its include tree (limit 10).",
+    ("domain",),
+)
+DKIM_KEY_BITS = MetricSpec(
+    "deliverability_dkim_key_bits",
+    MetricKind.GAUGE,
+    "Size of the DKIM public key published at a configured selector, by key type.",
+    ("domain", "selector", "type"),
+)
+DMARC_POLICY_INFO = MetricSpec(
+    "deliverability_dmarc_policy_info",
+    MetricKind.GAUGE,
+    "Always 1; labelled with the DMARC policy applying to the domain, the subdomain policy and "
+    "the DKIM and SPF alignment modes.",
+    ("domain", "policy", "subdomain_policy", "adkim", "aspf"),
+)
 
 CATALOG: tuple[MetricSpec, ...] = (
     PROBES,
@@ -260,6 +312,23 @@ CATALOG: tuple[MetricSpec, ...] = (
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
     BOUNCES,
+    DNS_CHECK_OK,
+    DNS_CHECK_ERRORS,
+    DNS_CHECK_DURATION,
+    DNSBL_LISTED,
+    SPF_DNS_LOOKUPS,
+    DKIM_KEY_BITS,
+    DMARC_POLICY_INFO,
+)
+
+# The DNS series that follow the configured checks (declare_dns drops the stale ones).
+_DNS_SPECS = (
+    DNS_CHECK_OK,
+    DNS_CHECK_ERRORS,
+    DNSBL_LISTED,
+    SPF_DNS_LOOKUPS,
+    DKIM_KEY_BITS,
+    DMARC_POLICY_INFO,
 )
 
 # RFC 3463 status codes; anything else a server sends is labelled "invalid" so a hostile server
@@ -487,6 +556,83 @@ class Recorder:
 
     def malformed_message(self, mailbox: str) -> None:
         self._c(MALFORMED_MESSAGES, mailbox).inc()
+
+    # -- DNS checks -------------------------------------------------------------------------------
+
+    def declare_dns(
+        self, checks: Iterable[tuple[str, DnsCheck]], blocklists: Iterable[tuple[str, str]]
+    ) -> None:
+        """Pre-create the series of the configured DNS checks (`DnsPlan.check_series()`) and
+        blocklist lookups at zero and remove those no longer configured; with neither, remove
+        every DNS series. Values of series still configured are kept."""
+        wanted_checks = {(target, check.value) for target, check in checks}
+        wanted_lists = set(blocklists)
+        domains = {target for target, _ in wanted_checks}
+        configured = bool(wanted_checks or wanted_lists)
+        for spec in _DNS_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if spec is DNS_CHECK_OK:
+                    keep = values in wanted_checks
+                elif spec is DNSBL_LISTED:
+                    keep = values in wanted_lists
+                elif spec is DNS_CHECK_ERRORS:
+                    keep = configured
+                else:
+                    keep = values[0] in domains
+                if not keep:
+                    self._remove(spec, values)
+        if not configured:
+            return
+        for check in DnsCheck:
+            self._c(DNS_CHECK_ERRORS, check.value)
+        for target, check_name in sorted(wanted_checks):
+            self._g(DNS_CHECK_OK, target, check_name)
+        for target, zone in sorted(wanted_lists):
+            self._g(DNSBL_LISTED, target, zone)
+
+    def dns_report(self, report: DnsReport) -> None:
+        """Record one run of the DNS checks. An undecided check or blocklist lookup keeps its
+        last value and counts as an error."""
+        self._g(DNS_CHECK_DURATION).set(report.duration_seconds)
+        for result in report.checks:
+            if result.passed is None:
+                self._c(DNS_CHECK_ERRORS, result.check.value).inc()
+            else:
+                self._g(DNS_CHECK_OK, result.target, result.check.value).set(int(result.passed))
+        for listing in report.blocklists:
+            if listing.listed is None:
+                self._c(DNS_CHECK_ERRORS, DnsCheck.DNSBL.value).inc()
+            else:
+                self._g(DNSBL_LISTED, listing.target, listing.zone).set(int(listing.listed))
+        for domain, lookups in report.spf_lookups:
+            self._g(SPF_DNS_LOOKUPS, domain).set(lookups)
+        for found in report.dkim_keys:
+            kind = found.key.key_type if found.key is not None else None
+            for values in sorted(self._children[DKIM_KEY_BITS.name]):
+                # One series per selector: a key that changed type, or went, leaves no stale one.
+                if values[:2] == (found.domain, found.selector) and values[2] != kind:
+                    self._remove(DKIM_KEY_BITS, values)
+            if found.key is not None:
+                self._g(DKIM_KEY_BITS, found.domain, found.selector, found.key.key_type).set(
+                    found.key.bits
+                )
+        policies = {
+            finding.domain: (
+                finding.domain,
+                finding.policy.value,
+                (finding.record.subdomain_policy or finding.record.policy).value,
+                finding.record.adkim.value,
+                finding.record.aspf.value,
+            )
+            for finding in report.dmarc
+        }
+        # An info metric shows the current policy only; an undecided check keeps the last one.
+        gone = {r.target for r in report.checks if r.check is DnsCheck.DMARC and r.passed is False}
+        for values in sorted(self._children[DMARC_POLICY_INFO.name]):
+            if values[0] in gone or policies.get(values[0], values) != values:
+                self._remove(DMARC_POLICY_INFO, values)
+        for values in policies.values():
+            self._g(DMARC_POLICY_INFO, *values).set(1)
 
 
 def metrics_app(registry: CollectorRegistry) -> WSGIApplication:

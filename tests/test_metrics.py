@@ -15,6 +15,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.dns_records import (
+    Alignment,
+    BlocklistResult,
+    CheckResult,
+    DkimKey,
+    DkimKeyResult,
+    DmarcFinding,
+    DmarcPolicy,
+    DmarcRecord,
+    DnsCheck,
+    DnsReport,
+)
 from agent.metrics import (
     AUTH_RESULTS,
     CATALOG,
@@ -91,6 +103,31 @@ TIMED_OUT = SendResult(
 )
 
 
+SENDING = "example.com"
+SENDING_IP = "192.0.2.10"
+ZONE = "zen.example.org"
+DNS_REPORT = DnsReport(
+    checks=(
+        CheckResult(SENDING, DnsCheck.SPF, True, "v=spf1 ip4:192.0.2.0/24 -all"),
+        CheckResult(SENDING, DnsCheck.DKIM, None, "DNS lookup failed: timeout"),
+        CheckResult(SENDING_IP, DnsCheck.FCRDNS, False, "no PTR record for 192.0.2.10"),
+    ),
+    blocklists=(BlocklistResult(SENDING_IP, ZONE, True, "listed (127.0.0.2)"),),
+    dkim_keys=(DkimKeyResult(SENDING, "sel1", DkimKey("rsa", 2048, False)),),
+    dmarc=(
+        DmarcFinding(
+            SENDING,
+            SENDING,
+            DmarcRecord(
+                DmarcPolicy.REJECT, None, Alignment.RELAXED, Alignment.STRICT, 100, (), (), ()
+            ),
+        ),
+    ),
+    spf_lookups=((SENDING, 3),),
+    duration_seconds=0.25,
+)
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return new_registry()
@@ -146,6 +183,11 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.imap_error(OUTLOOK, ImapErrorKind.TIMEOUT)
     recorder.forged_message(GMAIL)
     recorder.malformed_message(OUTLOOK)
+    recorder.declare_dns(
+        [(SENDING, DnsCheck.SPF), (SENDING, DnsCheck.DKIM), (SENDING_IP, DnsCheck.FCRDNS)],
+        [(SENDING_IP, ZONE)],
+    )
+    recorder.dns_report(DNS_REPORT)
 
 
 def test_metrics_exposition_matches_golden_file(
@@ -222,6 +264,8 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ImapErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource)}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
+        | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
+        | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():

@@ -168,6 +168,8 @@ def zone_good(dkim_public_key_b64: str) -> str:
         mail IN A 127.0.0.1
         {DKIM_SELECTOR}._domainkey IN TXT {_txt("v=DKIM1; k=rsa; p=" + dkim_public_key_b64)}
         _dmarc IN TXT "v=DMARC1; p=reject; adkim=r; aspf=r; rua=mailto:dmarc@{GOOD_DOMAIN}"
+        _mta-sts IN TXT "v=STSv1; id=20260101T000000"
+        _smtp._tls IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@{GOOD_DOMAIN}"
         """)
 
 
@@ -192,8 +194,62 @@ def zone_seed() -> str:
 
 
 def zone_reverse() -> str:
+    # 127.0.0.4 has a PTR whose name does not resolve back to it (no FCrDNS).
     return _soa("127.in-addr.arpa") + _dedent(f"""
         1.0.0 IN PTR {SUBMISSION_HOSTNAME}.
+        4.0.0 IN PTR mail.{BAD_DOMAIN}.
+        """)
+
+
+# Zones for the DNS checks' tests (agent.dns_checks), each wrong in one way.
+BROKEN_SPF_DOMAIN = "broken-spf.test"  # SPF needing 12 DNS lookups over its include tree
+NODKIM_DOMAIN = "nodkim.test"  # selector sel1 missing, selector "revoked" revoked
+DMARC_NONE_DOMAIN = "dmarc-none.test"  # DMARC p=none without reports
+DNSBL_ZONE = "dnsbl.test"  # lists 127.0.0.2 and bad.test; answers an error code for 127.0.0.3
+
+
+def zone_broken_spf() -> str:
+    hosts = "".join(f"h{i} IN A 192.0.2.{i}\n" for i in range(1, 9))
+    return (
+        _soa(BROKEN_SPF_DOMAIN)
+        + _dedent(f"""
+        @ IN MX 10 mail.{BROKEN_SPF_DOMAIN}.
+        @ IN TXT "v=spf1 include:_spf1.{BROKEN_SPF_DOMAIN} include:_spf2.{BROKEN_SPF_DOMAIN} a mx -all"
+        mail IN A 127.0.0.1
+        _spf1 IN TXT "v=spf1 a:h1.{BROKEN_SPF_DOMAIN} a:h2.{BROKEN_SPF_DOMAIN} a:h3.{BROKEN_SPF_DOMAIN} a:h4.{BROKEN_SPF_DOMAIN} ~all"
+        _spf2 IN TXT "v=spf1 a:h5.{BROKEN_SPF_DOMAIN} a:h6.{BROKEN_SPF_DOMAIN} a:h7.{BROKEN_SPF_DOMAIN} a:h8.{BROKEN_SPF_DOMAIN} ~all"
+        """)
+        + hosts
+    )
+
+
+def zone_nodkim() -> str:
+    return _soa(NODKIM_DOMAIN) + _dedent(f"""
+        @ IN MX 10 mail.{NODKIM_DOMAIN}.
+        @ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+        mail IN A 127.0.0.1
+        revoked._domainkey IN TXT "v=DKIM1; k=rsa; p="
+        _dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@{NODKIM_DOMAIN}"
+        """)
+
+
+def zone_dmarc_none() -> str:
+    return _soa(DMARC_NONE_DOMAIN) + _dedent(f"""
+        @ IN MX 10 mail.{DMARC_NONE_DOMAIN}.
+        @ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+        mail IN A 127.0.0.1
+        _dmarc IN TXT "v=DMARC1; p=none"
+        """)
+
+
+def zone_dnsbl() -> str:
+    # RFC 5782: 127.0.0.2 is every blocklist's test entry; 127.255.255.254 is Spamhaus' answer
+    # to a query through a public resolver, an error and not a listing.
+    return _soa(DNSBL_ZONE) + _dedent(f"""
+        2.0.0.127 IN A 127.0.0.2
+        2.0.0.127 IN TXT "Listed for testing (RFC 5782 test entry)"
+        3.0.0.127 IN A 127.255.255.254
+        {BAD_DOMAIN} IN A 127.0.1.2
         """)
 
 

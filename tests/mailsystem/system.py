@@ -269,6 +269,10 @@ class MailSystem:
             BAD_DOMAIN: configs.zone_bad(),
             SEED_DOMAIN: configs.zone_seed(),
             "127.in-addr.arpa": configs.zone_reverse(),
+            configs.BROKEN_SPF_DOMAIN: configs.zone_broken_spf(),
+            configs.NODKIM_DOMAIN: configs.zone_nodkim(),
+            configs.DMARC_NONE_DOMAIN: configs.zone_dmarc_none(),
+            configs.DNSBL_ZONE: configs.zone_dnsbl(),
         }
         for zone, text in zones.items():
             (lay.dns / f"{zone}.zone").write_text(text)
