@@ -1,0 +1,252 @@
+"""Pieces shared by the `*.dashboard.py` files: data source, template variables, panels that
+must explain themselves, threshold lines from the alert rules, and a grid layout.
+
+Every panel helper takes `shows` (what the panel shows) and `when_bad` (what to do when it looks
+bad): the description Grafana displays is built from both, so no panel ships without them.
+Queries are plain PromQL strings over the agent's metric catalog (`agent.metrics.CATALOG`) and
+the recording rules in `deploy/prometheus/`; tests/test_dashboards.py checks every name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attr
+from grafanalib.core import (
+    REFRESH_ON_TIME_RANGE_CHANGE,
+    GridPos,
+    Heatmap,
+    HeatmapColor,
+    RowPanel,
+    Stat,
+    Table,
+    Target,
+    Template,
+    TimeSeries,
+)
+
+__all__ = [
+    "DATASOURCE",
+    "MAILBOX",
+    "PAIR",
+    "ROUTE",
+    "RUNBOOK_URL",
+    "Grid",
+    "datasource_variable",
+    "describe",
+    "heatmap",
+    "label_variable",
+    "runbook_anchor",
+    "stat",
+    "table",
+    "target",
+    "threshold",
+    "timeseries",
+]
+
+# The one place the runbook's address is spelled; alerts.rules.yml's runbook_url annotations are
+# checked against it by tests/test_prometheus_rules.py.
+RUNBOOK_URL = (
+    "https://github.com/deliverability-agent/deliverability-agent/blob/main/docs/runbook.md"
+)
+
+DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
+
+# Label filters for the template variables (multi-value, "All" is `.*`).
+ROUTE = 'route=~"$route"'
+MAILBOX = 'mailbox=~"$mailbox"'
+PAIR = f"{ROUTE}, {MAILBOX}"
+
+THRESHOLD_LEGEND = "alert threshold"
+_REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def runbook_anchor(alert: str) -> str:
+    """The runbook section of an alert (GitHub's anchor for a `## AlertName` heading)."""
+    return f"{RUNBOOK_URL}#{alert.lower()}"
+
+
+def describe(shows: str, when_bad: str) -> str:
+    return f"{shows}\n\nWhen bad: {when_bad}"
+
+
+def target(expr: str, legend: str = "", *, instant: bool = False, table: bool = False) -> Any:
+    """One PromQL query; refIds are assigned by the panel."""
+    return Target(
+        expr=expr,
+        legendFormat=legend,
+        instant=instant,
+        format="table" if table else "time_series",
+        datasource=DATASOURCE,
+    )
+
+
+def threshold(name: str) -> Any:
+    """The alert threshold recorded as `deliverability:<name>:threshold`, drawn as a line."""
+    return target(f"deliverability:{name}:threshold", THRESHOLD_LEGEND)
+
+
+def _with_ref_ids(targets: Sequence[Any]) -> list[Any]:
+    return [attr.evolve(t, refId=_REF_IDS[i]) for i, t in enumerate(targets)]
+
+
+def _links(alerts: Iterable[str]) -> list[dict[str, object]]:
+    return [
+        {"title": f"Runbook: {alert}", "url": runbook_anchor(alert), "targetBlank": True}
+        for alert in alerts
+    ]
+
+
+_THRESHOLD_STYLE = {
+    "matcher": {"id": "byName", "options": THRESHOLD_LEGEND},
+    "properties": [
+        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+        {"id": "custom.fillOpacity", "value": 0},
+        {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
+    ],
+}
+
+
+def timeseries(
+    title: str,
+    *,
+    shows: str,
+    when_bad: str,
+    targets: Sequence[Any],
+    unit: str = "short",
+    alerts: Iterable[str] = (),
+    ratio: bool = False,
+    stacked: bool = False,
+    bars: bool = False,
+) -> Any:
+    return TimeSeries(
+        title=title,
+        description=describe(shows, when_bad),
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        unit="percentunit" if ratio else unit,
+        valueMin=0,
+        valueMax=1 if ratio else None,
+        links=_links(alerts),
+        stacking={"mode": "normal", "group": "A"} if stacked else {},
+        drawStyle="bars" if bars else "line",
+        fillOpacity=60 if bars else 10,
+        showPoints="never" if bars else "auto",
+        legendDisplayMode="table",
+        legendPlacement="right",
+        legendCalcs=["lastNotNull"],
+        tooltipMode="multi",
+        tooltipSort="desc",
+        overrides=[_THRESHOLD_STYLE],
+    )
+
+
+def stat(
+    title: str,
+    *,
+    shows: str,
+    when_bad: str,
+    targets: Sequence[Any],
+    unit: str = "short",
+    alerts: Iterable[str] = (),
+    mappings: Sequence[dict[str, object]] = (),
+) -> Any:
+    return Stat(
+        title=title,
+        description=describe(shows, when_bad),
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        format=unit,
+        reduceCalc="lastNotNull",
+        graphMode="none",
+        decimals=None,
+        links=_links(alerts),
+        mappings=list(mappings),
+        noValue="no data",
+        # grafanalib's default is "", which Grafana cannot read as a list of steps.
+        thresholds=[{"color": "text", "value": None}],
+    )
+
+
+def table(title: str, *, shows: str, when_bad: str, targets: Sequence[Any]) -> Any:
+    return Table(
+        title=title,
+        description=describe(shows, when_bad),
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        transformations=[
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True}}},
+        ],
+    )
+
+
+def heatmap(title: str, *, shows: str, when_bad: str, targets: Sequence[Any]) -> Any:
+    return Heatmap(
+        title=title,
+        description=describe(shows, when_bad),
+        dataSource=DATASOURCE,
+        targets=_with_ref_ids(targets),
+        dataFormat="tsbuckets",
+        color=HeatmapColor(colorScheme="interpolateOranges", mode="spectrum"),
+        hideZeroBuckets=True,
+        yBucketBound="upper",
+        maxDataPoints=60,
+    )
+
+
+def datasource_variable() -> Any:
+    return Template(
+        name="datasource",
+        label="Data source",
+        query="prometheus",
+        type="datasource",
+        default="Prometheus",
+    )
+
+
+def label_variable(
+    name: str, *, label: str, metric: str, multi: bool = True, include_all: bool = True
+) -> Any:
+    """A variable listing the values of `name` on `metric` (a catalog metric)."""
+    return Template(
+        name=name,
+        label=label,
+        query=f"label_values({metric}, {name})",
+        dataSource=DATASOURCE,
+        multi=multi,
+        includeAll=include_all,
+        allValue=".*" if include_all else None,
+        default="All" if include_all else None,
+        refresh=REFRESH_ON_TIME_RANGE_CHANGE,
+    )
+
+
+class Grid:
+    """Lays panels out left to right on Grafana's 24-column grid, wrapping to a new line."""
+
+    WIDTH = 24
+
+    def __init__(self) -> None:
+        self.panels: list[Any] = []
+        self._x = self._y = self._line_height = 0
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self.panels.append(
+            RowPanel(title=title, gridPos=GridPos(h=1, w=self.WIDTH, x=0, y=self._y))
+        )
+        self._y += 1
+
+    def add(self, panel: Any, *, w: int = 12, h: int = 8) -> None:
+        if self._x + w > self.WIDTH:
+            self._newline()
+        self.panels.append(attr.evolve(panel, gridPos=GridPos(h=h, w=w, x=self._x, y=self._y)))
+        self._x += w
+        self._line_height = max(self._line_height, h)
+
+    def _newline(self) -> None:
+        self._y += self._line_height
+        self._x = self._line_height = 0

@@ -1,0 +1,666 @@
+"""Deliverability overview: every route and seed mailbox at a glance, filtered by route and mailbox.
+
+Ratios come from the recording rules in deploy/prometheus/recording.rules.yml (1h windows: probes
+are sparse); event counts over time use `increase` over Grafana's `$__rate_interval`. Dashed red
+lines are the alert thresholds, read from the same `deliverability:*:threshold` series the alerts
+use. There is no provider variable: no series carries the mailbox's `provider` yet, so the
+per-mailbox panels stand in for per-provider ones (a seed mailbox lives at one provider).
+"""
+
+from __future__ import annotations
+
+from grafanalib.core import Dashboard, Templating, Time
+
+from dashboards.common import (
+    MAILBOX,
+    PAIR,
+    ROUTE,
+    Grid,
+    datasource_variable,
+    heatmap,
+    label_variable,
+    stat,
+    table,
+    target,
+    threshold,
+    timeseries,
+)
+
+grid = Grid()
+
+# --- at a glance ----------------------------------------------------------------------------------
+grid.row("At a glance (last hour)")
+grid.add(
+    stat(
+        "Acceptance rate",
+        shows="Share of probes (selected routes and mailboxes) that the SMTP servers accepted "
+        "over the last hour; the rest were rejected (5xx), deferred (4xx) or failed (error).",
+        when_bad="Open the SMTP row below: which route, which stage, which enhanced code. A drop "
+        "to 0 on one route is usually credentials, TLS or a block list.",
+        targets=[
+            target(
+                f"sum(route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
+                f" / sum(route_mailbox:deliverability_probes:rate1h{{{PAIR}}})"
+            )
+        ],
+        unit="percentunit",
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    stat(
+        "Inbox placement",
+        shows="Share of accepted probes that reached the inbox over the last hour.",
+        when_bad="See which route/mailbox pair drops in the placement panels and follow the "
+        "runbook of the inbox placement alert.",
+        targets=[
+            target(
+                "sum(route_mailbox_outcome:deliverability_probes:rate1h"
+                f'{{{PAIR}, outcome="inbox"}})'
+                f" / sum(route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
+            )
+        ],
+        unit="percentunit",
+        alerts=["DeliverabilityInboxPlacementLow"],
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    stat(
+        "Spam placement",
+        shows="Share of accepted probes filed as spam over the last hour.",
+        when_bad="Check SPF/DKIM/DMARC below, then content and sending reputation; follow the "
+        "spam placement runbook.",
+        targets=[
+            target(
+                "sum(route_mailbox_outcome:deliverability_probes:rate1h"
+                f'{{{PAIR}, outcome="spam"}})'
+                f" / sum(route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
+            )
+        ],
+        unit="percentunit",
+        alerts=["DeliverabilitySpamPlacementHigh"],
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    stat(
+        "Bounce rate",
+        shows="Bounces per probe sent through the selected routes over the last hour.",
+        when_bad="See bounces by type and source below; follow the bounce rate runbook.",
+        targets=[
+            target(
+                f"sum(route:deliverability_bounces:rate1h{{{ROUTE}}})"
+                f" / sum(route:deliverability_probes_sent:rate1h{{{ROUTE}}})"
+            )
+        ],
+        unit="percentunit",
+        alerts=["DeliverabilityBounceRateHigh"],
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    stat(
+        "Delivery latency p95",
+        shows="95th percentile of the time from the server accepting a probe to its arrival in "
+        "the seed mailbox, over the last hour, across the selected pairs.",
+        when_bad="Find the slow pair in the latency panels; queues at the route or greylisting "
+        "at the receiver are the usual causes.",
+        targets=[
+            target(
+                "histogram_quantile(0.95, sum by (le) ("
+                f"route_mailbox_le:deliverability_delivery_seconds_bucket:rate1h{{{PAIR}}}))"
+            )
+        ],
+        unit="s",
+        alerts=["DeliverabilityDeliveryLatencyHigh"],
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    stat(
+        "Probes in flight now",
+        shows="Probes accepted and not yet found nor past their deadline, right now.",
+        when_bad="A number that only grows means probes are not being found: check IMAP health "
+        "below and the probes missing runbook.",
+        targets=[target(f"sum(deliverability_probes_in_flight{{{PAIR}}})")],
+    ),
+    w=4,
+    h=4,
+)
+
+# --- placement ------------------------------------------------------------------------------------
+grid.row("Placement")
+grid.add(
+    timeseries(
+        "Acceptance rate per route",
+        shows="Share of each route's probes accepted by the server (not rejected, deferred or "
+        "failed), over a sliding hour.",
+        when_bad="Drill into the route (Deliverability route dashboard) to see the failing "
+        "stage and reply codes.",
+        targets=[
+            target(
+                f"sum by (route) (route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
+                f" / sum by (route) (route_mailbox:deliverability_probes:rate1h{{{PAIR}}})",
+                "{{route}}",
+            )
+        ],
+        ratio=True,
+    )
+)
+grid.add(
+    timeseries(
+        "Probes by outcome",
+        shows="Final outcomes of probes over time (inbox, spam, other, missing, rejected, "
+        "deferred, error, ...), stacked.",
+        when_bad="Anything but inbox growing: the outcome names the next panel to look at.",
+        targets=[
+            target(
+                f"sum by (outcome) (increase(deliverability_probes_total{{{PAIR}}}"
+                "[$__rate_interval]))",
+                "{{outcome}}",
+            )
+        ],
+        stacked=True,
+        bars=True,
+    )
+)
+grid.add(
+    timeseries(
+        "Inbox placement per route and mailbox",
+        shows="Share of accepted probes that reached the inbox, per route and seed mailbox, "
+        "over a sliding hour. The dashed line is the alert threshold.",
+        when_bad="One mailbox low on all routes: that provider filters you (content, "
+        "reputation). One route low everywhere: that route's IP/domain. Follow the runbook.",
+        targets=[
+            target(
+                "route_mailbox_outcome:deliverability_placement:ratio_rate1h"
+                f'{{{PAIR}, outcome="inbox"}}',
+                "{{route}} → {{mailbox}}",
+            ),
+            threshold("inbox_placement_ratio_min"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityInboxPlacementLow"],
+    )
+)
+grid.add(
+    timeseries(
+        "Spam placement per route and mailbox",
+        shows="Share of accepted probes filed as spam, per route and seed mailbox, over a "
+        "sliding hour. The dashed line is the alert threshold.",
+        when_bad="Check the authentication panels first (a DMARC fail is the usual cause), then "
+        "content and reputation. Follow the runbook.",
+        targets=[
+            target(
+                "route_mailbox_outcome:deliverability_placement:ratio_rate1h"
+                f'{{{PAIR}, outcome="spam"}}',
+                "{{route}} → {{mailbox}}",
+            ),
+            threshold("spam_placement_ratio_max"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilitySpamPlacementHigh"],
+    )
+)
+grid.add(
+    timeseries(
+        "Missing probes per route and mailbox",
+        shows="Share of accepted probes not seen in the seed mailbox by their deadline, per "
+        "route and mailbox, over a sliding hour. The dashed line is the alert threshold.",
+        when_bad="Check IMAP health below (a watcher that cannot log in finds nothing), then "
+        "late probes (a deadline too short), then the receiver silently dropping mail.",
+        targets=[
+            target(
+                "route_mailbox_outcome:deliverability_placement:ratio_rate1h"
+                f'{{{PAIR}, outcome="missing"}}',
+                "{{route}} → {{mailbox}}",
+            ),
+            threshold("missing_ratio_max"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityProbesMissing"],
+    )
+)
+grid.add(
+    timeseries(
+        "Inbox placement per seed mailbox (provider)",
+        shows="Share of accepted probes that reached the inbox of each seed mailbox, all "
+        "selected routes together, over a sliding hour. Each seed mailbox lives at one provider, "
+        "so this is placement per provider.",
+        when_bad="A single provider dropping points at that provider's filtering of your mail: "
+        "compare its spam panel and authentication verdicts.",
+        targets=[
+            target(
+                "sum by (mailbox) (route_mailbox_outcome:deliverability_probes:rate1h"
+                f'{{{PAIR}, outcome="inbox"}})'
+                " / sum by (mailbox) (route_mailbox:deliverability_probes_accepted:rate1h"
+                f"{{{PAIR}}})",
+                "{{mailbox}}",
+            )
+        ],
+        ratio=True,
+    )
+)
+
+# --- latency --------------------------------------------------------------------------------------
+grid.row("Delivery latency")
+grid.add(
+    timeseries(
+        "Delivery latency p50 / p95 / p99 per route",
+        shows="Time from the server accepting a probe to its arrival in the seed mailbox, "
+        "percentiles per route over a sliding hour. The dashed line is the p95 alert threshold.",
+        when_bad="p50 fine but p99 high: a few slow deliveries (greylisting, retries). All high: "
+        "queueing at the route or the receiver. Follow the latency runbook.",
+        targets=[
+            target(
+                f"histogram_quantile({q}, sum by (route, le) ("
+                f"route_mailbox_le:deliverability_delivery_seconds_bucket:rate1h{{{PAIR}}}))",
+                f"{{{{route}}}} p{label}",
+            )
+            for q, label in (("0.5", "50"), ("0.95", "95"), ("0.99", "99"))
+        ]
+        + [threshold("delivery_p95_seconds_max")],
+        unit="s",
+        alerts=["DeliverabilityDeliveryLatencyHigh"],
+    )
+)
+grid.add(
+    heatmap(
+        "Delivery latency distribution",
+        shows="How many probes arrived within each latency bucket over time (all selected "
+        "pairs); darker cells hold more probes.",
+        when_bad="Mass moving to the upper buckets means deliveries slow down; a band at the top "
+        "bucket means probes are held somewhere (greylisting, queues).",
+        targets=[
+            target(
+                f"sum by (le) (increase(deliverability_delivery_seconds_bucket{{{PAIR}}}"
+                "[$__rate_interval]))",
+                "{{le}}",
+            )
+        ],
+    )
+)
+
+# --- SMTP -----------------------------------------------------------------------------------------
+grid.row("SMTP")
+grid.add(
+    timeseries(
+        "SMTP replies by stage and class",
+        shows="Replies the routes' SMTP servers gave, by stage (banner, ehlo, auth, mail, rcpt, "
+        "data, ...) and class (2xx, 3xx, 4xx, 5xx), stacked.",
+        when_bad="4xx/5xx concentrated at one stage: auth = credentials, rcpt = recipient or "
+        "policy, end_of_data = content or reputation. Drill into the route dashboard.",
+        targets=[
+            target(
+                f"sum by (stage, class) (increase(deliverability_smtp_replies_total{{{ROUTE}}}"
+                "[$__rate_interval]))",
+                "{{stage}} {{class}}",
+            )
+        ],
+        stacked=True,
+        bars=True,
+    )
+)
+grid.add(
+    timeseries(
+        "4xx and 5xx replies per route",
+        shows="Transient (4xx) and permanent (5xx) replies per route over time.",
+        when_bad="5xx: the message or sender is refused (read the enhanced codes in the table "
+        "next). 4xx: throttling or greylisting; persistent 4xx becomes deferrals.",
+        targets=[
+            target(
+                "sum by (route, class) (increase(deliverability_smtp_replies_total"
+                f'{{{ROUTE}, class=~"4xx|5xx"}}[$__rate_interval]))',
+                "{{route}} {{class}}",
+            )
+        ],
+        bars=True,
+    )
+)
+grid.add(
+    table(
+        "Top 4xx/5xx enhanced status codes",
+        shows="The ten most frequent 4xx/5xx replies in the selected time range, by route, stage, "
+        "code and enhanced status code (RFC 3463).",
+        when_bad="Look the enhanced code up (5.7.x = policy/authentication, 5.1.x = address, "
+        "4.7.x = throttling) and follow the 5xx runbook.",
+        targets=[
+            target(
+                "topk(10, sum by (route, stage, code, enhanced_code) (increase("
+                f'deliverability_smtp_replies_total{{{ROUTE}, class=~"4xx|5xx"}}[$__range])))',
+                instant=True,
+                table=True,
+            )
+        ],
+    )
+)
+grid.add(
+    timeseries(
+        "5xx replies per probe vs the route's baseline",
+        shows="5xx replies per probe sent over 15 minutes, per route, against the alert's "
+        "limit: the route's own average of the last day times the baseline factor (the alert "
+        "also needs the absolute floor to be exceeded).",
+        when_bad="Above the baseline line: something changed at the receiver or in what you "
+        "send. Follow the 5xx spike runbook.",
+        targets=[
+            target(
+                f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate15m{{{ROUTE}}}",
+                "{{route}}",
+            ),
+            target(
+                "scalar(deliverability:smtp_5xx_baseline_factor:threshold) * avg_over_time("
+                f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate1h{{{ROUTE}}}[1d])",
+                "{{route}} baseline limit",
+            ),
+            threshold("smtp_5xx_ratio_floor"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilitySmtp5xxSpike"],
+    )
+)
+grid.add(
+    timeseries(
+        "SMTP errors by kind",
+        shows="Transactions that ended without a server verdict, per route and kind (connect, "
+        "timeout, tls, auth, protocol, closed).",
+        when_bad="connect/timeout: network or server down. tls: certificate or TLS settings. "
+        "auth: credentials. Follow the TLS/auth runbook.",
+        targets=[
+            target(
+                f"sum by (route, kind) (increase(deliverability_smtp_errors_total{{{ROUTE}}}"
+                "[$__rate_interval]))",
+                "{{route}} {{kind}}",
+            )
+        ],
+        bars=True,
+    )
+)
+grid.add(
+    timeseries(
+        "TLS and AUTH errors per probe",
+        shows="Share of each route's probes over 15 minutes that failed at TLS or AUTH. The "
+        "dashed line is the alert threshold.",
+        when_bad="Rotate/fix the route's credentials or TLS settings; check the certificate "
+        "panel. Follow the TLS/auth runbook.",
+        targets=[
+            target(
+                "route_kind:deliverability_smtp_errors_per_sent:ratio_rate15m"
+                f'{{{ROUTE}, kind=~"tls|auth"}}',
+                "{{route}} {{kind}}",
+            ),
+            threshold("smtp_tls_auth_error_ratio_max"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityRouteTlsOrAuthErrors"],
+    )
+)
+grid.add(
+    timeseries(
+        "Bounce rate per route",
+        shows="Bounces per probe sent, per route, over a sliding hour. The dashed line is the "
+        "alert threshold.",
+        when_bad="Read the bounce types and sources next to this panel and follow the bounce "
+        "rate runbook.",
+        targets=[
+            target(f"route:deliverability_bounces_per_sent:ratio_rate1h{{{ROUTE}}}", "{{route}}"),
+            threshold("bounce_ratio_max"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityBounceRateHigh"],
+    )
+)
+grid.add(
+    timeseries(
+        "Bounces by type and source",
+        shows="Bounces over time per route, by type and by how the agent learned of them.",
+        when_bad="Hard bounces to seed addresses mean the route or sender is refused; soft ones "
+        "are often throttling. Follow the bounce rate runbook.",
+        targets=[
+            target(
+                "sum by (route, type, source) (increase(deliverability_bounces_total"
+                f"{{{ROUTE}}}[$__rate_interval]))",
+                "{{route}} {{type}} {{source}}",
+            )
+        ],
+        bars=True,
+    )
+)
+
+# --- authentication -------------------------------------------------------------------------------
+grid.row("Authentication (SPF, DKIM, DMARC)")
+grid.add(
+    timeseries(
+        "SPF / DKIM / DMARC pass rate",
+        shows="Share of each method's verdicts that passed, per route and seed mailbox, as the "
+        "receiver reported them in Authentication-Results, over a sliding hour.",
+        when_bad="SPF: the route's IP is missing from the domain's SPF record. DKIM: signing "
+        "off or key/DNS mismatch. DMARC: neither aligned. Follow the runbook.",
+        targets=[
+            target(
+                "route_mailbox_method:deliverability_auth_results_pass:ratio_rate1h"
+                f'{{{PAIR}, method=~"spf|dkim|dmarc"}}',
+                "{{route}} → {{mailbox}} {{method}}",
+            ),
+            threshold("auth_pass_ratio_min"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityAuthenticationFailing"],
+    )
+)
+grid.add(
+    timeseries(
+        "Authentication results by method and result",
+        shows="Verdicts over time by method (spf, dkim, dmarc, arc) and result (pass, fail, "
+        "softfail, none, ...).",
+        when_bad="Any fail/softfail/none growing for spf, dkim or dmarc: see the pass-rate "
+        "panel for the pair and the authentication runbook.",
+        targets=[
+            target(
+                "sum by (method, result) (increase(deliverability_auth_results_total"
+                f"{{{PAIR}}}[$__rate_interval])) > 0",
+                "{{method}} {{result}}",
+            )
+        ],
+        bars=True,
+    )
+)
+
+# --- probes and mailboxes -------------------------------------------------------------------------
+grid.row("Probes and seed mailboxes")
+grid.add(
+    timeseries(
+        "Probes in flight per pair",
+        shows="Probes accepted and awaiting arrival, per pair.",
+        when_bad="Growing without bound: probes are not being found (IMAP health) or the "
+        "reaper is not running (agent health).",
+        targets=[
+            target(
+                f"sum by (route, mailbox) (deliverability_probes_in_flight{{{PAIR}}})",
+                "{{route}} → {{mailbox}}",
+            )
+        ],
+    )
+)
+grid.add(
+    timeseries(
+        "Time since the last outcome",
+        shows="Seconds since each pair last finished a probe, whatever the outcome. The dashed "
+        "line is the staleness threshold (counted from the agent's configuration load when "
+        "that is later).",
+        when_bad="Above the threshold: the pair is no longer probed although the agent runs; "
+        "follow the probes stale runbook.",
+        targets=[
+            target(
+                "time() - max by (route, mailbox) ("
+                f"deliverability_last_outcome_timestamp_seconds{{{PAIR}}})",
+                "{{route}} → {{mailbox}}",
+            ),
+            threshold("probes_stale_seconds_max"),
+        ],
+        unit="s",
+        alerts=["DeliverabilityProbesStale"],
+    )
+)
+grid.add(
+    timeseries(
+        "Late probes",
+        shows="Probes found in the seed mailbox after they had already been counted missing, "
+        "per pair, over a sliding hour.",
+        when_bad="Steadily above 0: the deadline (probes.deadline) is shorter than the real "
+        "delivery time; raise it, or look at the latency panels.",
+        targets=[
+            target(
+                f"sum by (route, mailbox) (increase(deliverability_late_probes_total{{{PAIR}}}"
+                "[1h]))",
+                "{{route}} → {{mailbox}}",
+            )
+        ],
+        alerts=["DeliverabilityProbesMissing"],
+    )
+)
+grid.add(
+    timeseries(
+        "IMAP connection up",
+        shows="1 while the agent's watcher of the seed mailbox has a working IMAP connection "
+        "for every watched folder, 0 otherwise.",
+        when_bad="0 for minutes: check the mailbox's credentials, host, TLS and the IMAP errors "
+        "next. Follow the IMAP runbook.",
+        targets=[target(f"deliverability_imap_up{{{MAILBOX}}}", "{{mailbox}} {{instance}}")],
+        alerts=["DeliverabilityImapMailboxUnreachable"],
+    )
+)
+grid.add(
+    timeseries(
+        "IMAP errors, forged and malformed messages",
+        shows="Errors that cost a watcher its connection, by kind; messages that looked like "
+        "probes with a bad token (forged); messages skipped as unparseable (malformed).",
+        when_bad="auth/tls errors: fix the mailbox settings. Forged: someone sends look-alike "
+        "probes (check the secret). Malformed: usually harmless junk in the seed mailbox.",
+        targets=[
+            target(
+                "sum by (mailbox, kind) (increase(deliverability_imap_errors_total"
+                f"{{{MAILBOX}}}[$__rate_interval]))",
+                "{{mailbox}} {{kind}}",
+            ),
+            target(
+                f"sum by (mailbox) (increase(deliverability_forged_messages_total{{{MAILBOX}}}"
+                "[$__rate_interval]))",
+                "{{mailbox}} forged",
+            ),
+            target(
+                "sum by (mailbox) (increase(deliverability_malformed_messages_total"
+                f"{{{MAILBOX}}}[$__rate_interval]))",
+                "{{mailbox}} malformed",
+            ),
+        ],
+        bars=True,
+    )
+)
+
+# --- agent ----------------------------------------------------------------------------------------
+grid.row("Agent and TLS")
+grid.add(
+    stat(
+        "Config reload",
+        shows="Whether every agent's last configuration load or reload succeeded.",
+        when_bad="Failed: the agent runs on its previous configuration. Run `deliverability-"
+        "agent check-config` on the file and follow the config reload runbook.",
+        targets=[target("min(deliverability_config_last_reload_successful)")],
+        mappings=[
+            {
+                "type": "value",
+                "options": {
+                    "0": {"text": "failed", "color": "red"},
+                    "1": {"text": "ok", "color": "green"},
+                },
+            }
+        ],
+        alerts=["DeliverabilityConfigReloadFailed"],
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    stat(
+        "Config loaded",
+        shows="Time since the oldest of the agents' last successful configuration loads.",
+        when_bad="Not what you expect after a deploy: the new configuration was not loaded "
+        "(restart or SIGHUP the agent).",
+        targets=[
+            target("time() - min(deliverability_config_last_reload_success_timestamp_seconds)")
+        ],
+        unit="s",
+    ),
+    w=4,
+    h=4,
+)
+grid.add(
+    table(
+        "Agents (build info)",
+        shows="Every agent Prometheus scrapes, with its version.",
+        when_bad="Empty: no agent is scraped (follow the agent absent runbook). Mixed "
+        "versions: a rollout in progress or a forgotten instance.",
+        targets=[target("deliverability_build_info", instant=True, table=True)],
+    ),
+    w=8,
+    h=4,
+)
+grid.add(
+    table(
+        "TLS versions per route",
+        shows="The TLS version each route's SMTP server negotiated last.",
+        when_bad="TLS 1.0/1.1, or no row for a route that should use TLS: fix the route's TLS "
+        "settings or the server.",
+        targets=[target(f"deliverability_tls_version_info{{{ROUTE}}}", instant=True, table=True)],
+    ),
+    w=8,
+    h=4,
+)
+grid.add(
+    timeseries(
+        "TLS certificate time left per route",
+        shows="Time until the certificate each route's SMTP server presented expires. The "
+        "dashed line is the alert threshold.",
+        when_bad="Renew the server's certificate (or tell its operator). Follow the certificate "
+        "runbook.",
+        targets=[
+            target(
+                f"deliverability_tls_cert_expiry_timestamp_seconds{{{ROUTE}}} - time()",
+                "{{route}}",
+            ),
+            threshold("tls_cert_expiry_seconds_min"),
+        ],
+        unit="s",
+        alerts=["DeliverabilityTlsCertificateExpiringSoon"],
+    ),
+    w=24,
+)
+
+dashboard = Dashboard(
+    title="Deliverability overview",
+    uid="deliverability-overview",
+    description="Email deliverability measured by the deliverability agent's probes.",
+    tags=["deliverability"],
+    timezone="browser",
+    refresh="1m",
+    graphTooltip=1,
+    time=Time("now-24h", "now"),
+    templating=Templating(
+        [
+            datasource_variable(),
+            label_variable("route", label="Route", metric="deliverability_probes_sent_total"),
+            label_variable(
+                "mailbox",
+                label="Seed mailbox",
+                metric=f"deliverability_probes_sent_total{{{ROUTE}}}",
+            ),
+        ]
+    ),
+    panels=grid.panels,
+).auto_panel_ids()
