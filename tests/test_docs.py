@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from agent.metrics import CATALOG
 from agent.model import Outcome
 
@@ -18,3 +20,13 @@ def test_readme_metric_table_lists_every_metric_of_the_catalog() -> None:
 def test_readme_names_every_outcome() -> None:
     missing = [outcome.value for outcome in Outcome if f"`{outcome.value}`" not in README]
     assert not missing, f"document these outcomes in the README: {missing}"
+
+
+def test_readme_alert_table_lists_every_alert() -> None:
+    rules_file = (
+        Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.rules.yml"
+    )
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    alerts = [rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule]
+    missing = [name for name in alerts if f"[`{name}`]" not in README]
+    assert alerts and not missing, f"add to the README alert table: {missing}"
