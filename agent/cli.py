@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
 from agent.config import Config, ConfigError, load_config
-from agent.http_server import HttpServer, HttpServerError, Status
+from agent.http_server import BasicAuth, HttpServer, HttpServerError, Status
 from agent.ledger import LedgerError, ProbeRecord
 from agent.log_redaction import SecretRedactingFilter, config_secrets, configure_logging
-from agent.metrics import Recorder, new_registry
+from agent.metrics import IMAP_UP, Recorder, new_registry
 from agent.model import Outcome
+from agent.sandbox import SandboxError, SandboxServer
 from agent.service import Agent
+from agent.smtp_sender import deciding_reply
+from agent.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["main", "probe_json"]
 
@@ -53,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "once":
             sub.add_argument("--json", action="store_true", help="one JSON object per probe")
+            sub.add_argument(
+                "--no-progress",
+                action="store_true",
+                help="no progress line while waiting (it is shown only on a terminal anyway)",
+            )
     return parser
 
 
@@ -70,16 +86,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"mailbox(es), {len(pairs)} pair(s), every {config.probes.interval:g} s"
         )
         return EXIT_OK
-    redactor = configure_logging(config.log_level.level, config_secrets(config))
+    problem = _state_dir_problem(config.state_dir)
+    if problem is not None:
+        print(f"deliverability-agent: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    level = config.log_level.level
+    progress = None
+    if args.command == "once" and not args.json and not args.no_progress and sys.stderr.isatty():
+        progress = sys.stderr
+        # The progress line and the table say what INFO lines would; they would only break it.
+        level = max(level, logging.WARNING)
+    redactor = configure_logging(level, config_secrets(config))
     try:
         if args.command == "once":
-            return asyncio.run(_once(config, as_json=args.json))
+            return asyncio.run(_once(config, as_json=args.json, progress=progress))
         return asyncio.run(_run(config, args.config, redactor))
-    except (LedgerError, HttpServerError) as exc:
+    except (LedgerError, HttpServerError, SandboxError) as exc:
         print(f"deliverability-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _state_dir_problem(state_dir: Path) -> str | None:
+    """Why the state directory cannot hold the ledger, or None; creates it when missing."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"state_dir {state_dir} exists but is not a directory"
+    except OSError as exc:
+        return f"cannot create state_dir {state_dir}: {exc.strerror}"
+    if not state_dir.is_dir():
+        return f"state_dir {state_dir} exists but is not a directory"
+    if not os.access(state_dir, os.R_OK | os.W_OK | os.X_OK):
+        return (
+            f"state_dir {state_dir} is not readable and writable by this user "
+            f"(uid {os.getuid()}); fix its owner or mode, or set state_dir elsewhere"
+        )
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _sandbox(config: Config) -> AsyncIterator[SandboxServer | None]:
+    """The embedded sandbox mail provider while the block runs, when the config has one."""
+    if config.sandbox is None:
+        yield None
+        return
+    sandbox = await SandboxServer.start(config.sandbox, state_dir=config.state_dir)
+    log.info("sandbox mail provider: %s", sandbox.addresses.describe())
+    try:
+        yield sandbox
+    finally:
+        await sandbox.close()
 
 
 # --- once -------------------------------------------------------------------------------------
@@ -124,21 +182,34 @@ def _str(value: object | None) -> str | None:
     return None if value is None else str(value)
 
 
-async def _once(config: Config, *, as_json: bool) -> int:
-    agent = Agent(config, recorder=Recorder(new_registry()))
-    await agent.start()
-    try:
-        probe_ids = await agent.probe_all_once()
-        if not as_json:
-            print(
-                f"sent {len(probe_ids)} probe(s); waiting up to "
-                f"{config.probes.deadline:g} s for each to land",
-                file=sys.stderr,
-            )
-        await agent.wait_final(probe_ids)
-        records = [agent.ledger.get(pid) for pid in probe_ids]
-    finally:
-        await agent.stop()
+async def _once(config: Config, *, as_json: bool, progress: TextIO | None = None) -> int:
+    # The filter clears the progress line before each log line is written over it.
+    handlers = logging.getLogger().handlers if progress is not None else []
+    clear = _ClearProgressLine(progress or sys.stderr)
+    async with _sandbox(config):
+        agent = Agent(config, recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            for handler in handlers:
+                handler.addFilter(clear)
+            if progress is not None:
+                _show(progress, f"sending {len(config.pairs())} probe(s)...")
+            probe_ids = await agent.probe_all_once()
+            if progress is not None:
+                await _wait_showing_progress(agent, probe_ids, config.probes.deadline, progress)
+            else:
+                if not as_json:
+                    print(
+                        f"sent {len(probe_ids)} probe(s); waiting up to "
+                        f"{config.probes.deadline:g} s for each to land",
+                        file=sys.stderr,
+                    )
+                await agent.wait_final(probe_ids)
+            records = [agent.ledger.get(pid) for pid in probe_ids]
+        finally:
+            for handler in handlers:
+                handler.removeFilter(clear)
+            await agent.stop()
     all_inbox = True
     rows = []
     for record in records:
@@ -153,16 +224,65 @@ async def _once(config: Config, *, as_json: bool) -> int:
     return EXIT_OK if all_inbox else EXIT_NOT_ALL_INBOX
 
 
+def _show(stream: TextIO, text: str) -> None:
+    """Rewrite the terminal's current line with `text` (empty: clear it), cut to its width."""
+    width = shutil.get_terminal_size().columns - 1
+    stream.write(_CLEAR_LINE + (text if len(text) <= width else text[: width - 3] + "..."))
+    stream.flush()
+
+
+_CLEAR_LINE = "\r\033[K"
+
+
+class _ClearProgressLine(logging.Filter):
+    """Clears the progress line before a log line is written over it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._stream.write(_CLEAR_LINE)
+        return True
+
+
+async def _wait_showing_progress(
+    agent: Agent, probe_ids: list[str], deadline: float, stream: TextIO
+) -> None:
+    """Wait for every probe's outcome, keeping one line up to date: how many are done, with
+    which outcome, and for how long the rest have been awaited."""
+    loop = asyncio.get_running_loop()
+    waits = [agent.outcomes.wait(pid) for pid in probe_ids]
+    started = loop.time()
+    while True:
+        done = [wait.result() for wait in waits if wait.done()]
+        counts = Counter(final.outcome.value for final in done)
+        text = f"{len(done)}/{len(waits)} probe(s) done"
+        if counts:
+            text += " (" + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) + ")"
+        pending = [wait for wait in waits if not wait.done()]
+        if not pending:
+            break
+        elapsed = loop.time() - started
+        _show(stream, f"{text}; waiting {elapsed:.0f} s, at most {deadline:g} s")
+        # Wakes at each outcome, and every second to move the clock.
+        await asyncio.wait(pending, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+    _show(stream, "")
+
+
 def _table_row(record: ProbeRecord) -> list[str]:
     latency = f"{record.latency_seconds:.1f}s" if record.latency_seconds is not None else "-"
     auth = record.auth
     verdicts = " ".join(f"{m}={v}" for m, v in auth.items() if v is not None) if auth else ""
-    final = record.transcript[-1] if record.transcript else None
+    result = record.send_result
+    final = deciding_reply(result) if result is not None else None
     detail = (
         f"{record.send_error.stage} {record.send_error.kind}: {record.send_error.message}"
         if record.send_error
-        else (f"{final.code} {final.enhanced_code or ''}".strip() if final else "")
+        else (f"{final.stage} {final.code} {final.text}".strip() if final else "")
     )
+    if len(detail) > 80:
+        detail = detail[:77] + "..."
     return [
         record.route,
         record.mailbox,
@@ -186,10 +306,36 @@ def _print_table(rows: list[list[str]]) -> None:
 # --- run --------------------------------------------------------------------------------------
 
 
+@dataclass
+class _RunState:
+    """What the status page says about the running agent beyond its ledger."""
+
+    started_at: float
+    config_ok: bool
+    config_loaded_at: float | None
+    sandbox: str | None = None
+
+
+def _mailboxes_up(registry: CollectorRegistry, config: Config) -> dict[str, bool | None]:
+    """Each seed mailbox's IMAP state, as /metrics shows it (deliverability_imap_up)."""
+    states: dict[str, bool | None] = {}
+    for mailbox in config.mailboxes:
+        value = registry.get_sample_value(IMAP_UP.name, {"mailbox": mailbox.name})
+        states[mailbox.name] = None if value is None else value == 1.0
+    return states
+
+
+def _url(scheme: str, host: str, port: int, path: str) -> str:
+    shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
+    return f"{scheme}://{shown}:{port}{path}"
+
+
 async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> int:
     registry = new_registry()
     recorder = Recorder(registry)
-    recorder.config_reloaded(True, time.time())
+    now = time.time()
+    recorder.config_reloaded(True, now)
+    state = _RunState(started_at=now, config_ok=True, config_loaded_at=now)
     agent = Agent(config, recorder=recorder)
     loop = asyncio.get_running_loop()
     last_tick = [loop.time()]
@@ -205,12 +351,37 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
             return Status(False, "starting")
         return Status(True, "probing")
 
+    def page(refresh: bool) -> str:
+        ready = readiness()
+        health_now = Health(
+            version=__version__,
+            ready=ready.ok,
+            ready_detail=ready.detail,
+            started_at=state.started_at,
+            config_ok=state.config_ok,
+            config_loaded_at=state.config_loaded_at,
+            mailboxes_up=_mailboxes_up(registry, agent.config),
+            sandbox=state.sandbox,
+        )
+        data = collect(agent.ledger, agent.config, health_now, now=time.time())
+        refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0
+        return render(data, secrets=config_secrets(agent.config), refresh_seconds=refresh_seconds)
+
+    http = config.http
     server = HttpServer(
         registry,
         host=config.listen.host,
         port=config.listen.port,
         health=health,
         readiness=readiness,
+        page=LoopPage(loop, page) if http.status_page else None,
+        basic_auth=(
+            BasicAuth(http.basic_auth.username, http.basic_auth.password.get_secret_value())
+            if http.basic_auth is not None
+            else None
+        ),
+        cert_file=http.tls.cert_file if http.tls is not None else None,
+        key_file=http.tls.key_file if http.tls is not None else None,
     )
     stop = asyncio.Event()
     reloads: asyncio.Queue[None] = asyncio.Queue()
@@ -218,47 +389,71 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
     try:
-        await agent.start()
-        agent.schedule()
-        log.info(
-            "deliverability-agent %s probing %d pair(s) every %g s; metrics on "
-            "http://%s:%d/metrics, health on /healthz and /readyz",
-            __version__,
-            len(config.pairs()),
-            config.probes.interval,
-            config.listen.host,
-            server.port,
-        )
-        while not stop.is_set():
-            waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(reloads.get())}
-            done, pending = await asyncio.wait(
-                waiters, timeout=5.0, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
-            last_tick[0] = loop.time()
-            if stop.is_set():
-                break
-            if done:
-                await _reload(agent, path, recorder, redactor)
-        log.info("SIGTERM: draining")
+        async with _sandbox(config) as sandbox:
+            if sandbox is not None:
+                state.sandbox = sandbox.addresses.describe()
+            try:
+                await agent.start()
+                agent.schedule()
+                log.info(
+                    "deliverability-agent %s probing %d pair(s) every %g s; ledger in %s",
+                    __version__,
+                    len(config.pairs()),
+                    config.probes.interval,
+                    config.state_dir,
+                )
+                host, port = config.listen.host, server.port
+                if http.status_page:
+                    log.info("status page on %s", _url(server.scheme, host, port, "/"))
+                log.info(
+                    "metrics on %s, health on /healthz and /readyz%s",
+                    _url(server.scheme, host, port, "/metrics"),
+                    " (basic auth on / and /metrics)" if http.basic_auth is not None else "",
+                )
+                while not stop.is_set():
+                    waiters = {
+                        asyncio.create_task(stop.wait()),
+                        asyncio.create_task(reloads.get()),
+                    }
+                    done, pending = await asyncio.wait(
+                        waiters, timeout=5.0, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in pending:
+                        task.cancel()
+                    last_tick[0] = loop.time()
+                    if stop.is_set():
+                        break
+                    if done:
+                        await _reload(agent, path, recorder, redactor, state)
+                log.info("SIGTERM: draining")
+            finally:
+                await agent.stop()
     finally:
-        await agent.stop()
         server.close()
     log.info("stopped")
     return EXIT_OK
 
 
 async def _reload(
-    agent: Agent, path: Path, recorder: Recorder, redactor: SecretRedactingFilter
+    agent: Agent,
+    path: Path,
+    recorder: Recorder,
+    redactor: SecretRedactingFilter,
+    state: _RunState,
 ) -> None:
     try:
         config = load_config(path)
     except ConfigError as exc:
         recorder.config_reloaded(False, time.time())
+        state.config_ok = False
         log.error("SIGHUP: keeping the running configuration; the new one is invalid:\n%s", exc)
         return
     redactor.update([*redactor.secrets, *config_secrets(config)])
+    for key in ("sandbox", "http"):
+        if getattr(config, key) != getattr(agent.config, key):
+            log.warning("%s changes need a restart; the running %s is kept", key, key)
     await agent.reload(config)
-    recorder.config_reloaded(True, time.time())
+    now = time.time()
+    recorder.config_reloaded(True, now)
+    state.config_ok, state.config_loaded_at = True, now
     log.info("SIGHUP: configuration reloaded from %s", path)

@@ -6,7 +6,10 @@ import logging
 import sys
 from collections.abc import Iterable
 
-__all__ = ["SecretRedactingFilter", "configure_logging"]
+from agent.config import Config
+from agent.sandbox import sandbox_secrets
+
+__all__ = ["SecretRedactingFilter", "config_secrets", "configure_logging"]
 
 MASK = "******"
 
@@ -57,15 +60,17 @@ def configure_logging(level: int, secrets: Iterable[str]) -> SecretRedactingFilt
     return redactor
 
 
-def config_secrets(config: object) -> list[str]:
-    """Every secret value in a loaded Config (the HMAC secret and all passwords)."""
-    from agent.config import Config
-
-    assert isinstance(config, Config)
+def config_secrets(config: Config) -> list[str]:
+    """Every secret value in a loaded Config: the HMAC secret, every route, seed and bounce
+    mailbox password, the sandbox's passwords and the HTTP basic-auth password."""
     values = [config.secret.get_secret_value()]
     for route in config.routes:
         if route.auth is not None:
             values.append(route.auth.password.get_secret_value())
-    for mailbox in config.mailboxes:
+    for mailbox in (*config.mailboxes, *config.bounce_mailboxes):
         values.append(mailbox.auth.password.get_secret_value())
+    if config.sandbox is not None:
+        values += sandbox_secrets(config.sandbox)
+    if config.http.basic_auth is not None:
+        values.append(config.http.basic_auth.password.get_secret_value())
     return values

@@ -50,7 +50,7 @@ def test_check_config_accepts_the_shipped_config() -> None:
         env={k: v for k, v in os.environ.items() if not k.startswith("DELIVERABILITY_")},
     )
     assert result.returncode == 0, result.stderr
-    assert "OK: 1 route(s), 1 mailbox(es), 1 pair(s)" in result.stdout
+    assert "OK: 6 route(s), 2 mailbox(es), 12 pair(s)" in result.stdout
 
 
 def test_check_config_names_the_bad_field_and_exits_2(tmp_path: Path) -> None:

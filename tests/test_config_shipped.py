@@ -39,14 +39,30 @@ def _uncomment_examples(text: str) -> tuple[str, int]:
 def test_config_shipped_loads_without_any_environment() -> None:
     config = load_config(SHIPPED, environ={})
 
-    assert [route.host for route in config.routes] == ["127.0.0.1"]
-    assert [mailbox.host for mailbox in config.mailboxes] == ["127.0.0.1"]
-    route, mailbox = config.routes[0], config.mailboxes[0]
-    assert (route.port, route.tls) == (587, TlsMode.STARTTLS)
-    assert (mailbox.port, mailbox.tls) == (993, TlsMode.IMPLICIT)
+    sandbox = config.sandbox
+    assert sandbox is not None
+    assert sandbox.host == "127.0.0.1"
+    smtp_ports = {
+        sandbox.submission_port: TlsMode.STARTTLS,
+        sandbox.submissions_port: TlsMode.IMPLICIT,
+    }
+    for route in config.routes:
+        assert (route.host, smtp_ports[route.port]) == ("127.0.0.1", route.tls)
+    for mailbox in (*config.mailboxes, *config.bounce_mailboxes):
+        assert (mailbox.host, mailbox.port, mailbox.tls) == (
+            "127.0.0.1",
+            sandbox.imaps_port,
+            TlsMode.IMPLICIT,
+        )
+    # Every seed and bounce mailbox is one the sandbox hosts, with the same login.
+    hosted = {m.address: m.auth for m in sandbox.mailboxes}
+    for mailbox in (*config.mailboxes, *config.bounce_mailboxes):
+        assert hosted[mailbox.address].username == mailbox.auth.username
+        assert hosted[mailbox.address].password == mailbox.auth.password
     assert config.secret.get_secret_value().startswith("change-me")
     assert config.state_dir == ROOT / "state"
-    assert len(config.pairs()) == 1
+    assert len(config.pairs()) == 12
+    assert config.probes.deadline <= 30  # missing probes show within the first minute
 
 
 def test_config_shipped_takes_the_secret_from_the_environment() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
-from agent.log_redaction import MASK, SecretRedactingFilter
+from agent.config import validate_config
+from agent.log_redaction import MASK, SecretRedactingFilter, config_secrets
 
 
 def _logger(secrets: list[str]) -> tuple[logging.Logger, io.StringIO, SecretRedactingFilter]:
@@ -50,3 +52,44 @@ def test_short_values_are_not_treated_as_secrets() -> None:
     logger, stream, _ = _logger(["a"])
     logger.info("a b c")
     assert stream.getvalue() == "a b c\n"
+
+
+def test_config_secrets_cover_every_password_of_the_config(tmp_path: Path) -> None:
+    config = validate_config(
+        {
+            "secret": "hmac-secret-0123456789",
+            "routes": [
+                {
+                    "name": "r",
+                    "host": "h",
+                    "from": "p@example.com",
+                    "bounce_mailbox": "b",
+                    "auth": {"username": "u", "password": "route-password"},
+                }
+            ],
+            "mailboxes": [
+                {
+                    "name": "m",
+                    "host": "h",
+                    "address": "s@example.com",
+                    "auth": {"username": "u", "password": "seed-password"},
+                }
+            ],
+            "bounce_mailboxes": [
+                {
+                    "name": "b",
+                    "host": "h",
+                    "address": "b@example.com",
+                    "auth": {"username": "u", "password": "bounce-password"},
+                }
+            ],
+        },
+        base_dir=tmp_path,
+        environ={},
+    )
+    assert set(config_secrets(config)) == {
+        "hmac-secret-0123456789",
+        "route-password",
+        "seed-password",
+        "bounce-password",
+    }

@@ -56,6 +56,9 @@ DEBIAN_PACKAGES: dict[str, str] = {
     # example Alertmanager config with amtool.
     "prometheus": "/usr/bin/prometheus",
     "prometheus-alertmanager": "/usr/bin/amtool",
+    # Not mail either: the status page is tested in a real headless browser.
+    "chromium": "/usr/bin/chromium",
+    "chromium-driver": "/usr/bin/chromedriver",
 }
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 START_TIMEOUT = 60.0

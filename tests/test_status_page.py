@@ -1,0 +1,276 @@
+"""The status page as HTML: matrix, recent probes, health; escaping, no secrets, ledger cost."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import Config, validate_config
+from agent.ledger import Ledger
+from agent.model import (
+    AuthResult,
+    AuthVerdicts,
+    ErrorKind,
+    Outcome,
+    ProbeError,
+    SendResult,
+    SmtpReply,
+    Stage,
+)
+from agent.status_page import Health, PageData, collect, render
+
+NOW = 1_790_000_000.0
+ROUTE_PASSWORD = "route-password-sekret"
+SEED_PASSWORD = "seed-password-sekret"
+HEALTH = Health(
+    version="9.9.9",
+    ready=True,
+    ready_detail="probing",
+    started_at=NOW - 3600,
+    config_ok=True,
+    config_loaded_at=NOW - 60,
+    mailboxes_up={"gmail": True, "m365": False},
+    sandbox="SMTP submission 127.0.0.1:2587 (STARTTLS)",
+)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    def mailbox(name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "host": "imap.example.com",
+            "auth": {"username": f"{name}@example.com", "password": SEED_PASSWORD},
+            "address": f"{name}@example.com",
+        }
+
+    data = {
+        "secret": "status-page-test-secret-0123456",
+        "routes": [
+            {
+                "name": name,
+                "host": "smtp.example.com",
+                "auth": {"username": "probe", "password": ROUTE_PASSWORD},
+                "from": "probe@example.com",
+            }
+            for name in ("primary", "relay")
+        ],
+        "mailboxes": [mailbox("gmail"), mailbox("m365")],
+        "probes": {
+            "pairs": [
+                {"route": "primary", "mailbox": "gmail"},
+                {"route": "primary", "mailbox": "m365"},
+                {"route": "relay", "mailbox": "gmail"},
+            ]
+        },
+    }
+    return validate_config(data, base_dir=tmp_path, environ={})
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        yield ledger
+
+
+def _reply(stage: Stage, code: int, text: str) -> SmtpReply:
+    enhanced = text.split()[0] if text[:1].isdigit() else None
+    return SmtpReply(stage, code, enhanced, text)
+
+
+def _probe(
+    ledger: Ledger,
+    probe_id: str,
+    route: str,
+    mailbox: str,
+    *,
+    at: float,
+    transcript: tuple[SmtpReply, ...],
+    accepted: bool = True,
+    error: ProbeError | None = None,
+    outcome: Outcome | None = None,
+    folder: str | None = None,
+    auth: AuthVerdicts | None = None,
+) -> None:
+    ledger.record_sending(
+        probe_id=probe_id, route=route, mailbox=mailbox, created_at=at, deadline_at=at + 600
+    )
+    ledger.record_send_result(
+        probe_id,
+        SendResult(
+            transcript=transcript,
+            accepted=accepted,
+            accepted_at=at + 1 if accepted else None,
+            duration_seconds=1.0,
+            error=error,
+            tls_version="TLSv1.3",
+        ),
+    )
+    if outcome is not None:
+        ledger.finalize(
+            probe_id,
+            outcome=outcome,
+            finished_at=at + 5,
+            folder=folder,
+            latency_seconds=4.0 if folder else None,
+            auth=auth,
+        )
+
+
+ACCEPTED = (
+    _reply(Stage.BANNER, 220, "smtp.example.com ESMTP"),
+    _reply(Stage.END_OF_DATA, 250, "2.0.0 Ok: queued"),
+)
+
+
+@pytest.fixture
+def page_data(ledger: Ledger, config: Config) -> PageData:
+    _probe(
+        ledger,
+        "old-inbox",
+        "primary",
+        "gmail",
+        at=NOW - 900,
+        transcript=ACCEPTED,
+        outcome=Outcome.SPAM,
+        folder="Junk",
+    )
+    _probe(
+        ledger,
+        "new-inbox",
+        "primary",
+        "gmail",
+        at=NOW - 300,
+        transcript=ACCEPTED,
+        outcome=Outcome.INBOX,
+        folder="INBOX",
+        auth=AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.FAIL),
+    )
+    _probe(
+        ledger,
+        "hostile",
+        "primary",
+        "m365",
+        at=NOW - 200,
+        transcript=(
+            _reply(Stage.BANNER, 220, "<script>alert('x')</script> & friends"),
+            _reply(Stage.RCPT, 550, f"5.7.1 password {ROUTE_PASSWORD} refused"),
+        ),
+        accepted=False,
+        outcome=Outcome.REJECTED,
+    )
+    _probe(
+        ledger,
+        "in-flight",
+        "relay",
+        "gmail",
+        at=NOW - 10,
+        transcript=ACCEPTED,
+    )
+    _probe(
+        ledger,
+        "unconfigured",
+        "relay",
+        "m365",
+        at=NOW - 5,
+        transcript=(),
+        accepted=False,
+        error=ProbeError(Stage.CONNECT, ErrorKind.CONNECT, "connection refused"),
+        outcome=Outcome.ERROR,
+    )
+    return collect(ledger, config, HEALTH, now=NOW)
+
+
+def _cells(page: str) -> dict[tuple[str, str], str]:
+    return {
+        (route, mailbox): outcome
+        for route, mailbox, outcome in re.findall(
+            r'<td data-route="([^"]*)" data-mailbox="([^"]*)"(?: data-outcome="([^"]*)")?', page
+        )
+    }
+
+
+def test_status_page_matrix_shows_the_latest_probe_of_each_configured_pair(
+    page_data: PageData,
+) -> None:
+    page = render(page_data)
+    assert _cells(page) == {
+        ("primary", "gmail"): "inbox",
+        ("primary", "m365"): "rejected",
+        ("relay", "gmail"): "awaiting",
+        ("relay", "m365"): "",  # not a configured pair: not probed
+    }
+    assert "not probed" in page
+    matrix = page[page.index('id="matrix"') : page.index("Recent probes")]
+    assert "in INBOX" in matrix and "4.0 s" in matrix and "5 min ago" in matrix
+    assert "550 5.7.1 at rcpt" in matrix
+    assert "Latest outcomes: 1 inbox, 1 rejected." in page
+
+
+def test_status_page_recent_probes_newest_first_with_transcript_and_verdicts(
+    page_data: PageData,
+) -> None:
+    page = render(page_data)
+    order = re.findall(r'<tr data-probe="([^"]+)">', page)
+    assert order == ["unconfigured", "in-flight", "hostile", "new-inbox", "old-inbox"]
+    row = page[page.index('data-probe="new-inbox"') :].split("</tr>", 1)[0]
+    assert "spf=pass dkim=pass dmarc=fail" in row
+    assert "<details><summary>SMTP transcript</summary>" in row
+    assert "end_of_data  250 2.0.0 Ok: queued" in row
+    assert "TLS: TLSv1.3" in row
+    error_row = page[page.index('data-probe="unconfigured"') :].split("</tr>", 1)[0]
+    assert "error at connect (connect): connection refused" in error_row
+
+
+def test_status_page_escapes_server_text_and_blanks_secrets(page_data: PageData) -> None:
+    page = render(page_data, secrets=[ROUTE_PASSWORD, SEED_PASSWORD])
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in page
+    assert ROUTE_PASSWORD not in page and SEED_PASSWORD not in page
+    assert "password [redacted] refused" in page
+
+
+def test_status_page_shows_agent_health(page_data: PageData) -> None:
+    page = render(page_data)
+    health = page[page.index('<dl id="health">') :]
+    assert "deliverability-agent 9.9.9, up 60 min" in health
+    assert '<span class="up">ready</span> (probing)' in health
+    assert "3 pair(s) every 300 s; 1 in flight" in health
+    assert '<dt>IMAP gmail</dt><dd><span class="up">connected</span>' in health
+    assert '<dt>IMAP m365</dt><dd><span class="down">down</span>' in health
+    assert "SMTP submission 127.0.0.1:2587 (STARTTLS)" in health
+
+
+def test_status_page_refreshes_itself_unless_paused(page_data: PageData) -> None:
+    assert '<meta http-equiv="refresh" content="10">' in render(page_data)
+    assert 'http-equiv="refresh"' not in render(page_data, refresh_seconds=0)
+
+
+def test_status_page_of_an_empty_ledger(ledger: Ledger, config: Config) -> None:
+    page = render(collect(ledger, config, HEALTH, now=NOW))
+    assert "No probes yet." in page
+    assert "No finished probe yet." in page
+    assert set(_cells(page).values()) == {""}
+
+
+def test_status_page_latest_by_pair_breaks_ties_like_the_full_scan(ledger: Ledger) -> None:
+    # Many probes, several created at the same instant: the indexed per-pair lookup the page
+    # uses must pick exactly what the scan over every probe picks.
+    for index in range(300):
+        route, mailbox = f"r{index % 3}", f"m{index % 2}"
+        ledger.record_sending(
+            probe_id=f"p{index:04d}",
+            route=route,
+            mailbox=mailbox,
+            created_at=NOW + index // 12,
+            deadline_at=NOW + 600,
+        )
+    pairs = [(f"r{r}", f"m{m}") for r in range(3) for m in range(2)] + [("none", "none")]
+    seek = {pair: record.probe_id for pair, record in ledger.latest_by_pair(pairs).items()}
+    scan = {pair: record.probe_id for pair, record in ledger.latest_by_pair().items()}
+    assert seek == scan
+    assert len(seek) == 6
