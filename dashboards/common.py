@@ -9,7 +9,7 @@ the recording rules in `deploy/prometheus/`; tests/test_dashboards.py checks eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attr
@@ -37,6 +37,7 @@ __all__ = [
     "describe",
     "heatmap",
     "label_variable",
+    "limit",
     "runbook_anchor",
     "stat",
     "table",
@@ -85,6 +86,12 @@ def target(expr: str, legend: str = "", *, instant: bool = False, table: bool = 
 def threshold(name: str) -> Any:
     """The alert threshold recorded as `deliverability:<name>:threshold`, drawn as a line."""
     return target(f"deliverability:{name}:threshold", THRESHOLD_LEGEND)
+
+
+def limit(value: float) -> Any:
+    """A fixed limit that an alert enforces through a check of the agent (the SPF lookup limit of
+    RFC 7208, say), drawn like a threshold line. Not tunable, so not a recorded threshold."""
+    return target(f"vector({value:g})", THRESHOLD_LEGEND)
 
 
 def _with_ref_ids(targets: Sequence[Any]) -> list[Any]:
@@ -170,15 +177,31 @@ def stat(
     )
 
 
-def table(title: str, *, shows: str, when_bad: str, targets: Sequence[Any]) -> Any:
+def table(
+    title: str,
+    *,
+    shows: str,
+    when_bad: str,
+    targets: Sequence[Any],
+    alerts: Iterable[str] = (),
+    hidden: Iterable[str] = (),
+    renamed: Mapping[str, str] | None = None,
+) -> Any:
+    """A table of instant queries; `hidden` columns are left out (e.g. the `Value` of a query
+    whose rows are the point, such as failing checks), `renamed` ones get a clearer header."""
+    excluded = {"Time": True, "__name__": True} | {column: True for column in hidden}
     return Table(
         title=title,
         description=describe(shows, when_bad),
         dataSource=DATASOURCE,
         targets=_with_ref_ids(targets),
+        links=_links(alerts),
         transformations=[
             {"id": "merge", "options": {}},
-            {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True}}},
+            {
+                "id": "organize",
+                "options": {"excludeByName": excluded, "renameByName": dict(renamed or {})},
+            },
         ],
     )
 

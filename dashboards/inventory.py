@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from agent import metrics, model
+from agent.dns_records import Alignment, DmarcPolicy, DnsCheck
 from dashboards.promql import selectors
 
 __all__ = [
@@ -126,8 +127,9 @@ def rules(path: Path) -> list[Rule]:
 class Vocabulary:
     """The metric names queries may use, the labels each has, and the values of bounded labels.
 
-    Built from the agent's catalog (`agent.metrics.CATALOG`), its label enums (`agent.model`) and
-    the recording rules: never from a list kept by hand.
+    Built from the agent's catalog (`agent.metrics.CATALOG`), its label enums (`agent.model`, and
+    `agent.dns_records` for the DNS checks) and the recording rules: never from a list kept by
+    hand.
     """
 
     labels: Mapping[str, frozenset[str]]  # metric name -> labels it may be matched on
@@ -192,5 +194,11 @@ def vocabulary() -> Vocabulary:
     metric_values = {
         (metrics.BOUNCES.name, "type"): enum_values(model.BounceType),
         (metrics.BOUNCES.name, "source"): enum_values(model.BounceSource),
+        (metrics.DNS_CHECK_OK.name, "check"): enum_values(DnsCheck),
+        (metrics.DNS_CHECK_ERRORS.name, "check"): enum_values(DnsCheck),
+        (metrics.DMARC_POLICY_INFO.name, "policy"): enum_values(DmarcPolicy),
+        (metrics.DMARC_POLICY_INFO.name, "subdomain_policy"): enum_values(DmarcPolicy),
+        (metrics.DMARC_POLICY_INFO.name, "adkim"): enum_values(Alignment),
+        (metrics.DMARC_POLICY_INFO.name, "aspf"): enum_values(Alignment),
     }
     return Vocabulary(labels, values, metric_values)

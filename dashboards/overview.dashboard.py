@@ -4,13 +4,16 @@ Ratios come from the recording rules in deploy/prometheus/recording.rules.yml (1
 are sparse); event counts over time use `increase` over Grafana's `$__rate_interval`. Dashed red
 lines are the alert thresholds, read from the same `deliverability:*:threshold` series the alerts
 use. There is no provider variable: no series carries the mailbox's `provider` yet, so the
-per-mailbox panels stand in for per-provider ones (a seed mailbox lives at one provider).
+per-mailbox panels stand in for per-provider ones (a seed mailbox lives at one provider). The DNS
+and reputation row shows the agent's DNS checks (docs/dns-checks.md), which are per domain and IP,
+not per route.
 """
 
 from __future__ import annotations
 
 from grafanalib.core import Dashboard, Templating, Time
 
+from agent.dns_records import DKIM_MIN_RSA_BITS, SPF_LOOKUP_LIMIT, DnsCheck
 from dashboards.common import (
     MAILBOX,
     PAIR,
@@ -19,12 +22,28 @@ from dashboards.common import (
     datasource_variable,
     heatmap,
     label_variable,
+    limit,
     stat,
     table,
     target,
     threshold,
     timeseries,
 )
+
+# The DNS checks DeliverabilityDnsRecordBroken alerts on (deploy/prometheus/alerts.rules.yml).
+_DELIVERY_CHECKS = (
+    DnsCheck.SPF,
+    DnsCheck.SPF_LOOKUPS,
+    DnsCheck.SPF_AUTHORIZED,
+    DnsCheck.DKIM,
+    DnsCheck.DMARC,
+    DnsCheck.MX,
+    DnsCheck.FCRDNS,
+)
+_DELIVERY_CHECKS_TEXT = ", ".join(check.value for check in _DELIVERY_CHECKS)
+_CHECK_MATCHER = f'check=~"{"|".join(check.value for check in _DELIVERY_CHECKS)}"'
+_DELIVERY_CHECKS_OK = f"min by (target, check) (deliverability_dns_check_ok{{{_CHECK_MATCHER}}})"
+_FAILING_DELIVERY_CHECKS = f"{_DELIVERY_CHECKS_OK} == 0"
 
 grid = Grid()
 
@@ -468,6 +487,162 @@ grid.add(
             )
         ],
         bars=True,
+    )
+)
+
+# --- DNS and reputation ---------------------------------------------------------------------------
+# The DNS checks are per sending domain, seed domain and sending IP, not per route: these panels
+# ignore the route and mailbox variables.
+grid.row("DNS and reputation (all routes)")
+grid.add(
+    stat(
+        "DNS checks failing",
+        shows="How many (target, check) pairs fail among the DNS checks that matter for "
+        f"delivery ({_DELIVERY_CHECKS_TEXT}), by the last run that decided them. No data: the "
+        "agent has no `dns` section.",
+        when_bad="Above 0: the table next names the target and check; the agent's log says what "
+        "is wrong with the record. Follow the DNS record broken runbook.",
+        targets=[
+            target(
+                f"count({_FAILING_DELIVERY_CHECKS}) or count({_DELIVERY_CHECKS_OK}) * 0",
+            )
+        ],
+        mappings=[{"type": "value", "options": {"0": {"text": "none", "color": "green"}}}],
+        alerts=["DeliverabilityDnsRecordBroken"],
+    ),
+    w=8,
+    h=4,
+)
+grid.add(
+    stat(
+        "Blocklist listings",
+        shows="How many (sending IP or domain, blocklist zone) pairs are listed, by the last "
+        "run. No data: no blocklist zones are configured.",
+        when_bad="Above 0: a listed IP or domain gets mail refused or junked wherever that list "
+        "is used. Follow the blocklisted runbook.",
+        targets=[
+            target(
+                "count(max by (target, zone) (deliverability_dnsbl_listed) == 1)"
+                " or count(max by (target, zone) (deliverability_dnsbl_listed)) * 0"
+            )
+        ],
+        mappings=[{"type": "value", "options": {"0": {"text": "none", "color": "green"}}}],
+        alerts=["DeliverabilitySendingIpBlocklisted"],
+    ),
+    w=8,
+    h=4,
+)
+grid.add(
+    stat(
+        "Last DNS check run took",
+        shows="How long the agent's last run of every DNS check took (each check is bounded "
+        "by `dns.timeout`).",
+        when_bad="Close to `dns.timeout`: lookups time out and checks are left undecided; see "
+        "the undecided checks panel and the DNS checks failing runbook.",
+        targets=[target("max(deliverability_dns_check_duration_seconds)")],
+        unit="s",
+        alerts=["DeliverabilityDnsChecksFailing"],
+    ),
+    w=8,
+    h=4,
+)
+grid.add(
+    table(
+        "Failing DNS checks by target",
+        shows="Every DNS check whose last decided run failed, by target (domain or IP) and "
+        "check, informational ones included (dmarc_enforced, dmarc_reporting, mta_sts, tls_rpt "
+        "and rdns do not alert). Empty: every check passes.",
+        when_bad="Read the agent's log line for the target and check ('DNS check ... failed: "
+        "...'), fix the record, and wait for the next run (`dns.interval`). Follow the DNS "
+        "record broken runbook.",
+        targets=[target("deliverability_dns_check_ok == 0", instant=True, table=True)],
+        alerts=["DeliverabilityDnsRecordBroken"],
+        hidden=["Value"],
+    )
+)
+grid.add(
+    table(
+        "Blocklisted IPs and domains",
+        shows="Every sending IP and sending domain that the last run found listed, with the "
+        "blocklist zone. Empty: nothing listed.",
+        when_bad="Look the target up on the blocklist's site for the reason and the removal "
+        "procedure; fix the cause first. Follow the blocklisted runbook.",
+        targets=[target("deliverability_dnsbl_listed == 1", instant=True, table=True)],
+        alerts=["DeliverabilitySendingIpBlocklisted"],
+        hidden=["Value"],
+    )
+)
+grid.add(
+    timeseries(
+        "SPF DNS lookups per domain",
+        shows="DNS lookups an SPF evaluation of each sending domain may need over its whole "
+        f"include tree. The dashed line is the limit of {SPF_LOOKUP_LIMIT} (RFC 7208): above "
+        "it receivers return permerror and the spf_lookups check fails.",
+        when_bad="Creeping towards the line: flatten includes you control, drop providers you "
+        "no longer use, replace a and mx terms by ip4/ip6 networks.",
+        targets=[
+            target("max by (domain) (deliverability_spf_dns_lookups)", "{{domain}}"),
+            limit(SPF_LOOKUP_LIMIT),
+        ],
+        alerts=["DeliverabilityDnsRecordBroken"],
+    )
+)
+grid.add(
+    timeseries(
+        "Undecided DNS checks by check",
+        shows="DNS checks left undecided (lookups timed out, SERVFAIL or REFUSED) and blocklist "
+        "error answers (check dnsbl), by check. Undecided checks keep their last verdict.",
+        when_bad="At every run: the resolver in `dns.nameservers` is down or too slow, or "
+        "(dnsbl) the blocklist refuses your resolver. Follow the DNS checks failing runbook.",
+        targets=[
+            target(
+                "sum by (check) (increase(deliverability_dns_check_errors_total"
+                "[$__rate_interval]))",
+                "{{check}}",
+            )
+        ],
+        bars=True,
+        alerts=["DeliverabilityDnsChecksFailing"],
+    )
+)
+grid.add(
+    table(
+        "DKIM keys",
+        shows="The key each configured DKIM selector publishes: domain, selector, key type "
+        "and size in bits. A selector without a usable key has no row.",
+        when_bad="A configured selector missing: publish the signer's key (the dkim check "
+        f"fails). RSA under 2048 bits: rotate to a 2048-bit key; under {DKIM_MIN_RSA_BITS} "
+        "verifiers refuse it.",
+        targets=[
+            target(
+                "max by (domain, selector, type) (deliverability_dkim_key_bits)",
+                instant=True,
+                table=True,
+            )
+        ],
+        alerts=["DeliverabilityDnsRecordBroken"],
+        renamed={"Value": "bits"},
+    )
+)
+grid.add(
+    table(
+        "DMARC policies",
+        shows="The DMARC policy that applies to each sending domain (its own record or a "
+        "parent's), the subdomain policy and the DKIM and SPF alignment modes (r relaxed, "
+        "s strict). A domain without a DMARC record has no row.",
+        when_bad="Policy none: receivers do not act on failures; move to quarantine or reject "
+        "once aggregate reports show aligned mail. No row: publish a DMARC record (the dmarc "
+        "check fails).",
+        targets=[
+            target(
+                "max by (domain, policy, subdomain_policy, adkim, aspf) "
+                "(deliverability_dmarc_policy_info)",
+                instant=True,
+                table=True,
+            )
+        ],
+        alerts=["DeliverabilityDnsRecordBroken"],
+        hidden=["Value"],
     )
 )
 

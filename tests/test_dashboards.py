@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.dns_records import SPF_LOOKUP_LIMIT
 from agent.metrics import CATALOG
 from dashboards import build
 from dashboards.common import RUNBOOK_URL
@@ -121,6 +123,12 @@ def test_the_vocabulary_flags_unknown_metrics_labels_and_label_values() -> None:
     assert "class='5XX' is not one of" in problem
     (problem,) = vocab.problems('deliverability_bounces_total{type="permanent"}')
     assert "type='permanent' is not one of ['hard', 'soft']" in problem
+    # DNS check names come from agent.dns_records.DnsCheck.
+    assert vocab.problems('deliverability_dns_check_ok{check=~"spf|fcrdns"}') == []
+    (problem,) = vocab.problems('deliverability_dns_check_errors_total{check="spf_lookup"}')
+    assert "check='spf_lookup' is not one of" in problem
+    (problem,) = vocab.problems('deliverability_dmarc_policy_info{policy="reject", aspf="x"}')
+    assert "aspf='x' is not one of ['r', 's']" in problem
     # Labels of recording rules are the ones their level names.
     assert vocab.problems('route:deliverability_probes_sent:rate1h{route="r"}') == []
     assert vocab.problems('route:deliverability_probes_sent:rate1h{mailbox="m"}') != []
@@ -229,11 +237,52 @@ def test_overview_covers_what_the_issue_asks_for() -> None:
         "IMAP connection up",
         "Config reload",
         "Agents (build info)",
+        "DNS checks failing",
+        "Failing DNS checks by target",
+        "Blocklist listings",
+        "Blocklisted IPs and domains",
+        "SPF DNS lookups per domain",
+        "Undecided DNS checks by check",
+        "DKIM keys",
+        "DMARC policies",
     ):
         assert needed in titles
     heatmaps = [p for p in panels(DASHBOARDS["overview"]) if p["type"] == "heatmap"]
     assert heatmaps and heatmaps[0]["dataFormat"] == "tsbuckets"
     assert "deliverability_build_info" in exprs
+
+
+def test_overview_dns_row_counts_the_checks_the_alert_fires_on_and_ignores_routes() -> None:
+    alert = next(
+        r for path in RULE_FILES for r in rules(path) if r.alert == "DeliverabilityDnsRecordBroken"
+    )
+    (alerted,) = (m for s in selectors(alert.expr) for m in s.matchers if m.label == "check")
+    row = _row(DASHBOARDS["overview"], "DNS and reputation (all routes)")
+    assert [p["title"] for p in row][:3] == [
+        "DNS checks failing",
+        "Blocklist listings",
+        "Last DNS check run took",
+    ]
+    (stat,) = (q for q in panel_queries(DASHBOARDS["overview"]) if q.panel == "DNS checks failing")
+    counted = {m for s in selectors(stat.expr) for m in s.matchers if m.label == "check"}
+    assert counted == {alerted}
+    spf = next(p for p in row if p["title"] == "SPF DNS lookups per domain")
+    assert [t["expr"] for t in spf["targets"]][1] == f"vector({SPF_LOOKUP_LIMIT})"
+    for panel in row:
+        assert all("$route" not in t["expr"] for t in panel["targets"]), panel["title"]
+
+
+def _row(path: Path, title: str) -> list[dict[str, Any]]:
+    """The panels between the row titled `title` and the next row."""
+    found: list[dict[str, Any]] = []
+    inside = False
+    for panel in panels(path):
+        if panel["type"] == "row":
+            inside = panel["title"] == title
+        elif inside:
+            found.append(panel)
+    assert found, title
+    return found
 
 
 def test_route_drill_down_shows_every_stage_class_code_and_error_kind() -> None:

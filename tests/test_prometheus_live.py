@@ -4,7 +4,10 @@ and every recording and alerting rule is evaluated through the HTTP API.
 
 The scenario produces inbox, spam, rejected, deferred and error outcomes (with SMTP bounces, an
 AUTH error and a TLS error) within seconds: the agent probes every 10 s, Prometheus scrapes and
-evaluates every second. Panels that only rare events feed are listed below with the reason.
+evaluates every second. Its DNS checks ask the mail system's NSD about the test zones: bad.test's
+SPF does not authorise its route's sending IP and it has no DKIM key, that IP (127.0.0.2) has no
+PTR, and both are on the local blocklist zone. Panels that only rare events feed are listed below
+with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.metrics import CATALOG
 from dashboards.inventory import (
     PROMETHEUS_DIR,
     RULE_FILES,
@@ -40,8 +42,9 @@ from dashboards.inventory import (
 from dashboards.promql import label_values_selector
 from tests.agent_setup import BAD_SENDER, AgentSetup
 from tests.mailsystem import MailSystem
+from tests.mailsystem.configs import DNSBL_ZONE
 from tests.mailsystem.system import free_ports
-from tests.mailsystem.topology import SEED_DOMAIN
+from tests.mailsystem.topology import BAD_DOMAIN, DKIM_SELECTOR, GOOD_DOMAIN, SEED_DOMAIN
 
 pytestmark = pytest.mark.mailsystem
 
@@ -68,44 +71,48 @@ SCENARIO_LABELS = {
     "route": {route for route, _ in PAIRS},
     "mailbox": {mailbox for _, mailbox in PAIRS},
 }
-# Alerts whose condition the scenario makes true (pending: their `for:` is minutes), as
-# (alertname, route, mailbox, kind, method); and alerts about the agent that must stay quiet.
-ALERT_KEYS = ("route", "mailbox", "kind", "method")
+# The sending IPs the routes declare for the DNS checks (mail really leaves from 127.0.0.1; the
+# checks only read DNS): 127.0.0.1 is authorised, unlisted and confirms forward; 127.0.0.2 is not.
+SENDING_IPS = {"good": "127.0.0.1", "bad": "127.0.0.2"}
+# Alerts whose condition the scenario makes true (pending: their `for:` is minutes), keyed by
+# ALERT_KEYS; and alerts about the agent that must stay quiet.
+ALERT_KEYS = ("route", "mailbox", "kind", "method", "target", "zone", "check")
+
+
+def _alert(name: str, **labels: str) -> tuple[str, ...]:
+    assert set(labels) <= set(ALERT_KEYS), labels
+    return (name, *(labels.get(key, "") for key in ALERT_KEYS))
+
+
 EXPECTED_ALERTS = {
-    ("DeliverabilitySpamPlacementHigh", "bad", "seed", "", ""),
-    ("DeliverabilityInboxPlacementLow", "bad", "seed", "", ""),
-    ("DeliverabilityAuthenticationFailing", "bad", "seed", "", "dmarc"),
-    ("DeliverabilityAuthenticationFailing", "bad", "seed", "", "spf"),
-    ("DeliverabilityBounceRateHigh", "good", "", "", ""),
-    ("DeliverabilityRouteTlsOrAuthErrors", "wrongpass", "", "auth", ""),
+    _alert("DeliverabilitySpamPlacementHigh", route="bad", mailbox="seed"),
+    _alert("DeliverabilityInboxPlacementLow", route="bad", mailbox="seed"),
+    _alert("DeliverabilityAuthenticationFailing", route="bad", mailbox="seed", method="dmarc"),
+    _alert("DeliverabilityAuthenticationFailing", route="bad", mailbox="seed", method="spf"),
+    _alert("DeliverabilityBounceRateHigh", route="good"),
+    _alert("DeliverabilityRouteTlsOrAuthErrors", route="wrongpass", kind="auth"),
+    _alert("DeliverabilitySendingIpBlocklisted", target="127.0.0.2", zone=DNSBL_ZONE),
+    _alert("DeliverabilitySendingIpBlocklisted", target=BAD_DOMAIN, zone=DNSBL_ZONE),
+}
+# Exactly these: bad.test's informational checks (mta_sts, tls_rpt, dmarc_reporting) and
+# 127.0.0.2's rdns fail too, and must not fire it.
+DNS_RECORD_BROKEN = {
+    _alert("DeliverabilityDnsRecordBroken", target=BAD_DOMAIN, check="spf_authorized"),
+    _alert("DeliverabilityDnsRecordBroken", target=BAD_DOMAIN, check="dkim"),
+    _alert("DeliverabilityDnsRecordBroken", target="127.0.0.2", check="fcrdns"),
 }
 QUIET_ALERTS = {
     "DeliverabilityAgentAbsent",
     "DeliverabilityConfigReloadFailed",
     "DeliverabilityImapMailboxUnreachable",
     "DeliverabilityProbesStale",
+    "DeliverabilityDnsChecksFailing",
 }
 
-BOUNCES = "deliverability_bounces_total"
-_BOUNCE_REASON = (
-    "deliverability_bounces_total is not in agent.metrics.CATALOG, so nothing feeds bounce panels"
-)
-# Panels that return no series at all in this scenario, and why.
-NOT_FED: dict[str, str] = {
-    **(
-        {}
-        if any(spec.name == BOUNCES for spec in CATALOG)
-        else {
-            "Deliverability overview / Bounce rate": _BOUNCE_REASON,
-            "Deliverability overview / Bounce rate per route": _BOUNCE_REASON,
-            "Deliverability overview / Bounces by type and source": _BOUNCE_REASON,
-            "Deliverability route / Bounce rate": _BOUNCE_REASON,
-            "Deliverability route / Bounces by type and source": _BOUNCE_REASON,
-        }
-    ),
-}
+# Panels that return no series at all in this scenario, and why (none today).
+NOT_FED: dict[str, str] = {}
 # Panels whose series are all 0 here: the events they count are rare, or over by the time the
-# queries run. Their queries still run against real series (pre-created at 0 by the agent).
+# queries run, or 0 is what the panel lists. Their queries still run against real series.
 ALL_ZERO_OK: dict[str, str] = {
     "Deliverability overview / Probes in flight now": "every probe may have finished by then",
     "Deliverability overview / Probes in flight per pair": "every probe may have finished by then",
@@ -119,7 +126,19 @@ ALL_ZERO_OK: dict[str, str] = {
     "Deliverability overview / IMAP errors, forged and malformed messages": (
         "the seed mailboxes are healthy and hold no forged or malformed mail"
     ),
+    "Deliverability overview / Failing DNS checks by target": (
+        "it lists the failing checks, whose value is 0 by definition"
+    ),
+    "Deliverability overview / SPF DNS lookups per domain": (
+        "good.test and bad.test publish ip4-only SPF records (0 lookups); "
+        "tests/test_dns_checks.py counts 12 for broken-spf.test"
+    ),
+    "Deliverability overview / Undecided DNS checks by check": (
+        "the test's NSD answers every lookup; tests/test_dns_checks.py leaves checks undecided"
+    ),
 }
+# A constant line drawn on a panel (an alert threshold or a fixed limit) says nothing about it.
+CONSTANT_LINE = re.compile(r"deliverability:\w+:threshold|vector\([0-9.]+\)")
 
 
 class Prometheus:
@@ -219,6 +238,9 @@ def _scenario(mail_system: MailSystem, directory: Path, port: int) -> Path:
     setup.mailbox("seed", mail_system.new_mailbox())
     setup.mailbox("refuses", mail_system.new_mailbox(), address=f"reject-550@{SEED_DOMAIN}")
     setup.mailbox("defers", mail_system.new_mailbox(), address=f"defer-451@{SEED_DOMAIN}")
+    for route in setup.routes:
+        if route["name"] in SENDING_IPS:
+            route["sending_ips"] = [SENDING_IPS[route["name"]]]
     setup.probes = {
         # The minimum interval: the first round often finishes before Prometheus' first scrape
         # of the agent, so the increase it sees may be the second round's, 10 s later.
@@ -227,8 +249,16 @@ def _scenario(mail_system: MailSystem, directory: Path, port: int) -> Path:
         "deadline": "60s",
         "pairs": [{"route": route, "mailbox": mailbox} for route, mailbox in PAIRS],
     }
-    config = setup.write()
-    config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+    data = setup.data()
+    data["listen"] = f"127.0.0.1:{port}"
+    data["dns"] = {
+        "nameservers": [f"127.0.0.1:{mail_system.ports.dns}"],
+        "timeout": "5s",
+        "blocklists": {"ips": [DNSBL_ZONE], "domains": [DNSBL_ZONE]},
+        "dkim_selectors": {GOOD_DOMAIN: [DKIM_SELECTOR], BAD_DOMAIN: [DKIM_SELECTOR]},
+    }
+    config = directory / "config.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     return config
 
 
@@ -306,6 +336,10 @@ def test_every_panel_query_and_rule_evaluates_against_a_real_prometheus(
     server.wait_for("scrape of the agent", lambda: bool(server.vector("deliverability_build_info")))
     server.wait_for(f"increase of each of {OUTCOMES}", lambda: _scenario_seen(server))
     server.wait_for(
+        "a finished run of the DNS checks",
+        lambda: bool(server.vector("deliverability_dns_check_duration_seconds > 0")),
+    )
+    server.wait_for(
         "rule evaluations on them", _evaluated_twice_since(server, _evaluations(server))
     )
     shipped = [rule for path in RULE_FILES for rule in rules(path)]
@@ -336,8 +370,8 @@ def test_every_panel_query_and_rule_evaluates_against_a_real_prometheus(
     for query in queries:
         answer = server.query(_substitute(query.expr))
         assert answer["status"] == "success", f"{query.name}: {query.expr}: {answer}"
-        if re.fullmatch(r"deliverability:\w+:threshold", query.expr):
-            continue  # a threshold line: a constant, says nothing about the scenario
+        if CONSTANT_LINE.fullmatch(query.expr):
+            continue
         values = _values(answer["data"]["result"])
         panels.setdefault(f"{query.dashboard} / {query.panel}", []).append(values)
     assert set(NOT_FED) <= set(panels) and set(ALL_ZERO_OK) <= set(panels)
@@ -367,5 +401,6 @@ def test_every_panel_query_and_rule_evaluates_against_a_real_prometheus(
         for alert in server.api("alerts")["data"]["alerts"]
     }
     assert EXPECTED_ALERTS - active == set(), active
+    assert {a for a in active if a[0] == "DeliverabilityDnsRecordBroken"} == DNS_RECORD_BROKEN
     quiet = {name for name, *_ in active} & QUIET_ALERTS
     assert quiet == set(), active

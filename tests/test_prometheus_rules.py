@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.dns_records import DnsCheck
+from agent.metrics import DNS_CHECK_OK
 from dashboards.common import RUNBOOK_URL, runbook_anchor
 from dashboards.inventory import PROMETHEUS_DIR, RULE_FILES, Rule, rules, vocabulary
-from dashboards.promql import metric_names
+from dashboards.promql import metric_names, selectors
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
@@ -69,6 +71,7 @@ def test_promtool_check_config_accepts_the_example_with_its_rule_files() -> None
 def test_promtool_unit_tests_of_every_alert_pass() -> None:
     assert [p.name for p in TEST_FILES] == [
         "agent.test.yml",
+        "dns.test.yml",
         "placement.test.yml",
         "recording.test.yml",
         "smtp.test.yml",
@@ -83,8 +86,11 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
         assert "SUCCESS" in result.stdout
 
 
+_DELIVERY_CHECKS = 'check=~"spf|spf_lookups|spf_authorized|dkim|dmarc|mx|fcrdns"'
+
+
 @pytest.mark.parametrize(
-    ("old", "new", "alert"),
+    ("old", "new", "alert", "test_file"),
     [
         # Fires one evaluation early: "not firing just before for:" catches it.
         (
@@ -93,17 +99,40 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
             "        for: 4m\n        labels:\n          severity: warning\n        annotations:\n"
             "          summary: The agent {{ $labels.instance }} refused",
             "DeliverabilityConfigReloadFailed",
+            "agent.test.yml",
         ),
         # Fires on every mailbox: the healthy series catch it.
         (
             "expr: deliverability_imap_up == 0",
             "expr: deliverability_imap_up < 2",
             "DeliverabilityImapMailboxUnreachable",
+            "agent.test.yml",
+        ),
+        # Fires on an informational check too: the optional records' series catch it.
+        (
+            _DELIVERY_CHECKS,
+            _DELIVERY_CHECKS.replace("|mx|", "|mx|mta_sts|"),
+            "DeliverabilityDnsRecordBroken",
+            "dns.test.yml",
+        ),
+        # Forgets a check that matters: its expected alert goes missing.
+        (
+            _DELIVERY_CHECKS,
+            _DELIVERY_CHECKS.replace("|fcrdns", ""),
+            "DeliverabilityDnsRecordBroken",
+            "dns.test.yml",
+        ),
+        # Fires on one run's worth of undecided checks: the window-only series catches it.
+        (
+            "        for: 2h\n",
+            "        for: 1h\n",
+            "DeliverabilityDnsChecksFailing",
+            "dns.test.yml",
         ),
     ],
 )
 def test_the_unit_tests_fail_when_an_alert_is_changed(
-    tmp_path: Path, old: str, new: str, alert: str
+    tmp_path: Path, old: str, new: str, alert: str, test_file: str
 ) -> None:
     copy = tmp_path / "prometheus"
     shutil.copytree(PROMETHEUS_DIR, copy)
@@ -111,7 +140,7 @@ def test_the_unit_tests_fail_when_an_alert_is_changed(
     text = alerts.read_text()
     assert text.count(old) == 1, alert
     alerts.write_text(text.replace(old, new))
-    result = _tool("promtool", "test", "rules", "agent.test.yml", cwd=copy / "tests")
+    result = _tool("promtool", "test", "rules", test_file, cwd=copy / "tests")
     assert result.returncode == 1, alert
     assert "FAILED" in result.stderr
     assert f"alertname: {alert}" in result.stderr
@@ -245,11 +274,34 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "DeliverabilityAgentAbsent",
         "DeliverabilityProbesStale",
         "DeliverabilityConfigReloadFailed",
+        "DeliverabilityTlsCertificateExpiringSoon",
+        "DeliverabilitySendingIpBlocklisted",
+        "DeliverabilityDnsRecordBroken",
+        "DeliverabilityDnsChecksFailing",
     }
     spike = next(r for r in ALERTS if r.alert == "DeliverabilitySmtp5xxSpike")
     assert "avg_over_time" in spike.expr  # relative to the route's own baseline
     bounce = next(r for r in ALERTS if r.alert == "DeliverabilityBounceRateHigh")
     assert "route:deliverability_bounces_per_sent:ratio_rate1h" in bounce.expr
+
+
+def test_dns_record_broken_alerts_on_the_delivery_checks_only() -> None:
+    broken = next(r for r in ALERTS if r.alert == "DeliverabilityDnsRecordBroken")
+    (selector,) = selectors(broken.expr)
+    assert selector.metric == DNS_CHECK_OK.name
+    (matcher,) = selector.matchers
+    assert matcher.label == "check" and matcher.literal_values() is not None
+    checks = {DnsCheck(value) for value in matcher.literal_values() or ()}
+    informational = {
+        DnsCheck.DMARC_ENFORCED,  # p=none is a policy choice, not a broken record
+        DnsCheck.DMARC_REPORTING,
+        DnsCheck.MTA_STS,
+        DnsCheck.TLS_RPT,
+        DnsCheck.RDNS,  # fails only together with fcrdns, which alerts
+        DnsCheck.DNSBL,  # errors only; listings have their own alert
+    }
+    assert checks == set(DnsCheck) - informational
+    assert _DELIVERY_CHECKS in broken.expr
 
 
 def test_every_rule_uses_only_exported_metrics_labels_and_values() -> None:
@@ -297,6 +349,57 @@ def test_amtool_accepts_the_alertmanager_example() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     assert "2 receivers" in result.stdout
+
+
+def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
+    """Alertmanager's matcher semantics: regexes are anchored, a missing label is ""."""
+    for matcher in matchers:
+        match = re.fullmatch(r'(\w+)(=~|!~|!=|=)"(.*)"', matcher)
+        assert match, matcher
+        name, op, value = match.groups()
+        actual = labels.get(name, "")
+        found = {
+            "=": actual == value,
+            "!=": actual != value,
+            "=~": re.fullmatch(value, actual) is not None,
+            "!~": re.fullmatch(value, actual) is None,
+        }[op]
+        if not found:
+            return False
+    return True
+
+
+def _inhibits(source: dict[str, str], target: dict[str, str]) -> bool:
+    for rule in yaml.safe_load(ALERTMANAGER.read_text())["inhibit_rules"]:
+        if (
+            _matches(rule["source_matchers"], source)
+            and _matches(rule["target_matchers"], target)
+            and all(source.get(n, "") == target.get(n, "") for n in rule.get("equal", []))
+        ):
+            return True
+    return False
+
+
+def _labels(alert: str, **labels: str) -> dict[str, str]:
+    rule = next(r for r in ALERTS if r.alert == alert)
+    return {"alertname": alert, **rule.labels, **labels}
+
+
+def test_alertmanager_a_failing_route_silences_its_own_warnings_only() -> None:
+    bounces = _labels("DeliverabilityBounceRateHigh", route="r")
+    assert _inhibits(bounces, _labels("DeliverabilityInboxPlacementLow", route="r", mailbox="m"))
+    assert not _inhibits(bounces, _labels("DeliverabilityInboxPlacementLow", route="other"))
+    assert not _inhibits(bounces, _labels("DeliverabilityImapMailboxUnreachable", mailbox="m"))
+
+
+def test_alertmanager_a_blocklisting_silences_no_warning() -> None:
+    # Critical but about no route: Alertmanager reads the missing route labels as equal, so
+    # without the route matcher it would silence every warning that has no route either.
+    listed = _labels("DeliverabilitySendingIpBlocklisted", target="192.0.2.25", zone="z.test")
+    for rule in ALERTS:
+        assert rule.alert is not None
+        if rule.labels["severity"] == "warning":
+            assert not _inhibits(listed, _labels(rule.alert, instance="agent:9465")), rule.alert
 
 
 @pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r.name)
