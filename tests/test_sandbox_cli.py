@@ -11,8 +11,10 @@ import json
 import os
 import pty
 import re
+import select
 import socket
 import subprocess
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -170,8 +172,15 @@ def test_once_on_a_terminal_shows_progress_then_a_table(tmp_path: Path) -> None:
     finally:
         os.close(terminal)
     chunks = []
+    deadline = time.monotonic() + 2 * WAIT
     try:
         while True:
+            # Bounded: a child that hangs with the terminal open fails the test, not the suite.
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([controller], [], [], max(0.0, remaining))
+            if not readable:
+                proc.kill()
+                pytest.fail(f"`once` still running after {2 * WAIT:.0f} s")
             try:
                 chunk = os.read(controller, 4096)
             except OSError:  # EIO: the child closed the terminal
