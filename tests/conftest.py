@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_process import AgentProcess
 from tests.mailsystem import MailSystem
 
 _TIMINGS: list[str] = []
@@ -39,6 +40,16 @@ def _remove_tree(root: Path) -> None:
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[AgentProcess]]:
+    """Agent processes a test starts; any still running at the end are killed."""
+    started: list[AgentProcess] = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            process.kill()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -6,23 +6,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from queue import Empty, Queue
 
 import pytest
 
 from agent.ledger import Ledger
 from agent.model import Outcome
+from tests.agent_process import WAIT, AgentProcess, agent_command
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.system import free_ports
 from tests.mailsystem.topology import SEED_DOMAIN
 
-WAIT = 60.0
 ONCE_KEYS = [
     "route",
     "mailbox",
@@ -34,10 +30,6 @@ ONCE_KEYS = [
     "auth",
     "error",
 ]
-
-
-def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", *args]
 
 
 def test_check_config_accepts_the_shipped_config() -> None:
@@ -128,57 +120,6 @@ def test_once_exits_1_when_a_probe_does_not_land_in_the_inbox(
     assert table[0].split()[:4] == ["ROUTE", "MAILBOX", "OUTCOME", "FOLDER"]
     rows = {line.split()[1]: line.split()[2] for line in table[1:]}
     assert rows == {"ok": "inbox", "refused": "rejected"}
-
-
-class AgentProcess:
-    """`deliverability-agent run` in a subprocess, with its log lines readable as they come."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            agent_command("run", "--config", str(config)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: Queue[str] = Queue()
-        self.seen: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def wait_for(self, text: str) -> str:
-        """The first log line (from now on) that contains `text`."""
-        while True:
-            try:
-                line = self.lines.get(timeout=WAIT)
-            except Empty:
-                pytest.fail(f"no log line with {text!r}; log so far:\n{''.join(self.seen)}")
-            self.seen.append(line)
-            if text in line:
-                return line
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=WAIT)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=WAIT)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for process in started:
-        if process.proc.poll() is None:
-            process.kill()
 
 
 def _get(port: int, path: str) -> str:

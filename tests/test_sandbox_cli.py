@@ -17,14 +17,13 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.config import load_config
+from tests.agent_process import WAIT, AgentProcess, agent_command
 from tests.mailsystem.system import free_ports
-from tests.test_cli import WAIT, AgentProcess, agent_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config.yaml"
@@ -90,15 +89,6 @@ def wait_for_every_outcome(agent: AgentProcess) -> None:
 
 def _environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("DELIVERABILITY_", "LOG_"))}
-
-
-@pytest.fixture
-def processes() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for process in started:
-        if process.proc.poll() is None:
-            process.kill()
 
 
 def _get(url: str) -> str:

@@ -18,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
-from tests.test_cli import AgentProcess
+from tests.agent_process import AgentProcess
 from tests.test_sandbox_cli import EXPECTED, wait_for_every_outcome, write_shipped_config
 
 CHROMIUM = Path("/usr/bin/chromium")
