@@ -59,6 +59,22 @@ ROUTE = 'route=~"$route"'
 MAILBOX = 'mailbox=~"$mailbox"'
 PAIR = f"{ROUTE}, {MAILBOX}"
 
+# PromQL both dashboards show, written once.
+ACCEPTANCE_RATIO = (
+    f"sum(route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
+    f" / sum(route_mailbox:deliverability_probes:rate1h{{{PAIR}}})"
+)
+SMTP_5XX_RATIO_15M = f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate15m{{{ROUTE}}}"
+SMTP_5XX_BASELINE_LIMIT = (
+    "scalar(deliverability:smtp_5xx_baseline_factor:threshold) * avg_over_time("
+    f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate1h{{{ROUTE}}}[1d])"
+)
+BOUNCE_RATIO_1H = f"route:deliverability_bounces_per_sent:ratio_rate1h{{{ROUTE}}}"
+SMTP_REPLIES_BY_STAGE_CLASS = (
+    f"sum by (stage, class) (increase(deliverability_smtp_replies_total{{{ROUTE}}}"
+    "[$__rate_interval]))"
+)
+
 THRESHOLD_LEGEND = "alert threshold"
 _REF_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

@@ -15,9 +15,14 @@ from grafanalib.core import Dashboard, Templating, Time
 
 from agent.dns_records import DKIM_MIN_RSA_BITS, SPF_LOOKUP_LIMIT, DnsCheck
 from dashboards.common import (
+    ACCEPTANCE_RATIO,
+    BOUNCE_RATIO_1H,
     MAILBOX,
     PAIR,
     ROUTE,
+    SMTP_5XX_BASELINE_LIMIT,
+    SMTP_5XX_RATIO_15M,
+    SMTP_REPLIES_BY_STAGE_CLASS,
     Grid,
     datasource_variable,
     heatmap,
@@ -56,12 +61,7 @@ grid.add(
         "over the last hour; the rest were rejected (5xx), deferred (4xx) or failed (error).",
         when_bad="Open the SMTP row below: which route, which stage, which enhanced code. A drop "
         "to 0 on one route is usually credentials, TLS or a block list.",
-        targets=[
-            target(
-                f"sum(route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
-                f" / sum(route_mailbox:deliverability_probes:rate1h{{{PAIR}}})"
-            )
-        ],
+        targets=[target(ACCEPTANCE_RATIO)],
         unit="percentunit",
     ),
     w=4,
@@ -317,8 +317,7 @@ grid.add(
         "policy, end_of_data = content or reputation. Drill into the route dashboard.",
         targets=[
             target(
-                f"sum by (stage, class) (increase(deliverability_smtp_replies_total{{{ROUTE}}}"
-                "[$__rate_interval]))",
+                SMTP_REPLIES_BY_STAGE_CLASS,
                 "{{stage}} {{class}}",
             )
         ],
@@ -369,12 +368,11 @@ grid.add(
         "send. Follow the 5xx spike runbook.",
         targets=[
             target(
-                f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate15m{{{ROUTE}}}",
+                SMTP_5XX_RATIO_15M,
                 "{{route}}",
             ),
             target(
-                "scalar(deliverability:smtp_5xx_baseline_factor:threshold) * avg_over_time("
-                f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate1h{{{ROUTE}}}[1d])",
+                SMTP_5XX_BASELINE_LIMIT,
                 "{{route}} baseline limit",
             ),
             threshold("smtp_5xx_ratio_floor"),
@@ -427,7 +425,7 @@ grid.add(
         when_bad="Read the bounce types and sources next to this panel and follow the bounce "
         "rate runbook.",
         targets=[
-            target(f"route:deliverability_bounces_per_sent:ratio_rate1h{{{ROUTE}}}", "{{route}}"),
+            target(BOUNCE_RATIO_1H, "{{route}}"),
             threshold("bounce_ratio_max"),
         ],
         ratio=True,

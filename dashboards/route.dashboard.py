@@ -10,8 +10,13 @@ from __future__ import annotations
 from grafanalib.core import Dashboard, Templating, Time
 
 from dashboards.common import (
+    ACCEPTANCE_RATIO,
+    BOUNCE_RATIO_1H,
     PAIR,
     ROUTE,
+    SMTP_5XX_BASELINE_LIMIT,
+    SMTP_5XX_RATIO_15M,
+    SMTP_REPLIES_BY_STAGE_CLASS,
     Grid,
     datasource_variable,
     heatmap,
@@ -44,12 +49,7 @@ grid.add(
         shows="Share of this route's probes the server accepted over the last hour.",
         when_bad="Read the transcript tables below: the stage and enhanced code of the "
         "refusals say why.",
-        targets=[
-            target(
-                f"sum(route_mailbox:deliverability_probes_accepted:rate1h{{{PAIR}}})"
-                f" / sum(route_mailbox:deliverability_probes:rate1h{{{PAIR}}})"
-            )
-        ],
+        targets=[target(ACCEPTANCE_RATIO)],
         unit="percentunit",
     ),
     w=4,
@@ -60,9 +60,7 @@ grid.add(
         "5xx replies per probe (15m)",
         shows="5xx replies per probe sent through this route over the last 15 minutes.",
         when_bad="Compare with the baseline panel below; follow the 5xx spike runbook.",
-        targets=[
-            target(f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate15m{{{ROUTE}}}")
-        ],
+        targets=[target(SMTP_5XX_RATIO_15M)],
         unit="percentunit",
         alerts=["DeliverabilitySmtp5xxSpike"],
     ),
@@ -74,7 +72,7 @@ grid.add(
         "Bounce rate",
         shows="Bounces per probe sent through this route over the last hour.",
         when_bad="See bounces by type and source below; follow the bounce rate runbook.",
-        targets=[target(f"route:deliverability_bounces_per_sent:ratio_rate1h{{{ROUTE}}}")],
+        targets=[target(BOUNCE_RATIO_1H)],
         unit="percentunit",
         alerts=["DeliverabilityBounceRateHigh"],
     ),
@@ -126,8 +124,7 @@ grid.add(
         "fail. The table next gives the exact codes.",
         targets=[
             target(
-                f"sum by (stage, class) (increase(deliverability_smtp_replies_total{{{ROUTE}}}"
-                "[$__rate_interval]))",
+                SMTP_REPLIES_BY_STAGE_CLASS,
                 "{{stage}} {{class}}",
             )
         ],
@@ -228,12 +225,9 @@ grid.add(
         when_bad="Above both lines for 10 minutes pages. Read the enhanced codes in the "
         "transcript table and follow the 5xx spike runbook.",
         targets=[
+            target(SMTP_5XX_RATIO_15M, "5xx"),
             target(
-                f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate15m{{{ROUTE}}}", "5xx"
-            ),
-            target(
-                "scalar(deliverability:smtp_5xx_baseline_factor:threshold) * avg_over_time("
-                f"route:deliverability_smtp_replies_5xx_per_sent:ratio_rate1h{{{ROUTE}}}[1d])",
+                SMTP_5XX_BASELINE_LIMIT,
                 "baseline limit",
             ),
             threshold("smtp_5xx_ratio_floor"),
