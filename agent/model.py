@@ -1,7 +1,7 @@
 """Result types shared by every module: bounded label sets and the frozen results of probes.
 
-Senders and watchers return these; only `agent.metrics` turns them into Prometheus series. Every
-enum here is a bounded label set, pre-created at zero by the metrics recorder.
+Senders and watchers return these; only `agent.monitoring.recorder` turns them into Prometheus
+series. Every enum here is a bounded label set, pre-created at zero by the recorder.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ must explain themselves, threshold lines from the alert rules, and a grid layout
 
 Every panel helper takes `shows` (what the panel shows) and `when_bad` (what to do when it looks
 bad): the description Grafana displays is built from both, so no panel ships without them.
-Queries are plain PromQL strings over the agent's metric catalog (`agent.metrics.CATALOG`) and
-the recording rules in `deploy/prometheus/`; tests/test_dashboards.py checks every name.
+Queries are plain PromQL strings over the agent's metric catalog
+(`agent.monitoring.catalog.CATALOG`) and the recording rules in `deploy/prometheus/`;
+tests/test_dashboards.py checks every name.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
-from agent import metrics, model
-from agent.dns_records import Alignment, DmarcPolicy, DnsCheck
+from agent import model
+from agent.dns.records import Alignment, DmarcPolicy, DnsCheck
+from agent.monitoring import catalog as metrics
 from dashboards.promql import selectors
 
 __all__ = [
@@ -127,9 +128,9 @@ def rules(path: Path) -> list[Rule]:
 class Vocabulary:
     """The metric names queries may use, the labels each has, and the values of bounded labels.
 
-    Built from the agent's catalog (`agent.metrics.CATALOG`), its label enums (`agent.model`, and
-    `agent.dns_records` for the DNS checks) and the recording rules: never from a list kept by
-    hand.
+    Built from the agent's catalog (`agent.monitoring.catalog.CATALOG`), its label enums
+    (`agent.model`, and `agent.dns.records` for the DNS checks) and the recording rules: never
+    from a list kept by hand.
     """
 
     labels: Mapping[str, frozenset[str]]  # metric name -> labels it may be matched on

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from grafanalib.core import Dashboard, Templating, Time
 
-from agent.dns_records import DKIM_MIN_RSA_BITS, SPF_LOOKUP_LIMIT, DnsCheck
+from agent.dns.records import DKIM_MIN_RSA_BITS, SPF_LOOKUP_LIMIT, DnsCheck
 from dashboards.common import (
     ACCEPTANCE_RATIO,
     BOUNCE_RATIO_1H,

@@ -8,8 +8,13 @@ from email.message import Message
 
 import pytest
 
-from agent.authresults import MAX_HEADER_CHARS, MAX_HEADERS, parse_auth_verdicts, read_auth_results
 from agent.model import AuthResult, AuthVerdicts
+from agent.reading.authresults import (
+    MAX_HEADER_CHARS,
+    MAX_HEADERS,
+    parse_auth_verdicts,
+    read_auth_results,
+)
 
 PASS, FAIL = AuthResult.PASS, AuthResult.FAIL
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.bounces import read_bounce
 from agent.config import Config, validate_config
 from agent.model import BounceType
+from agent.reading.bounces import read_bounce
 from tests.agent_setup import TEST_SECRET
 
 SECRET = TEST_SECRET.encode()

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from agent.app.service import Agent
 from agent.config import Config, load_config
-from agent.metrics import new_registry
 from agent.model import BounceSource, BounceType, Outcome
-from agent.service import Agent
+from agent.monitoring.catalog import new_registry
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SEED_DOMAIN, Account

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import Ledger
 from agent.model import Outcome
+from agent.store.ledger import Ledger
 from tests.agent_process import WAIT, AgentProcess, agent_command
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem

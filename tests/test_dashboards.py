@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.dns_records import SPF_LOOKUP_LIMIT
-from agent.metrics import CATALOG
+from agent.dns.records import SPF_LOOKUP_LIMIT
+from agent.monitoring.catalog import CATALOG
 from dashboards import build
 from dashboards.common import RUNBOOK_URL
 from dashboards.inventory import (
@@ -75,7 +75,9 @@ def test_python_m_dashboards_check_passes_on_the_repository() -> None:
 
 def test_the_agent_never_imports_grafanalib() -> None:
     modules = sorted(
-        f"agent.{path.stem}" for path in (ROOT / "agent").glob("*.py") if path.stem != "__main__"
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in (ROOT / "agent").rglob("*.py")
+        if path.stem != "__main__"
     )
     code = (
         "import importlib, sys\n"
@@ -86,7 +88,7 @@ def test_the_agent_never_imports_grafanalib() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
-    assert "agent.cli" in modules and "agent.service" in modules
+    assert "agent.app.cli" in modules and "agent.app.service" in modules
 
 
 # --- the queries ------------------------------------------------------------------------------
@@ -123,7 +125,7 @@ def test_the_vocabulary_flags_unknown_metrics_labels_and_label_values() -> None:
     assert "class='5XX' is not one of" in problem
     (problem,) = vocab.problems('deliverability_bounces_total{type="permanent"}')
     assert "type='permanent' is not one of ['hard', 'soft']" in problem
-    # DNS check names come from agent.dns_records.DnsCheck.
+    # DNS check names come from agent.dns.records.DnsCheck.
     assert vocab.problems('deliverability_dns_check_ok{check=~"spf|fcrdns"}') == []
     (problem,) = vocab.problems('deliverability_dns_check_errors_total{check="spf_lookup"}')
     assert "check='spf_lookup' is not one of" in problem

@@ -32,10 +32,10 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.app.service import Agent
 from agent.config import ConfigError, ListenAddress, Timeouts, load_config, validate_config
-from agent.http_server import HttpServer, Status
-from agent.metrics import new_registry
-from agent.service import Agent
+from agent.monitoring.catalog import new_registry
+from agent.web.http_server import HttpServer, Status
 from tests import prometheusrule
 
 ROOT = Path(__file__).resolve().parent.parent

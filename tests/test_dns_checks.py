@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.app.service import Agent
 from agent.config import Config, validate_config
-from agent.dns_checks import (
+from agent.dns.checks import (
     DnsPlan,
     SpfSender,
     declare_dns_series,
@@ -28,11 +29,11 @@ from agent.dns_checks import (
     run_dns_checks,
     spf_verdict,
 )
-from agent.dns_records import BlocklistResult, CheckResult, DnsCheck, DnsReport
-from agent.dns_resolver import DnsError, DnsErrorKind, Mx, Resolver, SyncResolver, Value
-from agent.metrics import Recorder, new_registry
+from agent.dns.records import BlocklistResult, CheckResult, DnsCheck, DnsReport
+from agent.dns.resolver import DnsError, DnsErrorKind, Mx, Resolver, SyncResolver, Value
 from agent.model import AuthResult
-from agent.service import Agent
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
 from tests.mailsystem import MailSystem
 from tests.mailsystem.configs import (
     BROKEN_SPF_DOMAIN,

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from agent.dns_records import (
+from agent.dns.records import (
     Alignment,
     CheckResult,
     DkimKey,

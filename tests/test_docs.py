@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from agent.metrics import CATALOG
 from agent.model import Outcome
+from agent.monitoring.catalog import CATALOG
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.http_server import HttpServer, HttpServerError, Status
-from agent.metrics import Recorder, exposition, new_registry
+from agent.monitoring.catalog import exposition, new_registry
+from agent.monitoring.recorder import Recorder
+from agent.web.http_server import HttpServer, HttpServerError, Status
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.imap_watcher import (
+from agent.imap.watcher import (
     Disposition,
     FetchedMessage,
     FolderNotFound,
@@ -237,7 +237,7 @@ class _LogWatch(logging.Handler):
 
 @contextlib.contextmanager
 def _watch_log(text: str) -> Iterator[_LogWatch]:
-    logger = logging.getLogger("agent.imap_watcher")
+    logger = logging.getLogger("agent.imap.watcher")
     handler = _LogWatch(text)
     previous = logger.level
     logger.setLevel(logging.DEBUG)

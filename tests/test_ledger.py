@@ -13,15 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import (
-    LEDGER_FILENAME,
-    SCHEMA_VERSION,
-    Ledger,
-    LedgerError,
-    ProbeRecord,
-    ProbeState,
-    UnknownProbeError,
-)
 from agent.model import (
     AuthResult,
     AuthVerdicts,
@@ -31,6 +22,15 @@ from agent.model import (
     SendResult,
     SmtpReply,
     Stage,
+)
+from agent.store.ledger import (
+    LEDGER_FILENAME,
+    SCHEMA_VERSION,
+    Ledger,
+    LedgerError,
+    ProbeRecord,
+    ProbeState,
+    UnknownProbeError,
 )
 
 T0 = 1_700_000_000.0
@@ -361,7 +361,7 @@ _CHILD = textwrap.dedent(
     """
     import sqlite3, sys
     from pathlib import Path
-    from agent.ledger import Ledger
+    from agent.store.ledger import Ledger
     from agent.model import Outcome, SendResult
 
     accepted = SendResult(transcript=(), accepted=True, accepted_at=1.0, duration_seconds=0.5)

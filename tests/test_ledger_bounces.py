@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.ledger import Ledger
 from agent.model import BounceSource, BounceType, Outcome
+from agent.store.ledger import Ledger
 
 PROBE = "01m8h9j127ya08stfwvwzdepnt"
 

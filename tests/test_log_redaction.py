@@ -6,8 +6,8 @@ import io
 import logging
 from pathlib import Path
 
+from agent.app.logs import MASK, SecretRedactingFilter, config_secrets
 from agent.config import validate_config
-from agent.log_redaction import MASK, SecretRedactingFilter, config_secrets
 
 
 def _logger(secrets: list[str]) -> tuple[logging.Logger, io.StringIO, SecretRedactingFilter]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.dns_records import (
+from agent.dns.records import (
     Alignment,
     BlocklistResult,
     CheckResult,
@@ -26,19 +26,6 @@ from agent.dns_records import (
     DmarcRecord,
     DnsCheck,
     DnsReport,
-)
-from agent.metrics import (
-    AUTH_RESULTS,
-    CATALOG,
-    DELIVERY_SECONDS,
-    PREFIX,
-    PROBES,
-    SMTP_ERRORS,
-    MetricKind,
-    MetricSpec,
-    Recorder,
-    exposition,
-    new_registry,
 )
 from agent.model import (
     AuthMethod,
@@ -54,6 +41,19 @@ from agent.model import (
     SmtpReply,
     Stage,
 )
+from agent.monitoring.catalog import (
+    AUTH_RESULTS,
+    CATALOG,
+    DELIVERY_SECONDS,
+    PREFIX,
+    PROBES,
+    SMTP_ERRORS,
+    MetricKind,
+    MetricSpec,
+    exposition,
+    new_registry,
+)
+from agent.monitoring.recorder import Recorder
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 UPDATE_GOLDEN_ENV = "DELIVERABILITY_UPDATE_GOLDEN"

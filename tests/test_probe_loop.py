@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.app.service import Agent
 from agent.config import Config, validate_config
-from agent.ledger import Ledger, ProbeRecord
-from agent.metrics import Recorder, new_registry
 from agent.model import (
     AuthResult,
     BounceSource,
@@ -24,8 +23,10 @@ from agent.model import (
     Outcome,
     Stage,
 )
-from agent.probe_message import build_probe_message, new_probe_id
-from agent.service import Agent
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+from agent.reading.probe_token import build_probe_message, new_probe_id
+from agent.store.ledger import Ledger, ProbeRecord
 from tests.agent_setup import BAD_SENDER, AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SEED_DOMAIN, Account

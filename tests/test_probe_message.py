@@ -9,7 +9,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 
-from agent.probe_message import (
+from agent.reading.probe_token import (
     PROBE_HEADER,
     ProbeToken,
     build_probe_message,

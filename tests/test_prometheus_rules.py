@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.dns_records import DnsCheck
-from agent.metrics import DNS_CHECK_OK
+from agent.dns.records import DnsCheck
+from agent.monitoring.catalog import DNS_CHECK_OK
 from dashboards.common import RUNBOOK_URL, runbook_anchor
 from dashboards.inventory import PROMETHEUS_DIR, RULE_FILES, Rule, rules, vocabulary
 from dashboards.promql import metric_names, selectors

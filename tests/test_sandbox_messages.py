@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import Message
 
-from agent.authresults import read_auth_results
-from agent.bounces import read_bounce
 from agent.config import SandboxVerdicts
 from agent.model import AuthResult, BounceType
-from agent.probe_message import build_probe_message, new_probe_id
+from agent.reading.authresults import read_auth_results
+from agent.reading.bounces import read_bounce
+from agent.reading.probe_token import build_probe_message, new_probe_id
+from agent.reading.triage import TriageKind, triage_message
 from agent.sandbox.messages import Bounce, Delivery, build_dsn, stamp_delivery
-from agent.triage import TriageKind, triage_message
 
 SECRET = b"sandbox-messages-test-secret-0123"
 DELIVERY = Delivery(

@@ -18,15 +18,16 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from agent.app.service import Agent, imap_target
 from agent.config import Config, Sandbox, validate_config
-from agent.imap_watcher import ImapError, detect_folders
-from agent.metrics import Recorder, new_registry
+from agent.imap.watcher import ImapError, detect_folders
 from agent.model import ImapErrorKind, Outcome, Stage, TlsMode
-from agent.prober import smtp_target
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+from agent.probing.prober import smtp_target
 from agent.sandbox import SandboxError, SandboxServer
 from agent.sandbox.tls import ensure_certificates
-from agent.service import Agent, imap_target
-from agent.smtp_sender import send_probe
+from agent.smtp.sender import send_probe
 
 SEED = "seed@sandbox.localhost"
 JUNK_SEED = "junk@sandbox.localhost"

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from agent.app.service import Agent
 from agent.config import Config, validate_config
-from agent.ledger import Ledger, ProbeState
-from agent.metrics import Recorder, new_registry
 from agent.model import ErrorKind, Outcome, SendResult, SmtpReply, Stage
-from agent.service import Agent
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+from agent.store.ledger import Ledger, ProbeState
 from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
 
 SECRET = "service-test-secret-0123456789"

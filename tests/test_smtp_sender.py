@@ -15,9 +15,9 @@ import pytest
 import trustme
 from cryptography import x509
 
-from agent import smtp_sender
 from agent.model import ErrorKind, Outcome, ProbeError, SendResult, SmtpReply, Stage, TlsMode
-from agent.smtp_sender import (
+from agent.smtp import sender as smtp_sender
+from agent.smtp.sender import (
     SmtpTarget,
     deciding_reply,
     parse_enhanced_code,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.model import TlsMode
-from agent.smtp_sender import SmtpTarget, send_probe
+from agent.smtp.sender import SmtpTarget, send_probe
 from tests.agent_setup import GOOD_SENDER
 from tests.mailsystem import MailSystem
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from agent.config import Config, validate_config
-from agent.ledger import Ledger
 from agent.model import (
     AuthResult,
     AuthVerdicts,
@@ -21,7 +20,8 @@ from agent.model import (
     SmtpReply,
     Stage,
 )
-from agent.status_page import Health, PageData, collect, render
+from agent.store.ledger import Ledger
+from agent.web.status_page import Health, PageData, collect, render
 
 NOW = 1_790_000_000.0
 ROUTE_PASSWORD = "route-password-sekret"

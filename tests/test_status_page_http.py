@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from agent.http_server import BasicAuth, HttpServer, HttpServerError, Status
-from agent.metrics import Recorder, new_registry
-from agent.status_page import LoopPage, StatusPageError
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+from agent.web.http_server import BasicAuth, HttpServer, HttpServerError, Status
+from agent.web.status_page import LoopPage, StatusPageError
 
 PASSWORD = "basic-auth-sekret"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.model import AuthResult, AuthVerdicts, Outcome
-from agent.probe_message import build_probe_message, new_probe_id, sign_probe_id
-from agent.triage import MAX_HEADER_BYTES, Triage, TriageKind, placement_of, triage_message
+from agent.reading.probe_token import build_probe_message, new_probe_id, sign_probe_id
+from agent.reading.triage import MAX_HEADER_BYTES, Triage, TriageKind, placement_of, triage_message
 
 SECRET = b"test-secret-0123456789abcdef"
 PROBE_ID = "01hzjb7m8k0000000000000000"

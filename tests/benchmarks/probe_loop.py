@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.ledger import ProbeRecord
-from agent.metrics import Recorder, new_registry
-from agent.service import Agent
+from agent.app.service import Agent
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+from agent.store.ledger import ProbeRecord
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import Account

@@ -201,7 +201,7 @@ def zone_reverse() -> str:
         """)
 
 
-# Zones for the DNS checks' tests (agent.dns_checks), each wrong in one way.
+# Zones for the DNS checks' tests (agent.dns.checks), each wrong in one way.
 BROKEN_SPF_DOMAIN = "broken-spf.test"  # SPF needing 12 DNS lookups over its include tree
 NODKIM_DOMAIN = "nodkim.test"  # selector sel1 missing, selector "revoked" revoked
 DMARC_NONE_DOMAIN = "dmarc-none.test"  # DMARC p=none without reports

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from agent.bounces import read_bounce
 from agent.config import Cleanup, Config, Mailbox
-from agent.ledger import Ledger, ProbeRecord
-from agent.metrics import Recorder
 from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome
-from agent.outcomes import Outcomes
-from agent.triage import Triage, TriageKind, placement_of, triage_message
+from agent.monitoring.recorder import Recorder
+from agent.probing.outcomes import Outcomes
+from agent.reading.bounces import read_bounce
+from agent.reading.triage import Triage, TriageKind, placement_of, triage_message
+from agent.store.ledger import Ledger, ProbeRecord
 
 __all__ = ["Matcher"]
 

@@ -1,11 +1,11 @@
 """Pure parsing and judging of the DNS records that decide deliverability; no I/O here.
 
-`agent.dns_checks` fetches records and hands the text to these functions. Libraries do what they
+`agent.dns.checks` fetches records and hands the text to these functions. Libraries do what they
 do best: dkimpy (`dkim.evaluate_pk`, the code its verifier runs) parses DKIM key records and sizes
 RSA keys, and its RFC 6376 tag=value parser reads DMARC, MTA-STS and TLS-RPT records, which share
 that syntax. The SPF grammar is checked here, term by term against RFC 7208's ABNF, because the
 whole-tree lookup count needs the parsed terms and no library offers a parser without its own DNS;
-whether an IP is authorised is left to pyspf (see `agent.dns_checks`).
+whether an IP is authorised is left to pyspf (see `agent.dns.checks`).
 
 Every malformed record raises `RecordError`, whose message says what is wrong in words an operator
 can act on.

@@ -20,8 +20,8 @@ from email.parser import BytesParser
 from flufl.bounce import all_failures
 
 from agent.model import BounceType
-from agent.probe_message import PROBE_ID_PATTERN
-from agent.triage import TriageKind, triage_message
+from agent.reading.probe_token import PROBE_ID_PATTERN
+from agent.reading.triage import TriageKind, triage_message
 
 __all__ = ["BounceReport", "read_bounce"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.ledger import Ledger
 from agent.model import Outcome
-from agent.outcomes import Outcomes
+from agent.probing.outcomes import Outcomes
+from agent.store.ledger import Ledger
 
 __all__ = ["reap"]
 

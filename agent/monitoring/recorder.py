@@ -1,37 +1,21 @@
-"""The metric catalog and the recorder that turns probe results into Prometheus series.
+"""The recorder: turns the agent's frozen results into Prometheus series of the catalog.
 
-This is the only module that imports prometheus_client. `CATALOG` is the single source of metric
-names, kinds, help strings and labels: dashboards, alert rules and their tests read it. The
-`Recorder` registers the catalog on an injected `CollectorRegistry` and takes our result types, so
-senders and watchers never see a metric.
-
-Bounded labels only: stage, outcome, class, kind, method and result come from the `agent.model`
-enums and are pre-created at zero by `Recorder.declare` for every configured route/mailbox pair, so
-series never blink in and out. `code` and `enhanced_code` are created when seen (SMTP bounds them).
-Nothing is ever labelled by probe id, message id, recipient or subject.
+Only this module and `agent.monitoring.catalog` import prometheus_client. Bounded labels only:
+stage, outcome, class, kind, method and result come from the `agent.model` enums and are
+pre-created at zero by `Recorder.declare` for every configured route/mailbox pair, so series never
+blink in and out. `code` and `enhanced_code` are created when seen (SMTP bounds them). Nothing is
+ever labelled by probe id, message id, recipient or subject.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from wsgiref.types import WSGIApplication
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-    make_wsgi_app,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent import __version__
-from agent.dns_records import DnsCheck, DnsReport
+from agent.dns.records import DnsCheck, DnsReport
 from agent.model import (
     AuthMethod,
     AuthResult,
@@ -44,282 +28,40 @@ from agent.model import (
     SendResult,
     Stage,
 )
-
-__all__ = [
-    "AUTH_RESULTS",
-    "BOUNCES",
-    "BUILD_INFO",
-    "CATALOG",
-    "CONFIG_LAST_RELOAD_SUCCESSFUL",
-    "CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP",
-    "CONTENT_TYPE",
-    "DELIVERY_SECONDS",
-    "DKIM_KEY_BITS",
-    "DMARC_POLICY_INFO",
-    "DNSBL_LISTED",
-    "DNS_CHECK_DURATION",
-    "DNS_CHECK_ERRORS",
-    "DNS_CHECK_OK",
-    "FORGED_MESSAGES",
-    "IMAP_ERRORS",
-    "IMAP_UP",
-    "LAST_OUTCOME_TIMESTAMP",
-    "LATE_PROBES",
-    "MALFORMED_MESSAGES",
-    "PREFIX",
-    "PROBES",
-    "PROBES_IN_FLIGHT",
-    "PROBES_SENT",
-    "SMTP_ERRORS",
-    "SMTP_REPLIES",
-    "SMTP_TRANSACTION_SECONDS",
-    "SPF_DNS_LOOKUPS",
-    "TLS_CERT_EXPIRY",
-    "TLS_VERSION_INFO",
-    "MetricKind",
-    "MetricSpec",
-    "Recorder",
-    "exposition",
-    "metrics_app",
-    "new_registry",
-]
-
-# `_created` series add one wall-clock sample per child that no dashboard or alert here uses, and
-# they make the exposition depend on when a child was created. This is process-wide, which is fine:
-# this module owns every series of the agent.
-disable_created_metrics()  # type: ignore[no-untyped-call]
-
-PREFIX = "deliverability_"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-class MetricKind(enum.StrEnum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """One metric of the catalog: its exposed name (with `_total` for counters), kind and labels."""
-
-    name: str
-    kind: MetricKind
-    help: str
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name.startswith(PREFIX):
-            raise ValueError(f"{self.name}: metric names start with {PREFIX!r}")
-        if (self.kind is MetricKind.COUNTER) != self.name.endswith("_total"):
-            raise ValueError(f"{self.name}: counters, and only counters, end in _total")
-        if (self.kind is MetricKind.HISTOGRAM) != (self.buckets is not None):
-            raise ValueError(f"{self.name}: histograms, and only histograms, have buckets")
-
-
-_PAIR = ("route", "mailbox")
-
-# Delivery takes minutes at worst before a probe counts as missing: 1 s to 1 h.
-DELIVERY_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
-# One SMTP transaction: healthy ones take well under a second; greylisting or tarpits, far more.
-SMTP_TRANSACTION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-
-PROBES = MetricSpec(
-    "deliverability_probes_total",
-    MetricKind.COUNTER,
-    "Probes by final outcome; each probe is counted once.",
-    (*_PAIR, "outcome"),
-)
-PROBES_SENT = MetricSpec(
-    "deliverability_probes_sent_total",
-    MetricKind.COUNTER,
-    "Probes whose SMTP transaction was attempted.",
-    _PAIR,
-)
-PROBES_IN_FLIGHT = MetricSpec(
-    "deliverability_probes_in_flight",
-    MetricKind.GAUGE,
-    "Probes recorded in the ledger without a final outcome yet.",
-    _PAIR,
-)
-SMTP_REPLIES = MetricSpec(
-    "deliverability_smtp_replies_total",
-    MetricKind.COUNTER,
-    "SMTP replies seen, by stage, reply code, enhanced status code and reply class.",
-    ("route", "stage", "code", "enhanced_code", "class"),
-)
-SMTP_ERRORS = MetricSpec(
-    "deliverability_smtp_errors_total",
-    MetricKind.COUNTER,
-    "SMTP transactions that ended without a server verdict, by stage and kind.",
-    ("route", "stage", "kind"),
-)
-SMTP_TRANSACTION_SECONDS = MetricSpec(
-    "deliverability_smtp_transaction_seconds",
-    MetricKind.HISTOGRAM,
-    "Duration of the whole SMTP transaction of a probe.",
-    ("route",),
-    SMTP_TRANSACTION_BUCKETS,
-)
-DELIVERY_SECONDS = MetricSpec(
-    "deliverability_delivery_seconds",
-    MetricKind.HISTOGRAM,
-    "Time from the server accepting a probe to the probe being seen in the seed mailbox.",
-    _PAIR,
-    DELIVERY_BUCKETS,
-)
-LATE_PROBES = MetricSpec(
-    "deliverability_late_probes_total",
-    MetricKind.COUNTER,
-    "Probes seen in the seed mailbox after they were already counted as missing.",
-    _PAIR,
-)
-FORGED_MESSAGES = MetricSpec(
-    "deliverability_forged_messages_total",
-    MetricKind.COUNTER,
-    "Messages that looked like probes but carried an invalid or unknown token.",
-    ("mailbox",),
-)
-AUTH_RESULTS = MetricSpec(
-    "deliverability_auth_results_total",
-    MetricKind.COUNTER,
-    "Authentication-Results verdicts of delivered probes, by method and result.",
-    (*_PAIR, "method", "result"),
-)
-LAST_OUTCOME_TIMESTAMP = MetricSpec(
-    "deliverability_last_outcome_timestamp_seconds",
-    MetricKind.GAUGE,
-    "When a probe last finished with this outcome (Unix time; 0 if never).",
-    (*_PAIR, "outcome"),
-)
-IMAP_UP = MetricSpec(
-    "deliverability_imap_up",
-    MetricKind.GAUGE,
-    "Whether the watcher of the seed mailbox has a working IMAP connection (1) or not (0).",
-    ("mailbox",),
-)
-IMAP_ERRORS = MetricSpec(
-    "deliverability_imap_errors_total",
-    MetricKind.COUNTER,
-    "Errors that cost a mailbox watcher its IMAP connection or an operation, by kind.",
-    ("mailbox", "kind"),
-)
-MALFORMED_MESSAGES = MetricSpec(
-    "deliverability_malformed_messages_total",
-    MetricKind.COUNTER,
-    "Messages in a seed mailbox skipped because they could not be parsed safely.",
-    ("mailbox",),
-)
-CONFIG_LAST_RELOAD_SUCCESSFUL = MetricSpec(
-    "deliverability_config_last_reload_successful",
-    MetricKind.GAUGE,
-    "Whether the last configuration load or reload succeeded (1) or not (0).",
-)
-CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP = MetricSpec(
-    "deliverability_config_last_reload_success_timestamp_seconds",
-    MetricKind.GAUGE,
-    "When the configuration was last loaded successfully (Unix time).",
-)
-BUILD_INFO = MetricSpec(
-    "deliverability_build_info",
-    MetricKind.GAUGE,
-    "Always 1; labelled with the agent's version.",
-    ("version",),
-)
-TLS_CERT_EXPIRY = MetricSpec(
-    "deliverability_tls_cert_expiry_timestamp_seconds",
-    MetricKind.GAUGE,
-    "Expiry of the certificate the route's SMTP server last presented (Unix time).",
-    ("route",),
-)
-BOUNCES = MetricSpec(
-    "deliverability_bounces_total",
-    MetricKind.COUNTER,
-    "Bounces of probes by type (hard 5.x.x, soft 4.x.x) and source (SMTP reply or later DSN); "
-    "bounce rate is this over deliverability_probes_sent_total.",
-    ("route", "type", "source"),
-)
-TLS_VERSION_INFO = MetricSpec(
-    "deliverability_tls_version_info",
-    MetricKind.GAUGE,
-    "Always 1; labelled with the TLS version last negotiated on the route.",
-    ("route", "version"),
-)
-DNS_CHECK_OK = MetricSpec(
-    "deliverability_dns_check_ok",
-    MetricKind.GAUGE,
-    "Whether the last decided DNS check of the target (a domain, or an IP for rdns and fcrdns) "
-    "passed (1) or found a problem (0).",
-    ("target", "check"),
-)
-DNS_CHECK_ERRORS = MetricSpec(
-    "deliverability_dns_check_errors_total",
-    MetricKind.COUNTER,
-    "DNS checks left undecided because their lookups failed or timed out, and blocklist lookups "
-    "answered with an error code (check dnsbl).",
-    ("check",),
-)
-DNS_CHECK_DURATION = MetricSpec(
-    "deliverability_dns_check_duration_seconds",
-    MetricKind.GAUGE,
-    "Duration of the last run of every DNS check.",
-)
-DNSBL_LISTED = MetricSpec(
-    "deliverability_dnsbl_listed",
-    MetricKind.GAUGE,
-    "Whether the sending IP or domain is listed on the DNS blocklist zone (1) or not (0).",
-    ("target", "zone"),
-)
-SPF_DNS_LOOKUPS = MetricSpec(
-    "deliverability_spf_dns_lookups",
-    MetricKind.GAUGE,
-    "DNS lookups an SPF evaluation of the domain may need over its include tree (limit 10).",
-    ("domain",),
-)
-DKIM_KEY_BITS = MetricSpec(
-    "deliverability_dkim_key_bits",
-    MetricKind.GAUGE,
-    "Size of the DKIM public key published at a configured selector, by key type.",
-    ("domain", "selector", "type"),
-)
-DMARC_POLICY_INFO = MetricSpec(
-    "deliverability_dmarc_policy_info",
-    MetricKind.GAUGE,
-    "Always 1; labelled with the DMARC policy applying to the domain, the subdomain policy and "
-    "the DKIM and SPF alignment modes.",
-    ("domain", "policy", "subdomain_policy", "adkim", "aspf"),
-)
-
-CATALOG: tuple[MetricSpec, ...] = (
-    PROBES,
-    PROBES_SENT,
-    PROBES_IN_FLIGHT,
-    SMTP_REPLIES,
-    SMTP_ERRORS,
-    SMTP_TRANSACTION_SECONDS,
-    DELIVERY_SECONDS,
-    LATE_PROBES,
-    FORGED_MESSAGES,
+from agent.monitoring.catalog import (
     AUTH_RESULTS,
-    LAST_OUTCOME_TIMESTAMP,
-    IMAP_UP,
-    IMAP_ERRORS,
-    MALFORMED_MESSAGES,
-    CONFIG_LAST_RELOAD_SUCCESSFUL,
-    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
-    BUILD_INFO,
-    TLS_CERT_EXPIRY,
-    TLS_VERSION_INFO,
     BOUNCES,
-    DNS_CHECK_OK,
-    DNS_CHECK_ERRORS,
-    DNS_CHECK_DURATION,
-    DNSBL_LISTED,
-    SPF_DNS_LOOKUPS,
+    BUILD_INFO,
+    CATALOG,
+    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
+    CONFIG_LAST_RELOAD_SUCCESSFUL,
+    DELIVERY_SECONDS,
     DKIM_KEY_BITS,
     DMARC_POLICY_INFO,
+    DNS_CHECK_DURATION,
+    DNS_CHECK_ERRORS,
+    DNS_CHECK_OK,
+    DNSBL_LISTED,
+    FORGED_MESSAGES,
+    IMAP_ERRORS,
+    IMAP_UP,
+    LAST_OUTCOME_TIMESTAMP,
+    LATE_PROBES,
+    MALFORMED_MESSAGES,
+    PROBES,
+    PROBES_IN_FLIGHT,
+    PROBES_SENT,
+    SMTP_ERRORS,
+    SMTP_REPLIES,
+    SMTP_TRANSACTION_SECONDS,
+    SPF_DNS_LOOKUPS,
+    TLS_CERT_EXPIRY,
+    TLS_VERSION_INFO,
+    MetricKind,
+    MetricSpec,
 )
+
+__all__ = ["Recorder"]
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
 _DNS_SPECS = (
@@ -335,16 +77,6 @@ _DNS_SPECS = (
 # cannot mint series.
 _ENHANCED_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _INVALID_ENHANCED_CODE = "invalid"
-
-
-def new_registry() -> CollectorRegistry:
-    """A registry for one Recorder, so callers need not import prometheus_client."""
-    return CollectorRegistry(auto_describe=True)
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in the Prometheus text format (serve it with `CONTENT_TYPE`)."""
-    return generate_latest(registry)
 
 
 class Recorder:
@@ -633,9 +365,3 @@ class Recorder:
                 self._remove(DMARC_POLICY_INFO, values)
         for values in policies.values():
             self._g(DMARC_POLICY_INFO, *values).set(1)
-
-
-def metrics_app(registry: CollectorRegistry) -> WSGIApplication:
-    """A WSGI app serving `registry`, with prometheus_client's content negotiation and gzip."""
-    app: WSGIApplication = make_wsgi_app(registry)
-    return app

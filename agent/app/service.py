@@ -21,8 +21,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.config import Config, Mailbox
-from agent.dns_checks import declare_dns_series, run_dns_checks
-from agent.imap_watcher import (
+from agent.dns.checks import declare_dns_series, run_dns_checks
+from agent.imap.watcher import (
     Disposition,
     FetchedMessage,
     FolderWatcher,
@@ -31,14 +31,14 @@ from agent.imap_watcher import (
     OnMessage,
     detect_folders,
 )
-from agent.ledger import Ledger, ProbeState
-from agent.matcher import Matcher
-from agent.metrics import Recorder
 from agent.model import ImapErrorKind, Outcome
-from agent.outcomes import FinalOutcome, Outcomes
-from agent.prober import Prober
-from agent.reaper import reap
-from agent.smtp_sender import verdict_of
+from agent.monitoring.recorder import Recorder
+from agent.probing.matcher import Matcher
+from agent.probing.outcomes import FinalOutcome, Outcomes
+from agent.probing.prober import Prober
+from agent.probing.reaper import reap
+from agent.smtp.sender import verdict_of
+from agent.store.ledger import Ledger, ProbeState
 
 __all__ = ["Agent", "imap_target"]
 
@@ -243,7 +243,7 @@ class Agent:
         self._scheduler = scheduler
 
     def _schedule_dns_checks(self, scheduler: AsyncIOScheduler, now: float) -> None:
-        """The DNS checks (`agent.dns_checks`), if configured: one run now, then every interval."""
+        """The DNS checks (`agent.dns.checks`), if configured: one run now, then every interval."""
         if self.config.dns is None:
             return
         interval = self.config.dns.interval

@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
+from agent.app.logs import SecretRedactingFilter, config_secrets, configure_logging
+from agent.app.service import Agent
 from agent.config import Config, ConfigError, load_config
-from agent.http_server import BasicAuth, HttpServer, HttpServerError, Status
-from agent.ledger import LedgerError, ProbeRecord
-from agent.log_redaction import SecretRedactingFilter, config_secrets, configure_logging
-from agent.metrics import IMAP_UP, Recorder, new_registry
 from agent.model import Outcome
+from agent.monitoring.catalog import IMAP_UP, new_registry
+from agent.monitoring.recorder import Recorder
 from agent.sandbox import SandboxError, SandboxServer
-from agent.service import Agent
-from agent.smtp_sender import deciding_reply
-from agent.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
+from agent.smtp.sender import deciding_reply
+from agent.store.ledger import LedgerError, ProbeRecord
+from agent.web.http_server import BasicAuth, HttpServer, HttpServerError, Status
+from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.config import Config, Mailbox, Route
-from agent.ledger import Ledger
-from agent.metrics import Recorder
-from agent.outcomes import Outcomes
-from agent.probe_message import build_probe_message, new_probe_id
-from agent.smtp_sender import SmtpTarget, send_probe, verdict_of
+from agent.monitoring.recorder import Recorder
+from agent.probing.outcomes import Outcomes
+from agent.reading.probe_token import build_probe_message, new_probe_id
+from agent.smtp.sender import SmtpTarget, send_probe, verdict_of
+from agent.store.ledger import Ledger
 
 __all__ = ["Prober", "smtp_target"]
 

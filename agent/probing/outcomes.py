@@ -11,10 +11,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from agent.ledger import Ledger, ProbeRecord
-from agent.metrics import Recorder
 from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome, ReplyClass, SendResult
-from agent.smtp_sender import deciding_reply
+from agent.monitoring.recorder import Recorder
+from agent.smtp.sender import deciding_reply
+from agent.store.ledger import Ledger, ProbeRecord
 
 __all__ = ["FinalOutcome", "Outcomes"]
 

@@ -14,8 +14,8 @@ What is checked comes from the configuration (`plan_checks`):
 
 Each check runs under one deadline (`dns.timeout`); a lookup that fails makes the check undecided
 (`passed=None`, counted as an error) rather than failed, so a resolver outage never reads as a
-broken record. Parsing and judging records is in `agent.dns_records`; lookups in
-`agent.dns_resolver`.
+broken record. Parsing and judging records is in `agent.dns.records`; lookups in
+`agent.dns.resolver`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import spf  # type: ignore[import-untyped]
 
-from agent.dns_records import (
+from agent.dns.records import (
     SPF_LOOKUP_LIMIT,
     BlocklistResult,
     CheckResult,
@@ -56,12 +56,12 @@ from agent.dns_records import (
     select_spf,
     select_tls_rpt,
 )
-from agent.dns_resolver import DnsError, Mx, Resolver, SyncResolver, Value
+from agent.dns.resolver import DnsError, Mx, Resolver, SyncResolver, Value
 from agent.model import AuthResult
 
 if TYPE_CHECKING:
     from agent.config import Config
-    from agent.metrics import Recorder
+    from agent.monitoring.recorder import Recorder
 
 __all__ = [
     "DnsPlan",

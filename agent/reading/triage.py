@@ -22,9 +22,9 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value, decode_rfc2231, parseaddr
 
-from agent.authresults import read_auth_results
 from agent.model import AuthVerdicts, Outcome
-from agent.probe_message import (
+from agent.reading.authresults import read_auth_results
+from agent.reading.probe_token import (
     PROBE_HEADER,
     PROBE_ID_PATTERN,
     SIGNATURE_PATTERN,

@@ -2,7 +2,7 @@
 
 /healthz answers 200 while the process's event loop is alive; /readyz answers 200 once the agent
 has loaded its config, opened its ledger and started probing, and 503 while it starts or drains.
-`/` is the status page (agent.status_page). With basic auth, `/` and /metrics need it, while
+`/` is the status page (agent.web.status_page). With basic auth, `/` and /metrics need it, while
 /healthz and /readyz stay open for orchestrators (they say nothing but ok or not). With TLS every
 endpoint is HTTPS; each connection's handshake runs in its own thread, so one slow client cannot
 stall the others.
@@ -29,7 +29,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry
 
-from agent.metrics import metrics_app
+from agent.monitoring.catalog import metrics_app
 
 __all__ = ["BasicAuth", "HttpServer", "HttpServerError", "PageSource", "Status"]
 

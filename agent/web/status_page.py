@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from typing import Final
 
 from agent.config import Config
-from agent.ledger import Ledger, ProbeRecord, ProbeState
 from agent.model import Outcome
-from agent.smtp_sender import deciding_reply
+from agent.smtp.sender import deciding_reply
+from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
 __all__ = [
     "DEFAULT_REFRESH_SECONDS",
