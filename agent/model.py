@@ -17,7 +17,6 @@ __all__ = [
     "BounceSource",
     "BounceType",
     "ErrorKind",
-    "ImapErrorKind",
     "Outcome",
     "ProbeError",
     "ReplyClass",
@@ -96,18 +95,7 @@ class ReplyClass(enum.StrEnum):
 
 
 class ErrorKind(enum.StrEnum):
-    """Why an SMTP transaction ended without a verdict from the server."""
-
-    CONNECT = "connect"
-    TIMEOUT = "timeout"
-    TLS = "tls"
-    AUTH = "auth"
-    PROTOCOL = "protocol"
-    CLOSED = "closed"
-
-
-class ImapErrorKind(enum.StrEnum):
-    """Why an IMAP watcher lost or could not use its connection."""
+    """Why an SMTP transaction or an IMAP connection ended without a verdict from the server."""
 
     CONNECT = "connect"
     TIMEOUT = "timeout"

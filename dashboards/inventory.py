@@ -188,7 +188,7 @@ def vocabulary() -> Vocabulary:
         "outcome": enum_values(model.Outcome),
         "stage": enum_values(model.Stage),
         "class": enum_values(model.ReplyClass),
-        "kind": enum_values(model.ErrorKind, model.ImapErrorKind),
+        "kind": enum_values(model.ErrorKind, model.ErrorKind),
         "method": enum_values(model.AuthMethod),
         "result": enum_values(model.AuthResult),
     }

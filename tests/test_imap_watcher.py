@@ -33,7 +33,7 @@ from agent.imap.watcher import (
     encode_modified_utf7,
     parse_list_response,
 )
-from agent.model import ImapErrorKind, TlsMode
+from agent.model import ErrorKind, TlsMode
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SPAM_SUBJECT_TOKEN, Account
 from tests.scripted_imap import (
@@ -48,7 +48,7 @@ from tests.scripted_imap import (
 )
 
 WAIT = 30.0  # generous bound on anything awaited; tests pass far sooner
-State = tuple[bool, ImapErrorKind | None]
+State = tuple[bool, ErrorKind | None]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ class Recorder:
             raise RuntimeError("consumer failed on purpose")
         return self.disposition
 
-    def on_state(self, up: bool, kind: ImapErrorKind | None) -> None:
+    def on_state(self, up: bool, kind: ErrorKind | None) -> None:
         self.states.put_nowait((up, kind))
 
     async def next_message(self) -> FetchedMessage:
@@ -323,7 +323,7 @@ def test_junk_override_is_matched_exactly_then_case_insensitively() -> None:
     assert choose_folders(folders, junk_override="QUARANTINE").junk == "Quarantine"
     with pytest.raises(FolderNotFound) as raised:
         choose_folders(folders, junk_override="Nope")
-    assert raised.value.kind is ImapErrorKind.PROTOCOL
+    assert raised.value.kind is ErrorKind.PROTOCOL
     assert "'Nope'" in str(raised.value) and "'Quarantine'" in str(raised.value)
 
 
@@ -373,7 +373,7 @@ async def _check_once_error(target: ImapTarget) -> ImapError:
 async def test_a_greeting_then_silence_times_out_at_connect() -> None:
     async with ScriptedImapServer(GREETING, Hang()) as server:
         error = await _check_once_error(_scripted_target(server.port, connect_timeout=0.5))
-    assert error.kind is ImapErrorKind.TIMEOUT
+    assert error.kind is ErrorKind.TIMEOUT
     assert "greeting" in error.message
 
 
@@ -382,14 +382,14 @@ async def test_silence_after_login_times_out_the_command() -> None:
         GREETING, *CAPABILITY_EXCHANGE, Expect("LOGIN"), Hang()
     ) as server:
         error = await _check_once_error(_scripted_target(server.port))
-    assert error.kind is ImapErrorKind.TIMEOUT
+    assert error.kind is ErrorKind.TIMEOUT
     assert error.message.startswith("LOGIN")
 
 
 async def test_a_garbage_greeting_is_a_protocol_error() -> None:
     async with ScriptedImapServer(Raw(b"\x00\x01 this is no IMAP server\r\n"), Hang()) as server:
         error = await _check_once_error(_scripted_target(server.port))
-    assert error.kind is ImapErrorKind.PROTOCOL
+    assert error.kind is ErrorKind.PROTOCOL
     assert "greeting" in error.message
 
 
@@ -398,25 +398,23 @@ async def test_a_connection_closed_mid_command_is_reported_closed() -> None:
         GREETING, *CAPABILITY_EXCHANGE, Expect("LOGIN"), Close()
     ) as server:
         error = await _check_once_error(_scripted_target(server.port))
-    assert error.kind is ImapErrorKind.CLOSED
+    assert error.kind is ErrorKind.CLOSED
 
 
 async def test_a_connection_closed_before_the_greeting_is_reported_closed() -> None:
     async with ScriptedImapServer(Close()) as server:
         error = await _check_once_error(_scripted_target(server.port))
-    assert error.kind is ImapErrorKind.CLOSED
+    assert error.kind is ErrorKind.CLOSED
 
 
 async def test_bad_to_login_is_a_protocol_error_and_no_is_an_auth_error() -> None:
     bad = (GREETING, *CAPABILITY_EXCHANGE, Expect("LOGIN"), Send("{tag} BAD what?"), Hang())
     no = (GREETING, *CAPABILITY_EXCHANGE, Expect("LOGIN"), Send("{tag} NO go away"), Hang())
     async with ScriptedImapServer(*bad) as server:
-        assert (
-            await _check_once_error(_scripted_target(server.port))
-        ).kind is ImapErrorKind.PROTOCOL
+        assert (await _check_once_error(_scripted_target(server.port))).kind is ErrorKind.PROTOCOL
     async with ScriptedImapServer(*no) as server:
         error = await _check_once_error(_scripted_target(server.port))
-    assert error.kind is ImapErrorKind.AUTH
+    assert error.kind is ErrorKind.AUTH
     assert "go away" in error.message
 
 
@@ -428,7 +426,7 @@ async def test_an_unexpected_tagged_reply_is_a_protocol_error_that_leaks_no_pass
     async with ScriptedImapServer(*script) as server:
         error = await _check_once_error(_scripted_target(server.port))
         assert any(b"S3cret" in line for line in server.received)  # it was sent...
-    assert error.kind is ImapErrorKind.PROTOCOL
+    assert error.kind is ErrorKind.PROTOCOL
     for fragment in ("S3cret", "Pass", "Word"):  # ...and appears nowhere, quoted or not
         assert fragment not in str(error)
         assert fragment not in caplog.text
@@ -473,7 +471,7 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         error = await _check_once_error(_scripted_target(sock.getsockname()[1]))
-    assert error.kind is ImapErrorKind.CONNECT
+    assert error.kind is ErrorKind.CONNECT
 
 
 async def test_run_keeps_reconnecting_after_failures() -> None:
@@ -481,8 +479,8 @@ async def test_run_keeps_reconnecting_after_failures() -> None:
         recorder = Recorder()
         watcher = recorder.watcher(_scripted_target(server.port, connect_timeout=0.2))
         async with _running(watcher):
-            assert await recorder.next_state() == (False, ImapErrorKind.TIMEOUT)
-            assert await recorder.next_state() == (False, ImapErrorKind.TIMEOUT)
+            assert await recorder.next_state() == (False, ErrorKind.TIMEOUT)
+            assert await recorder.next_state() == (False, ErrorKind.TIMEOUT)
             async with asyncio.timeout(WAIT):
                 await server.wait_for_connections(2)
 
@@ -648,7 +646,7 @@ async def test_after_the_server_drops_the_connection_the_watcher_reconnects_and_
             assert _subject(await recorder.next_message()) == before
             await idling.wait_for(1)
             await _kick(mail_system, account)
-            assert await recorder.next_state() == (False, ImapErrorKind.CLOSED)
+            assert await recorder.next_state() == (False, ErrorKind.CLOSED)
             assert await recorder.next_state() == (True, None)
             await _deliver(mail_system, account, after)
             # The message from before the kick would come first if it were handed over again.
@@ -667,7 +665,7 @@ async def test_a_polling_watcher_notices_a_drop_while_waiting_and_catches_up(
         subject = _unique("while waiting")
         await _deliver(mail_system, account, subject)  # the next poll is an hour away...
         await _kick(mail_system, account)
-        assert await recorder.next_state() == (False, ImapErrorKind.CLOSED)
+        assert await recorder.next_state() == (False, ErrorKind.CLOSED)
         assert await recorder.next_state() == (True, None)
         assert _subject(await recorder.next_message()) == subject  # ...the new session finds it
 
@@ -681,10 +679,10 @@ async def test_wrong_password_is_reported_as_auth_and_never_logged(
     target = _target(mail_system, account, password='Wr0ng"Secret\\Value')
     recorder = Recorder()
     async with _running(recorder.watcher(target)):
-        assert await recorder.next_state() == (False, ImapErrorKind.AUTH)
-        assert await recorder.next_state() == (False, ImapErrorKind.AUTH)  # and it retries
+        assert await recorder.next_state() == (False, ErrorKind.AUTH)
+        assert await recorder.next_state() == (False, ErrorKind.AUTH)  # and it retries
     error = await _check_once_error(target)
-    assert error.kind is ImapErrorKind.AUTH
+    assert error.kind is ErrorKind.AUTH
     for fragment in ("Wr0ng", "Secret", "Value"):
         assert fragment not in str(error)
         assert fragment not in caplog.text
@@ -694,7 +692,7 @@ async def test_wrong_password_is_reported_as_auth_and_never_logged(
 async def test_implicit_tls_against_the_plain_port_is_a_tls_error(mail_system: MailSystem) -> None:
     account = mail_system.new_mailbox()
     target = _target(mail_system, account, tls=TlsMode.IMPLICIT, port=mail_system.ports.imap)
-    assert (await _check_once_error(target)).kind is ImapErrorKind.TLS
+    assert (await _check_once_error(target)).kind is ErrorKind.TLS
 
 
 @pytest.mark.mailsystem
@@ -704,7 +702,7 @@ async def test_plain_against_the_implicit_tls_port_is_a_tls_error(mail_system: M
         mail_system, account, tls=TlsMode.NONE, port=mail_system.ports.imaps, connect_timeout=1.5
     )
     error = await _check_once_error(target)
-    assert error.kind is ImapErrorKind.TLS
+    assert error.kind is ErrorKind.TLS
     assert "tls: implicit" in error.message
 
 
@@ -714,7 +712,7 @@ async def test_an_untrusted_certificate_is_a_tls_error_unless_verification_is_of
 ) -> None:
     account = mail_system.new_mailbox()
     untrusted = _target(mail_system, account, trust_ca=False)
-    assert (await _check_once_error(untrusted)).kind is ImapErrorKind.TLS
+    assert (await _check_once_error(untrusted)).kind is ErrorKind.TLS
     recorder = Recorder()
     await recorder.watcher(
         _target(mail_system, account, trust_ca=False, tls_verify=False)

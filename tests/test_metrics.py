@@ -34,7 +34,6 @@ from agent.model import (
     BounceSource,
     BounceType,
     ErrorKind,
-    ImapErrorKind,
     Outcome,
     ProbeError,
     SendResult,
@@ -180,7 +179,7 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.set_in_flight({(ROUTE, GMAIL): 1})
     recorder.imap_state(GMAIL, True)
     recorder.imap_state(OUTLOOK, False)
-    recorder.imap_error(OUTLOOK, ImapErrorKind.TIMEOUT)
+    recorder.imap_error(OUTLOOK, ErrorKind.TIMEOUT)
     recorder.forged_message(GMAIL)
     recorder.malformed_message(OUTLOOK)
     recorder.declare_dns(
@@ -261,7 +260,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
     assert PROBE_ID.encode() not in exposition(registry)  # reply text never becomes a label
     bounded = (
         {ROUTE, GMAIL, OUTLOOK, "1.2.3", "TLSv1.3", ""}
-        | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ImapErrorKind)}
+        | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource)}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
@@ -304,7 +303,7 @@ def test_metrics_declare_precreates_every_bounded_series_at_zero(
         for kind in ErrorKind:
             labels = {"route": ROUTE, "stage": stage.value, "kind": kind.value}
             assert value(registry, SMTP_ERRORS.name, **labels) == 0
-    for imap_kind in ImapErrorKind:
+    for imap_kind in ErrorKind:
         labels = {"mailbox": GMAIL, "kind": imap_kind.value}
         assert value(registry, "deliverability_imap_errors_total", **labels) == 0
     assert value(registry, "deliverability_probes_sent_total", **pair) == 0
@@ -457,7 +456,7 @@ def test_metrics_mailbox_watcher_events(recorder: Recorder, registry: CollectorR
     recorder.declare([(ROUTE, GMAIL)])
     recorder.imap_state(GMAIL, True)
     assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 1
-    recorder.imap_error(GMAIL, ImapErrorKind.AUTH)
+    recorder.imap_error(GMAIL, ErrorKind.AUTH)
     recorder.imap_state(GMAIL, False)
     recorder.forged_message(GMAIL)
     recorder.malformed_message(GMAIL)

@@ -19,7 +19,6 @@ from agent.model import (
     BounceSource,
     BounceType,
     ErrorKind,
-    ImapErrorKind,
     Outcome,
     Stage,
 )
@@ -72,7 +71,7 @@ class SignallingRecorder(Recorder):
         if up:
             self.event("imap_up").set()
 
-    def imap_error(self, mailbox: str, kind: ImapErrorKind) -> None:
+    def imap_error(self, mailbox: str, kind: ErrorKind) -> None:
         super().imap_error(mailbox, kind)
         self.event(f"imap_error:{kind}").set()
 

@@ -21,7 +21,7 @@ import pytest
 from agent.app.service import Agent, imap_target
 from agent.config import Config, Sandbox, validate_config
 from agent.imap.watcher import ImapError, detect_folders
-from agent.model import ImapErrorKind, Outcome, Stage, TlsMode
+from agent.model import ErrorKind, Outcome, Stage, TlsMode
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.probing.prober import smtp_target
@@ -243,7 +243,7 @@ async def test_sandbox_imap_lists_a_junk_folder_and_refuses_a_wrong_password(
     wrong = imap_target(config.mailbox("seed").model_copy(update={"auth": config.routes[0].auth}))
     with pytest.raises(ImapError) as caught:
         await detect_folders(wrong)
-    assert caught.value.kind is ImapErrorKind.AUTH
+    assert caught.value.kind is ErrorKind.AUTH
 
 
 async def test_sandbox_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from agent.imap.watcher import (
     OnMessage,
     detect_folders,
 )
-from agent.model import ImapErrorKind, Outcome
+from agent.model import ErrorKind, Outcome
 from agent.monitoring.recorder import Recorder
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
@@ -380,14 +380,14 @@ class Agent:
 
     def _on_state_for(
         self, watch: _MailboxWatch, folder: str
-    ) -> Callable[[bool, ImapErrorKind | None], None]:
-        def on_state(up: bool, kind: ImapErrorKind | None) -> None:
+    ) -> Callable[[bool, ErrorKind | None], None]:
+        def on_state(up: bool, kind: ErrorKind | None) -> None:
             self._imap_state(watch, folder, up, kind)
 
         return on_state
 
     def _imap_state(
-        self, watch: _MailboxWatch, folder: str, up: bool, kind: ImapErrorKind | None
+        self, watch: _MailboxWatch, folder: str, up: bool, kind: ErrorKind | None
     ) -> None:
         """Track each watched folder's connection; "*" stands for the folder listing at start."""
         if kind is not None:

@@ -41,6 +41,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from agent.errors import AgentError, ErrorCategory
 from agent.model import AuthResult, Stage, TlsMode
 
 __all__ = [
@@ -77,8 +78,10 @@ __all__ = [
 ]
 
 
-class ConfigError(Exception):
+class ConfigError(AgentError):
     """The configuration cannot be used; `str()` lists every problem, one per line."""
+
+    category = ErrorCategory.CONFIG
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems: tuple[str, ...] = tuple(problems)

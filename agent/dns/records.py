@@ -25,6 +25,8 @@ from typing import Final, TypeVar
 import dkim  # type: ignore[import-untyped]
 import dkim.util  # type: ignore[import-untyped]
 
+from agent.errors import AgentError, ErrorCategory
+
 __all__ = [
     "DKIM_MIN_RSA_BITS",
     "SPF_LOOKUP_LIMIT",
@@ -83,8 +85,10 @@ class DnsCheck(enum.StrEnum):
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
-class RecordError(ValueError):
+class RecordError(AgentError, ValueError):
     """A published record that receivers will not accept as it is."""
+
+    category = ErrorCategory.INPUT
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
+from agent.errors import AgentError, ErrorCategory
+
 __all__ = [
     "DnsError",
     "DnsErrorKind",
@@ -55,8 +57,10 @@ class DnsErrorKind(enum.StrEnum):
     ERROR = "error"
 
 
-class DnsError(Exception):
+class DnsError(AgentError):
     """A DNS question that got no usable answer; the message names the question, never a secret."""
+
+    category = ErrorCategory.PEER
 
     def __init__(self, kind: DnsErrorKind, name: str, rdtype: str, detail: str) -> None:
         self.kind = kind

@@ -3,7 +3,7 @@
 The only module that imports aioimaplib. One `FolderWatcher` keeps one long-lived connection per
 folder: LOGIN, SELECT, hand over what is already there, then wait in IDLE (or poll) for more, and
 reconnect with backoff whenever the connection is lost. `detect_folders` finds the inbox and the
-junk folder. Library exceptions and NO/BAD replies become `ImapError` with an `ImapErrorKind`.
+junk folder. Library exceptions and NO/BAD replies become `ImapError` with an `ErrorKind`.
 
 Choices worth knowing:
 
@@ -46,7 +46,8 @@ from typing import Any, Final, TypeVar
 
 import aioimaplib
 
-from agent.model import ImapErrorKind, TlsMode
+from agent.errors import AgentError, ErrorCategory
+from agent.model import ErrorKind, TlsMode
 from agent.tls_sniff import answers_tls
 
 __all__ = [
@@ -152,10 +153,12 @@ class ImapTarget:
             raise ValueError("IMAP timeouts must be positive")
 
 
-class ImapError(Exception):
+class ImapError(AgentError):
     """An IMAP connection or command failed; `message` never contains the password."""
 
-    def __init__(self, kind: ImapErrorKind, message: str) -> None:
+    category = ErrorCategory.PEER
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(kind, message)
         self.kind = kind
         self.message = message
@@ -214,7 +217,7 @@ class Disposition(enum.Enum):
 
 
 OnMessage = Callable[[FetchedMessage], Awaitable[Disposition]]
-OnState = Callable[[bool, ImapErrorKind | None], None]
+OnState = Callable[[bool, ErrorKind | None], None]
 
 
 # --- folder names ---------------------------------------------------------------------------------
@@ -342,7 +345,7 @@ def choose_folders(
         if junk is None:
             listed = ", ".join(repr(name) for name in names) or "nothing"
             raise FolderNotFound(
-                ImapErrorKind.PROTOCOL,
+                ErrorKind.PROTOCOL,
                 f"junk folder {junk_override!r} not found; the server lists {listed}",
             )
         return FolderSet(inbox=inbox, junk=junk, names=names)
@@ -463,7 +466,7 @@ class FolderWatcher:
                 self._report_down(exc)
             except Exception:  # a bug or an unforeseen reply must not end the watcher
                 log.exception("%s/%s: unexpected error", self._target.mailbox, self._folder)
-                self._report_down(ImapError(ImapErrorKind.PROTOCOL, "unexpected error"))
+                self._report_down(ImapError(ErrorKind.PROTOCOL, "unexpected error"))
             selected_at = self._selected_at
             if selected_at is not None and loop.time() - selected_at >= self._healthy_after:
                 attempt = 0
@@ -602,7 +605,7 @@ class FolderWatcher:
         log.warning("%s/%s: %s", self._target.mailbox, self._folder, exc)
         self._notify(False, exc.kind)
 
-    def _notify(self, up: bool, kind: ImapErrorKind | None) -> None:
+    def _notify(self, up: bool, kind: ErrorKind | None) -> None:
         try:
             self._on_state(up, kind)
         except Exception:
@@ -621,11 +624,11 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
         self.received_any = False
         self.new_mail = False
 
-    def _set_failure(self, kind: ImapErrorKind, message: str) -> None:
+    def _set_failure(self, kind: ErrorKind, message: str) -> None:
         if not self.failure.done():
             self.failure.set_result(ImapError(kind, message))
 
-    def _give_up(self, kind: ImapErrorKind, message: str) -> None:
+    def _give_up(self, kind: ErrorKind, message: str) -> None:
         self._set_failure(kind, message)
         if self.transport is not None:
             self.transport.abort()
@@ -636,25 +639,21 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
             super().data_received(d)
         except Exception as exc:  # an unexpected tag, or deep recursion on a long response
             # The exception text may quote our LOGIN command: only its type is kept.
-            self._give_up(
-                ImapErrorKind.PROTOCOL, f"unparseable server response ({type(exc).__name__})"
-            )
+            self._give_up(ErrorKind.PROTOCOL, f"unparseable server response ({type(exc).__name__})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if exc is None:
-            self._set_failure(ImapErrorKind.CLOSED, "the server closed the connection")
+            self._set_failure(ErrorKind.CLOSED, "the server closed the connection")
         else:
-            self._set_failure(ImapErrorKind.CLOSED, f"connection lost ({_describe(exc)})")
+            self._set_failure(ErrorKind.CLOSED, f"connection lost ({_describe(exc)})")
 
     async def welcome(self, command: bytes) -> None:
         # aioimaplib raises into a task nobody awaits and leaves the greeting wait hanging.
         try:
             await super().welcome(command)
         except Exception:
-            self._give_up(
-                ImapErrorKind.PROTOCOL, f"unusable greeting {_printable(bytes(command))!r}"
-            )
+            self._give_up(ErrorKind.PROTOCOL, f"unusable greeting {_printable(bytes(command))!r}")
 
     def _untagged_response(self, line: bytes) -> Any:
         if _NEW_MAIL_RE.match(line):
@@ -727,12 +726,12 @@ class _Connection:
         except TimeoutError:
             if not client._client_task.done():
                 raise self._error(
-                    ImapErrorKind.TIMEOUT,
+                    ErrorKind.TIMEOUT,
                     f"connect to {target.host}:{target.port}: no connection within "
                     f"{target.connect_timeout:g} s",
                 ) from None
             raise self._error(
-                ImapErrorKind.TIMEOUT,
+                ErrorKind.TIMEOUT,
                 f"connect to {target.host}:{target.port}: no greeting within "
                 f"{target.connect_timeout:g} s",
             ) from None
@@ -752,7 +751,7 @@ class _Connection:
         finally:
             _discard(sniff)
         raise self._error(
-            ImapErrorKind.TLS,
+            ErrorKind.TLS,
             f"connect to {target.host}:{target.port}: no greeting, and the port answers a TLS "
             "ClientHello: it expects implicit TLS (tls: implicit)",
         )
@@ -776,7 +775,7 @@ class _Connection:
             "LOGIN", self._client.login(aioimaplib.quoted(target.username), target.password)
         )
         if response.result == "NO":
-            raise self._error(ImapErrorKind.AUTH, f"LOGIN refused: {_text(response)}")
+            raise self._error(ErrorKind.AUTH, f"LOGIN refused: {_text(response)}")
         self._check("LOGIN", response)
         # Servers may advertise more (IDLE, UIDPLUS) once logged in. aioimaplib mangles a
         # capability list in the tagged OK ("[CAPABILITY ... IDLE]"): ask unless one came untagged.
@@ -815,7 +814,7 @@ class _Connection:
             for token in bytes(line).split():
                 if not token.isdigit():
                     raise self._error(
-                        ImapErrorKind.PROTOCOL,
+                        ErrorKind.PROTOCOL,
                         f"UID SEARCH: unexpected {_printable(bytes(line))!r}",
                     )
                 # `n:*` always matches the highest UID, even one below n.
@@ -873,7 +872,7 @@ class _Connection:
             _discard(acked)
         if not protocol.has_pending_idle_command():  # the server refused IDLE
             self._check("IDLE", await self._race("IDLE", idling))
-            raise self._error(ImapErrorKind.PROTOCOL, "IDLE: ended at once")
+            raise self._error(ErrorKind.PROTOCOL, "IDLE: ended at once")
         while not protocol.new_mail:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -941,7 +940,7 @@ class _Connection:
                 return await self._race(what, future)
         except TimeoutError:
             raise self._error(
-                ImapErrorKind.TIMEOUT, f"{what}: no answer within {timeout:g} s"
+                ErrorKind.TIMEOUT, f"{what}: no answer within {timeout:g} s"
             ) from None
         finally:
             _discard(future)
@@ -956,22 +955,22 @@ class _Connection:
         except ImapError:
             raise
         except (TimeoutError, aioimaplib.CommandTimeout):
-            raise self._error(ImapErrorKind.TIMEOUT, f"{what}: no answer in time") from None
+            raise self._error(ErrorKind.TIMEOUT, f"{what}: no answer in time") from None
         except ssl.SSLError as exc:
-            raise self._error(ImapErrorKind.TLS, f"{what}: {_describe(exc)}") from None
+            raise self._error(ErrorKind.TLS, f"{what}: {_describe(exc)}") from None
         except OSError as exc:
             raise self._error(self._os_error_kind(what, exc), f"{what}: {_describe(exc)}") from None
         except (aioimaplib.AioImapException, ValueError) as exc:
             # Abort texts may quote the command sent; _error masks the password.
-            raise self._error(ImapErrorKind.PROTOCOL, f"{what}: {exc}") from None
+            raise self._error(ErrorKind.PROTOCOL, f"{what}: {exc}") from None
 
-    def _os_error_kind(self, what: str, exc: OSError) -> ImapErrorKind:
+    def _os_error_kind(self, what: str, exc: OSError) -> ErrorKind:
         if what != "connect":
-            return ImapErrorKind.CLOSED
+            return ErrorKind.CLOSED
         handshake = isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError)
         if handshake and self._target.tls is TlsMode.IMPLICIT:
-            return ImapErrorKind.TLS  # the peer hung up during the TLS handshake
-        return ImapErrorKind.CONNECT
+            return ErrorKind.TLS  # the peer hung up during the TLS handshake
+        return ErrorKind.CONNECT
 
     def _raise_failure(self) -> None:
         if self._protocol.failure.done():
@@ -980,11 +979,9 @@ class _Connection:
 
     def _check(self, what: str, response: Any) -> None:
         if response.result != "OK":
-            raise self._error(
-                ImapErrorKind.PROTOCOL, f"{what}: {response.result} {_text(response)}"
-            )
+            raise self._error(ErrorKind.PROTOCOL, f"{what}: {response.result} {_text(response)}")
 
-    def _error(self, kind: ImapErrorKind, message: str) -> ImapError:
+    def _error(self, kind: ErrorKind, message: str) -> ImapError:
         password = self._target.password
         if password:
             message = message.replace(password, "***")
@@ -1031,7 +1028,7 @@ def _tls_context(target: ImapTarget) -> ssl.SSLContext:
         )
     except (OSError, ssl.SSLError) as exc:
         raise ImapError(
-            ImapErrorKind.TLS, f"cannot load CA file {target.ca_file}: {_describe(exc)}"
+            ErrorKind.TLS, f"cannot load CA file {target.ca_file}: {_describe(exc)}"
         ) from None
     if not target.tls_verify:
         context.check_hostname = False

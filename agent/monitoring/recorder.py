@@ -23,7 +23,6 @@ from agent.model import (
     BounceSource,
     BounceType,
     ErrorKind,
-    ImapErrorKind,
     Outcome,
     SendResult,
     Stage,
@@ -188,7 +187,7 @@ class Recorder:
         for mailbox in mailboxes:
             self._c(FORGED_MESSAGES, mailbox)
             self._g(IMAP_UP, mailbox)
-            for imap_kind in ImapErrorKind:
+            for imap_kind in ErrorKind:
                 self._c(IMAP_ERRORS, mailbox, imap_kind.value)
             self._c(MALFORMED_MESSAGES, mailbox)
         self._pairs = ordered
@@ -280,7 +279,7 @@ class Recorder:
     def imap_state(self, mailbox: str, up: bool) -> None:
         self._g(IMAP_UP, mailbox).set(1 if up else 0)
 
-    def imap_error(self, mailbox: str, kind: ImapErrorKind) -> None:
+    def imap_error(self, mailbox: str, kind: ErrorKind) -> None:
         self._c(IMAP_ERRORS, mailbox, kind.value).inc()
 
     def forged_message(self, mailbox: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import Sandbox
+from agent.errors import AgentError, ErrorCategory
 from agent.sandbox.imap import JUNK, ImapStore
 from agent.sandbox.smtp import SmtpServer
 from agent.sandbox.tls import SandboxTlsError, ensure_certificates, server_context
@@ -24,8 +25,10 @@ __all__ = ["SandboxAddresses", "SandboxError", "SandboxServer", "sandbox_secrets
 CERT_SUBDIR = "sandbox"
 
 
-class SandboxError(Exception):
+class SandboxError(AgentError):
     """The sandbox cannot start; the message says which part and why."""
+
+    category = ErrorCategory.SERVER
 
 
 @dataclass(frozen=True, slots=True)

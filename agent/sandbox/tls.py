@@ -21,14 +21,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.errors import AgentError, ErrorCategory
+
 __all__ = ["CertificateFiles", "SandboxTlsError", "ensure_certificates", "server_context"]
 
 VALIDITY: Final = dt.timedelta(days=825)
 RENEW_BEFORE: Final = dt.timedelta(days=30)  # regenerate when less validity than this is left
 
 
-class SandboxTlsError(Exception):
+class SandboxTlsError(AgentError):
     """The sandbox certificates cannot be written or read; the message names the file."""
+
+    category = ErrorCategory.SERVER
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from aiosmtplib.errors import (
 )
 from aiosmtplib.response import SMTPResponse
 
+from agent.errors import AgentError, ErrorCategory
 from agent.model import (
     ErrorKind,
     Outcome,
@@ -190,8 +191,10 @@ async def send_probe(
     )
 
 
-class _Failed(Exception):
+class _Failed(AgentError):
     """Ends the transaction without a server verdict."""
+
+    category = ErrorCategory.PEER
 
     def __init__(self, error: ProbeError) -> None:
         super().__init__(error.message)

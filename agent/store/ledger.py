@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from agent.errors import AgentError, ErrorCategory
 from agent.model import (
     AuthResult,
     AuthVerdicts,
@@ -115,8 +116,10 @@ _COLUMNS = (
 )
 
 
-class LedgerError(Exception):
+class LedgerError(AgentError):
     """The ledger file cannot be opened, read or written; the message names the file."""
+
+    category = ErrorCategory.STATE
 
 
 class UnknownProbeError(LedgerError):

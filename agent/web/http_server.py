@@ -29,6 +29,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry
 
+from agent.errors import AgentError, ErrorCategory
 from agent.monitoring.catalog import metrics_app
 
 __all__ = ["BasicAuth", "HttpServer", "HttpServerError", "PageSource", "Status"]
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 _TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
-class HttpServerError(Exception):
+class HttpServerError(AgentError):
     """The listen address cannot be bound; the message says which and why."""
+
+    category = ErrorCategory.SERVER
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from agent.config import Config
+from agent.errors import AgentError, ErrorCategory
 from agent.model import Outcome
 from agent.smtp.sender import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
@@ -44,8 +45,10 @@ RECENT_PROBES: Final = 50
 _REDACTED: Final = "[redacted]"
 
 
-class StatusPageError(Exception):
+class StatusPageError(AgentError):
     """The page could not be built (ledger unreadable, agent stopping, loop too busy)."""
+
+    category = ErrorCategory.SERVER
 
 
 @dataclass(frozen=True, slots=True)
