@@ -17,13 +17,8 @@ from cryptography import x509
 
 from agent.model import ErrorKind, Outcome, ProbeError, SendResult, SmtpReply, Stage, TlsMode
 from agent.smtp import sender as smtp_sender
-from agent.smtp.sender import (
-    SmtpTarget,
-    deciding_reply,
-    parse_enhanced_code,
-    send_probe,
-    verdict_of,
-)
+from agent.smtp.replies import deciding_reply, parse_enhanced_code, verdict_of
+from agent.smtp.sender import SmtpTarget, send_probe
 from tests.scripted_smtp import (
     Drip,
     Drop,

@@ -26,7 +26,7 @@ from agent.model import Outcome
 from agent.monitoring.catalog import IMAP_UP, new_registry
 from agent.monitoring.recorder import Recorder
 from agent.sandbox import SandboxError, SandboxServer
-from agent.smtp.sender import deciding_reply
+from agent.smtp.replies import deciding_reply
 from agent.store.ledger import LedgerError, ProbeRecord
 from agent.web.http_server import BasicAuth, HttpServer, HttpServerError, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render

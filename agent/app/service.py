@@ -37,7 +37,7 @@ from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
 from agent.probing.prober import Prober
 from agent.probing.reaper import reap
-from agent.smtp.sender import verdict_of
+from agent.smtp.replies import verdict_of
 from agent.store.ledger import Ledger, ProbeState
 
 __all__ = ["Agent", "imap_target"]

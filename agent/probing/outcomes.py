@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome, ReplyClass, SendResult
 from agent.monitoring.recorder import Recorder
-from agent.smtp.sender import deciding_reply
+from agent.smtp.replies import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord
 
 __all__ = ["FinalOutcome", "Outcomes"]

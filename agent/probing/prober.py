@@ -17,7 +17,8 @@ from agent.config import Config, Mailbox, Route
 from agent.monitoring.recorder import Recorder
 from agent.probing.outcomes import Outcomes
 from agent.reading.probe_token import build_probe_message, new_probe_id
-from agent.smtp.sender import SmtpTarget, send_probe, verdict_of
+from agent.smtp.replies import verdict_of
+from agent.smtp.sender import SmtpTarget, send_probe
 from agent.store.ledger import Ledger
 
 __all__ = ["Prober", "smtp_target"]

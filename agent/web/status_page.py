@@ -26,7 +26,7 @@ from typing import Final
 from agent.config import Config
 from agent.errors import AgentError, ErrorCategory
 from agent.model import Outcome
-from agent.smtp.sender import deciding_reply
+from agent.smtp.replies import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
 __all__ = [
