@@ -7,6 +7,7 @@ series. Every enum here is a bounded label set, pre-created at zero by the recor
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -14,14 +15,24 @@ __all__ = [
     "AuthMethod",
     "AuthResult",
     "AuthVerdicts",
+    "BounceCounted",
     "BounceSource",
     "BounceType",
+    "ConfigLoaded",
     "ErrorKind",
+    "ImapHealth",
+    "InFlight",
+    "MessageSkipped",
     "Outcome",
     "ProbeError",
+    "ProbeFinished",
+    "ProbeLate",
+    "ProbeSent",
     "ReplyClass",
     "SendResult",
+    "SkipReason",
     "SmtpReply",
+    "SmtpTransaction",
     "Stage",
     "TlsMode",
 ]
@@ -191,10 +202,103 @@ class AuthVerdicts:
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """A probe found in a seed mailbox folder by a watcher."""
+    """A probe found in a seed mailbox: where it landed and every verdict read from the message.
+
+    The one result of reading a message, from the matcher to the ledger (stored whole, also when
+    the probe was seen before its send result was stored) and on to the recorder; a new verdict
+    is a field added here and read along that one chain.
+    """
 
     probe_id: str
     mailbox: str
     folder: str
+    placement: Outcome  # INBOX, SPAM or OTHER
     seen_at: float  # wall-clock time the watcher saw the message
     auth: AuthVerdicts = field(default_factory=AuthVerdicts)
+
+
+# --- what the recorder is handed: one frozen result per thing that happened ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSent:
+    """A probe was recorded and its SMTP transaction is about to start."""
+
+    route: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpTransaction:
+    """What one route's SMTP server said to one probe."""
+
+    route: str
+    result: SendResult
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeFinished:
+    """A probe got its one final outcome (the ledger said this call set it)."""
+
+    route: str
+    mailbox: str
+    outcome: Outcome
+    finished_at: float
+    latency_seconds: float | None = None
+    arrival: Arrival | None = None  # for inbox, spam and other: what was read from the message
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeLate:
+    """A probe already final as `missing` arrived after all (counted once)."""
+
+    route: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class BounceCounted:
+    """A bounce of a probe, counted once per type and source."""
+
+    route: str
+    bounce_type: BounceType
+    source: BounceSource
+
+
+class SkipReason(enum.StrEnum):
+    """Why a message in a seed mailbox was counted and skipped."""
+
+    MALFORMED = "malformed"  # could not be parsed safely
+    FORGED = "forged"  # looked like a probe, but its signature is invalid
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSkipped:
+    """A message in a seed mailbox that was counted and skipped."""
+
+    mailbox: str
+    reason: SkipReason
+
+
+@dataclass(frozen=True, slots=True)
+class ImapHealth:
+    """A mailbox watcher's connection state changed, or an error cost it an operation."""
+
+    mailbox: str
+    up: bool
+    error: ErrorKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """Probes without a final outcome, per (route, mailbox), as the ledger counts them."""
+
+    counts: Mapping[tuple[str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLoaded:
+    """A configuration load or reload finished; `at` is its wall-clock time."""
+
+    ok: bool
+    at: float

@@ -130,6 +130,7 @@ class Session:
     index: int
     commands: list[str] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)  # DATA content, un-dot-stuffed
+    received: asyncio.Event = field(default_factory=asyncio.Event)  # set at each message's end
     tls: bool = False
     authenticated: bool = False
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -349,6 +350,7 @@ class _Conversation:
                 break
             lines.append(line[1:] if line.startswith(b".") else line)
         self._session.messages.append(b"".join(lines))
+        self._session.received.set()
         await self._act(self._behaviour(Stage.END_OF_DATA))
 
 

@@ -10,6 +10,7 @@ import pytest
 from agent.config import Config, validate_config
 from agent.model import BounceType
 from agent.reading.bounces import read_bounce
+from agent.reading.probe_token import KeyRing
 from tests.agent_setup import TEST_SECRET
 
 SECRET = TEST_SECRET.encode()
@@ -21,7 +22,7 @@ PROBE_ID = "01m8h9j127ya08stfwvwzdepnt"
 
 
 def test_real_postfix_dsn_is_a_hard_bounce_of_the_signed_probe() -> None:
-    report = read_bounce(HARD, secret=SECRET)
+    report = read_bounce(HARD, keys=KeyRing(SECRET))
     assert report.bounce_type is BounceType.HARD
     assert report.probe_id == PROBE_ID
     assert report.signed
@@ -32,13 +33,13 @@ def test_real_postfix_dsn_is_a_hard_bounce_of_the_signed_probe() -> None:
 
 def test_without_the_returned_message_the_verp_address_names_the_probe() -> None:
     headers_only = HARD.split(b"Content-Description: Undelivered Message")[0]
-    report = read_bounce(headers_only, secret=SECRET)
+    report = read_bounce(headers_only, keys=KeyRing(SECRET))
     assert report.bounce_type is BounceType.HARD
     assert (report.probe_id, report.signed) == (PROBE_ID, False)
 
 
 def test_a_dsn_signed_with_another_secret_names_the_probe_only_by_verp() -> None:
-    report = read_bounce(HARD, secret=b"another-agent-secret-0123456789")
+    report = read_bounce(HARD, keys=KeyRing(b"another-agent-secret-0123456789"))
     assert (report.probe_id, report.signed) == (PROBE_ID, False)
 
 
@@ -48,7 +49,7 @@ def test_a_delay_notice_is_a_soft_bounce() -> None:
         .replace(b"Status: 5.1.1", b"Status: 4.7.1")
         .replace(b"Undelivered Mail Returned to Sender", b"Delayed Mail (still being retried)")
     )
-    report = read_bounce(delayed, secret=SECRET)
+    report = read_bounce(delayed, keys=KeyRing(SECRET))
     assert report.bounce_type is BounceType.SOFT
     assert report.status == "4.7.1"
 
@@ -59,7 +60,7 @@ def test_a_dsn_reporting_only_a_successful_relay_is_no_failure() -> None:
     )
     # Strip the human-readable text that heuristic detectors would read as a failure.
     relayed = re.sub(rb"<nobody-132a2d3e@seed.test>: host .*?command\)\n", b"", relayed, flags=re.S)
-    report = read_bounce(relayed, secret=SECRET)
+    report = read_bounce(relayed, keys=KeyRing(SECRET))
     assert report.bounce_type is None
 
 
@@ -69,7 +70,7 @@ def test_an_out_of_office_reply_quoting_the_probe_is_not_a_bounce() -> None:
         f"Subject: Out of Office: Deliverability probe {PROBE_ID}\r\n"
         "Auto-Submitted: auto-replied\r\n\r\nAway.\r\n"
     ).encode()
-    report = read_bounce(reply, secret=SECRET)
+    report = read_bounce(reply, keys=KeyRing(SECRET))
     assert report.bounce_type is None
     assert report.probe_id is None
 
@@ -86,7 +87,7 @@ def test_an_out_of_office_reply_quoting_the_probe_is_not_a_bounce() -> None:
     ],
 )
 def test_hostile_or_broken_bounces_never_raise(raw: bytes) -> None:
-    read_bounce(raw, secret=SECRET)
+    read_bounce(raw, keys=KeyRing(SECRET))
 
 
 def _config(route_extra: dict[str, object]) -> Config:

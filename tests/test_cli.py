@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import Outcome
+from agent.model import Outcome, Stage
 from agent.store.ledger import Ledger
 from tests.agent_process import WAIT, AgentProcess, agent_command
-from tests.agent_setup import AgentSetup
+from tests.agent_setup import GOOD_SENDER, AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.system import free_ports
 from tests.mailsystem.topology import SEED_DOMAIN
+from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
 
 ONCE_KEYS = [
     "route",
@@ -190,3 +192,53 @@ def test_kill_9_with_a_probe_in_flight_loses_nothing(
         assert record.outcome is Outcome.INBOX
         # The second agent may have sent probes of its own since; this one is no longer waiting.
         assert probe_id not in {r.probe_id for r in ledger.in_flight()}
+
+
+@pytest.mark.mailsystem
+async def test_kill_9_after_a_probe_was_seen_before_its_250_keeps_its_real_folder(
+    mail_system: MailSystem, tmp_path: Path, processes: list[AgentProcess]
+) -> None:
+    """The ledger is the only meeting point of sender and watcher: a sighting that came before
+    the send result was stored survives a kill -9 and decides the probe's outcome, once."""
+    (port,) = free_ports(1)
+    seed = mail_system.new_mailbox()
+    setup = AgentSetup(mail_system, tmp_path).mailbox("seed", seed)
+    setup.probes["interval"] = "1h"
+    # The route's server takes the message, then never answers the end of data: the sender is
+    # still waiting for its 250 when the probe lands in the real mailbox.
+    async with ScriptedSmtpServer(Script(replies={Stage.END_OF_DATA: Hang()})) as server:
+        setup.routes.append(
+            {
+                "name": "hanging",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "tls": "none",
+                "ehlo_name": "agent.client.test",
+                "from": f"Deliverability probe <{GOOD_SENDER.address}>",
+                "timeouts": {"connect": "5s", "stage": "10m", "total": "10m"},
+            }
+        )
+        config = setup.write()
+        config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+        first = AgentProcess(config)
+        processes.append(first)
+        session = await server.wait_for_session(0)
+        await session.received.wait()
+        await asyncio.to_thread(mail_system.append, seed, session.messages[0])
+        line = await asyncio.to_thread(first.wait_for, "before its send result")
+        probe_id = line.split("probe ", 1)[1].split()[0]
+        first.kill()  # SIGKILL: the 250 was never stored; only the ledger remembers the sighting
+
+    second = AgentProcess(config)
+    processes.append(second)
+    await asyncio.to_thread(second.wait_for, f"probe {probe_id} hanging -> seed: inbox")
+    metrics = await asyncio.to_thread(_get, port, "/metrics")
+    inbox = 'deliverability_probes_total{mailbox="seed",outcome="inbox",route="hanging"} 1.0'
+    assert inbox in metrics.splitlines()
+    assert await asyncio.to_thread(second.stop) == 0
+    with Ledger(tmp_path / "state" / "ledger.sqlite3") as ledger:
+        record = ledger.get(probe_id)
+        assert record is not None
+        assert (record.outcome, record.folder) == (Outcome.INBOX, "INBOX")
+        assert record.arrival is not None and record.arrival.placement is Outcome.INBOX
+        assert record.latency_seconds is None  # the 250 was never stored: no latency to tell

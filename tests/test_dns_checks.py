@@ -273,13 +273,13 @@ def test_an_undecided_check_keeps_its_last_value_and_counts_an_error() -> None:
     assert _sample(registry, ok, **labels) == 0
     assert _sample(registry, errors, check="dnsbl") == 0
 
-    recorder.dns_report(DnsReport(checks=(CheckResult("example.com", DnsCheck.SPF, True, ""),)))
+    recorder.record(DnsReport(checks=(CheckResult("example.com", DnsCheck.SPF, True, ""),)))
     assert _sample(registry, ok, **labels) == 1
     undecided = DnsReport(
         checks=(CheckResult("example.com", DnsCheck.SPF, None, "timeout"),),
         blocklists=(BlocklistResult("example.com", "dbl.example.org", None, "error answer"),),
     )
-    recorder.dns_report(undecided)
+    recorder.record(undecided)
     assert _sample(registry, ok, **labels) == 1
     assert _sample(registry, errors, check="spf") == 1
     assert _sample(registry, errors, check="dnsbl") == 1
@@ -468,8 +468,9 @@ async def test_nsd_run_from_config_records_metrics(mail_system: MailSystem, tmp_
     registry = new_registry()
     recorder = Recorder(registry)
     declare_dns_series(config, recorder)
-    report = await run_dns_checks(config, recorder)
+    report = await run_dns_checks(config)
     assert report is not None
+    recorder.record(report)
     assert all(r.passed is not None for r in report.checks)
 
     def ok(target: str, check: str) -> float | None:
@@ -521,8 +522,9 @@ async def test_nsd_unreachable_nameserver_leaves_every_check_undecided(
     config = _config(tmp_path, dns=dns)
     registry = new_registry()
     recorder = Recorder(registry)
-    report = await run_dns_checks(config, recorder)
+    report = await run_dns_checks(config)
     assert report is not None and report.checks
+    recorder.record(report)
     assert {r.passed for r in report.checks} == {None}
     # dnspython keeps retrying a refused nameserver until the deadline.
     assert report.check(GOOD_DOMAIN, DnsCheck.SPF).detail == (

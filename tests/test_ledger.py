@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.model import (
+    Arrival,
     AuthResult,
     AuthVerdicts,
     ErrorKind,
@@ -24,6 +25,7 @@ from agent.model import (
     Stage,
 )
 from agent.store.ledger import (
+    _SCHEMA_V1,
     LEDGER_FILENAME,
     SCHEMA_VERSION,
     Ledger,
@@ -110,13 +112,13 @@ def test_ledger_accepted_probe_goes_sending_awaiting_final(ledger: Ledger) -> No
     assert [r.probe_id for r in ledger.in_flight()] == ["p1"]
 
     auth = AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.FAIL)
+    arrival = Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 5.0, auth)
     assert ledger.finalize(
         "p1",
         outcome=Outcome.INBOX,
         finished_at=T0 + 5.0,
-        folder="INBOX",
         latency_seconds=4.0,
-        auth=auth,
+        arrival=arrival,
     )
     final = record(ledger, "p1")
     assert final.state is ProbeState.FINAL
@@ -127,6 +129,7 @@ def test_ledger_accepted_probe_goes_sending_awaiting_final(ledger: Ledger) -> No
         4.0,
         auth,
     )
+    assert final.arrival == arrival
     assert final.send_result == ACCEPTED
     assert ledger.in_flight() == []
 
@@ -137,8 +140,9 @@ def test_ledger_second_finalize_returns_false_and_changes_nothing(ledger: Ledger
     assert ledger.finalize("p1", outcome=Outcome.MISSING, finished_at=T0 + 600.0)
     before = record(ledger, "p1")
 
+    late = Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 700.0)
     assert not ledger.finalize(
-        "p1", outcome=Outcome.INBOX, finished_at=T0 + 700.0, folder="INBOX", latency_seconds=699.0
+        "p1", outcome=Outcome.INBOX, finished_at=T0 + 700.0, latency_seconds=699.0, arrival=late
     )
     assert record(ledger, "p1") == before
 
@@ -511,3 +515,55 @@ def test_ledger_in_state_dir_creates_directory_and_file(tmp_path: Path) -> None:
     with Ledger.in_state_dir(state_dir) as ledger:
         assert ledger.path == state_dir / LEDGER_FILENAME
         assert ledger.path.is_file()
+
+
+def test_ledger_stores_an_arrival_seen_before_the_send_result(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    arrival = Arrival("p1", "seed", "Junk", Outcome.SPAM, T0 + 1.0)
+    assert ledger.record_arrival(arrival)
+    assert not ledger.record_arrival(arrival)  # the first sighting stands
+    stored = record(ledger, "p1")
+    assert (stored.state, stored.arrival, stored.outcome) == (ProbeState.SENDING, arrival, None)
+    assert ledger.finalize("p1", outcome=Outcome.ERROR, finished_at=T0 + 2.0)
+    assert not ledger.record_arrival(Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 3.0))
+    assert record(ledger, "p1").arrival == arrival
+
+
+def test_ledger_migrates_a_version_1_file_keeping_every_verdict(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILENAME
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    row = (
+        "INSERT INTO probes (probe_id, route, mailbox, created_at, deadline_at, accepted,"
+        " accepted_at, outcome, finished_at, folder, latency_seconds, auth)"
+        " VALUES (?, 'r', 'seed', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    auth = '{"spf": "pass", "dkim": "fail", "dmarc": null, "arc": null}'
+    conn.execute(row, ("inbox", T0, T0 + 600, 1, T0 + 1, "inbox", T0 + 5, "INBOX", 4.0, auth))
+    conn.execute(row, ("missing", T0, T0 + 600, 1, T0 + 1, "missing", T0 + 600, None, None, None))
+    conn.execute(row, ("open", T0, T0 + 600, None, None, None, None, None, None, None))
+    conn.commit()
+    conn.close()
+
+    with Ledger(path) as ledger:
+        inbox, missing, still_open = (record(ledger, pid) for pid in ("inbox", "missing", "open"))
+    assert inbox.arrival == Arrival(
+        "inbox",
+        "seed",
+        "INBOX",
+        Outcome.INBOX,
+        T0 + 5,
+        AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.FAIL),
+    )
+    assert (inbox.folder, inbox.latency_seconds) == ("INBOX", 4.0)
+    assert (missing.outcome, missing.arrival, missing.auth) == (Outcome.MISSING, None, None)
+    assert (still_open.state, still_open.arrival) == (ProbeState.SENDING, None)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(probes)")}
+    finally:
+        conn.close()
+    assert "arrival" in columns and "auth" not in columns

@@ -6,8 +6,10 @@ import io
 import logging
 from pathlib import Path
 
-from agent.app.logs import MASK, SecretRedactingFilter, config_secrets
+from agent.app.logs import SecretRedactingFilter
 from agent.config import validate_config
+from agent.secrets import MASK
+from agent.secrets import secret_values as config_secrets
 
 
 def _logger(secrets: list[str]) -> tuple[logging.Logger, io.StringIO, SecretRedactingFilter]:

@@ -28,16 +28,27 @@ from agent.dns.records import (
     DnsReport,
 )
 from agent.model import (
+    Arrival,
     AuthMethod,
     AuthResult,
     AuthVerdicts,
+    BounceCounted,
     BounceSource,
     BounceType,
+    ConfigLoaded,
     ErrorKind,
+    ImapHealth,
+    InFlight,
+    MessageSkipped,
     Outcome,
     ProbeError,
+    ProbeFinished,
+    ProbeLate,
+    ProbeSent,
     SendResult,
+    SkipReason,
     SmtpReply,
+    SmtpTransaction,
     Stage,
 )
 from agent.monitoring.catalog import (
@@ -147,46 +158,56 @@ def samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], 
             yield sample.name, sample.labels, sample.value
 
 
+def _arrival(mailbox: str, placement: Outcome, auth: AuthVerdicts) -> Arrival:
+    return Arrival("01hzjb7m8k0000000000000000", mailbox, "INBOX", placement, T0, auth)
+
+
 def play_fixed_sequence(recorder: Recorder) -> None:
     """The results the golden file shows: one route, two seed mailboxes, every kind of event."""
     recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
-    recorder.config_reloaded(True, T0)
-    recorder.bounce(ROUTE, BounceType.HARD, BounceSource.DSN)
+    recorder.record(ConfigLoaded(True, T0))
+    recorder.record(BounceCounted(ROUTE, BounceType.HARD, BounceSource.DSN))
     for mailbox in (GMAIL, OUTLOOK, GMAIL, OUTLOOK):
-        recorder.probe_sent(ROUTE, mailbox)
-    recorder.smtp_result(ROUTE, ACCEPTED)
-    recorder.smtp_result(ROUTE, ACCEPTED)
-    recorder.smtp_result(ROUTE, REJECTED)
-    recorder.smtp_result(ROUTE, TIMED_OUT)
-    recorder.probe_final(
-        ROUTE,
-        GMAIL,
-        Outcome.INBOX,
-        finished_at=T0 + 5.0,
-        latency_seconds=4.6,
-        auth=AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS),
+        recorder.record(ProbeSent(ROUTE, mailbox))
+    recorder.record(SmtpTransaction(ROUTE, ACCEPTED))
+    recorder.record(SmtpTransaction(ROUTE, ACCEPTED))
+    recorder.record(SmtpTransaction(ROUTE, REJECTED))
+    recorder.record(SmtpTransaction(ROUTE, TIMED_OUT))
+    recorder.record(
+        ProbeFinished(
+            ROUTE,
+            GMAIL,
+            Outcome.INBOX,
+            finished_at=T0 + 5.0,
+            latency_seconds=4.6,
+            arrival=_arrival(
+                GMAIL,
+                Outcome.INBOX,
+                AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS),
+            ),
+        )
     )
-    recorder.probe_final(
-        ROUTE, OUTLOOK, Outcome.REJECTED, finished_at=T0 + 6.0, latency_seconds=None, auth=None
+    recorder.record(
+        ProbeFinished(ROUTE, OUTLOOK, Outcome.REJECTED, finished_at=T0 + 6.0, latency_seconds=None)
     )
-    recorder.probe_final(
-        ROUTE, GMAIL, Outcome.ERROR, finished_at=T0 + 36.0, latency_seconds=None, auth=None
+    recorder.record(
+        ProbeFinished(ROUTE, GMAIL, Outcome.ERROR, finished_at=T0 + 36.0, latency_seconds=None)
     )
-    recorder.probe_final(
-        ROUTE, OUTLOOK, Outcome.MISSING, finished_at=T0 + 600.0, latency_seconds=None, auth=None
+    recorder.record(
+        ProbeFinished(ROUTE, OUTLOOK, Outcome.MISSING, finished_at=T0 + 600.0, latency_seconds=None)
     )
-    recorder.probe_late(ROUTE, OUTLOOK)
-    recorder.set_in_flight({(ROUTE, GMAIL): 1})
-    recorder.imap_state(GMAIL, True)
-    recorder.imap_state(OUTLOOK, False)
-    recorder.imap_error(OUTLOOK, ErrorKind.TIMEOUT)
-    recorder.forged_message(GMAIL)
-    recorder.malformed_message(OUTLOOK)
+    recorder.record(ProbeLate(ROUTE, OUTLOOK))
+    recorder.record(InFlight({(ROUTE, GMAIL): 1}))
+    recorder.record(ImapHealth(GMAIL, True))
+    recorder.record(ImapHealth(OUTLOOK, False))
+    recorder.record(ImapHealth(OUTLOOK, up=False, error=ErrorKind.TIMEOUT))
+    recorder.record(MessageSkipped(GMAIL, SkipReason.FORGED))
+    recorder.record(MessageSkipped(OUTLOOK, SkipReason.MALFORMED))
     recorder.declare_dns(
         [(SENDING, DnsCheck.SPF), (SENDING, DnsCheck.DKIM), (SENDING_IP, DnsCheck.FCRDNS)],
         [(SENDING_IP, ZONE)],
     )
-    recorder.dns_report(DNS_REPORT)
+    recorder.record(DNS_REPORT)
 
 
 def test_metrics_exposition_matches_golden_file(
@@ -325,10 +346,10 @@ def test_metrics_redeclare_adds_new_pairs_removes_stale_and_keeps_values(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:
     recorder.declare([("old-route", GMAIL), (ROUTE, GMAIL), (ROUTE, OUTLOOK)])
-    recorder.probe_sent(ROUTE, GMAIL)
-    recorder.probe_sent("old-route", GMAIL)
-    recorder.smtp_result("old-route", ACCEPTED)
-    recorder.forged_message(OUTLOOK)
+    recorder.record(ProbeSent(ROUTE, GMAIL))
+    recorder.record(ProbeSent("old-route", GMAIL))
+    recorder.record(SmtpTransaction("old-route", ACCEPTED))
+    recorder.record(MessageSkipped(OUTLOOK, SkipReason.FORGED))
 
     recorder.declare([(ROUTE, GMAIL), ("new-route", GMAIL)])
 
@@ -347,13 +368,17 @@ def test_metrics_probe_final_counts_outcome_latency_auth_and_time(
 ) -> None:
     recorder.declare([(ROUTE, GMAIL)])
     pair = {"route": ROUTE, "mailbox": GMAIL}
-    recorder.probe_final(
-        ROUTE,
-        GMAIL,
-        Outcome.SPAM,
-        finished_at=T0 + 12.0,
-        latency_seconds=11.5,
-        auth=AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.FAIL),
+    recorder.record(
+        ProbeFinished(
+            ROUTE,
+            GMAIL,
+            Outcome.SPAM,
+            finished_at=T0 + 12.0,
+            latency_seconds=11.5,
+            arrival=_arrival(
+                GMAIL, Outcome.SPAM, AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.FAIL)
+            ),
+        )
     )
 
     assert value(registry, PROBES.name, **pair, outcome="spam") == 1
@@ -377,9 +402,9 @@ def test_metrics_smtp_result_counts_replies_errors_duration_and_tls(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:
     recorder.declare([(ROUTE, GMAIL)])
-    recorder.smtp_result(ROUTE, ACCEPTED)
-    recorder.smtp_result(ROUTE, REJECTED)
-    recorder.smtp_result(ROUTE, TIMED_OUT)
+    recorder.record(SmtpTransaction(ROUTE, ACCEPTED))
+    recorder.record(SmtpTransaction(ROUTE, REJECTED))
+    recorder.record(SmtpTransaction(ROUTE, TIMED_OUT))
 
     def replies(stage: Stage, code: str, enhanced: str, reply_class: str) -> float | None:
         labels = {"route": ROUTE, "stage": stage.value, "code": code, "enhanced_code": enhanced}
@@ -415,7 +440,7 @@ def test_metrics_malformed_enhanced_code_gets_one_bounded_label(
             accepted_at=None,
             duration_seconds=0.1,
         )
-        recorder.smtp_result(ROUTE, result)
+        recorder.record(SmtpTransaction(ROUTE, result))
 
     labels = {"route": ROUTE, "stage": "rcpt", "code": "550", "class": "5xx"}
     replies = "deliverability_smtp_replies_total"
@@ -430,8 +455,8 @@ def test_metrics_tls_version_change_replaces_the_info_series(
     old = SendResult(
         transcript=(), accepted=True, accepted_at=T0, duration_seconds=0.1, tls_version="TLSv1.2"
     )
-    recorder.smtp_result(ROUTE, old)
-    recorder.smtp_result(ROUTE, ACCEPTED)
+    recorder.record(SmtpTransaction(ROUTE, old))
+    recorder.record(SmtpTransaction(ROUTE, ACCEPTED))
 
     assert value(registry, "deliverability_tls_version_info", route=ROUTE, version="TLSv1.3") == 1
     assert (
@@ -443,8 +468,8 @@ def test_metrics_set_in_flight_zeroes_declared_pairs_absent_from_counts(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:
     recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
-    recorder.set_in_flight({(ROUTE, GMAIL): 2, (ROUTE, OUTLOOK): 1, ("gone", GMAIL): 1})
-    recorder.set_in_flight({(ROUTE, OUTLOOK): 3})
+    recorder.record(InFlight({(ROUTE, GMAIL): 2, (ROUTE, OUTLOOK): 1, ("gone", GMAIL): 1}))
+    recorder.record(InFlight({(ROUTE, OUTLOOK): 3}))
 
     in_flight = "deliverability_probes_in_flight"
     assert value(registry, in_flight, route=ROUTE, mailbox=GMAIL) == 0
@@ -454,13 +479,13 @@ def test_metrics_set_in_flight_zeroes_declared_pairs_absent_from_counts(
 
 def test_metrics_mailbox_watcher_events(recorder: Recorder, registry: CollectorRegistry) -> None:
     recorder.declare([(ROUTE, GMAIL)])
-    recorder.imap_state(GMAIL, True)
+    recorder.record(ImapHealth(GMAIL, True))
     assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 1
-    recorder.imap_error(GMAIL, ErrorKind.AUTH)
-    recorder.imap_state(GMAIL, False)
-    recorder.forged_message(GMAIL)
-    recorder.malformed_message(GMAIL)
-    recorder.malformed_message(GMAIL)
+    recorder.record(ImapHealth(GMAIL, up=False, error=ErrorKind.AUTH))
+    recorder.record(ImapHealth(GMAIL, False))
+    recorder.record(MessageSkipped(GMAIL, SkipReason.FORGED))
+    recorder.record(MessageSkipped(GMAIL, SkipReason.MALFORMED))
+    recorder.record(MessageSkipped(GMAIL, SkipReason.MALFORMED))
 
     assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 0
     assert value(registry, "deliverability_imap_errors_total", mailbox=GMAIL, kind="auth") == 1
@@ -471,8 +496,8 @@ def test_metrics_mailbox_watcher_events(recorder: Recorder, registry: CollectorR
 def test_metrics_failed_reload_clears_success_but_keeps_its_time(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:
-    recorder.config_reloaded(True, T0)
-    recorder.config_reloaded(False, T0 + 60.0)
+    recorder.record(ConfigLoaded(True, T0))
+    recorder.record(ConfigLoaded(False, T0 + 60.0))
 
     assert value(registry, "deliverability_config_last_reload_successful") == 0
     assert value(registry, "deliverability_config_last_reload_success_timestamp_seconds") == T0
@@ -481,9 +506,9 @@ def test_metrics_failed_reload_clears_success_but_keeps_its_time(
 def test_metrics_probe_sent_late_and_build_info(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:
-    recorder.probe_sent(ROUTE, GMAIL)
-    recorder.probe_sent(ROUTE, GMAIL)
-    recorder.probe_late(ROUTE, GMAIL)
+    recorder.record(ProbeSent(ROUTE, GMAIL))
+    recorder.record(ProbeSent(ROUTE, GMAIL))
+    recorder.record(ProbeLate(ROUTE, GMAIL))
 
     pair = {"route": ROUTE, "mailbox": GMAIL}
     assert value(registry, "deliverability_probes_sent_total", **pair) == 2

@@ -16,15 +16,21 @@ from agent.app.service import Agent
 from agent.config import Config, validate_config
 from agent.model import (
     AuthResult,
+    BounceCounted,
     BounceSource,
     BounceType,
     ErrorKind,
+    ImapHealth,
+    MessageSkipped,
     Outcome,
+    ProbeLate,
+    SkipReason,
     Stage,
 )
 from agent.monitoring.catalog import new_registry
-from agent.monitoring.recorder import Recorder
-from agent.reading.probe_token import build_probe_message, new_probe_id
+from agent.monitoring.recorder import Recorder, Result
+from agent.probing.probe_message import build_probe_message
+from agent.reading.probe_token import new_probe_id
 from agent.store.ledger import Ledger, ProbeRecord
 from tests.agent_setup import BAD_SENDER, AgentSetup
 from tests.mailsystem import MailSystem
@@ -50,30 +56,22 @@ class SignallingRecorder(Recorder):
     def event(self, name: str) -> asyncio.Event:
         return self.events.setdefault(name, asyncio.Event())
 
-    def forged_message(self, mailbox: str) -> None:
-        super().forged_message(mailbox)
-        self.event("forged").set()
-
-    def malformed_message(self, mailbox: str) -> None:
-        super().malformed_message(mailbox)
-        self.event("malformed").set()
-
-    def probe_late(self, route: str, mailbox: str) -> None:
-        super().probe_late(route, mailbox)
-        self.event("late").set()
-
-    def bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
-        super().bounce(route, bounce_type, source)
-        self.event("bounce").set()
-
-    def imap_state(self, mailbox: str, up: bool) -> None:
-        super().imap_state(mailbox, up)
-        if up:
-            self.event("imap_up").set()
-
-    def imap_error(self, mailbox: str, kind: ErrorKind) -> None:
-        super().imap_error(mailbox, kind)
-        self.event(f"imap_error:{kind}").set()
+    def record(self, result: Result) -> None:
+        super().record(result)
+        match result:
+            case MessageSkipped(_, SkipReason.FORGED):
+                self.event("forged").set()
+            case MessageSkipped(_, SkipReason.MALFORMED):
+                self.event("malformed").set()
+            case ProbeLate():
+                self.event("late").set()
+            case BounceCounted():
+                self.event("bounce").set()
+            case ImapHealth(_, up, error):
+                if error is not None:
+                    self.event(f"imap_error:{error}").set()
+                if up:
+                    self.event("imap_up").set()
 
 
 @asynccontextmanager

@@ -9,10 +9,10 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 
+from agent.probing.probe_message import build_probe_message
 from agent.reading.probe_token import (
     PROBE_HEADER,
     ProbeToken,
-    build_probe_message,
     format_probe_header,
     is_probe_id,
     new_probe_id,

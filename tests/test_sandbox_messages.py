@@ -8,9 +8,10 @@ from email.message import Message
 
 from agent.config import SandboxVerdicts
 from agent.model import AuthResult, BounceType
+from agent.probing.probe_message import build_probe_message
 from agent.reading.authresults import read_auth_results
 from agent.reading.bounces import read_bounce
-from agent.reading.probe_token import build_probe_message, new_probe_id
+from agent.reading.probe_token import KeyRing, new_probe_id
 from agent.reading.triage import TriageKind, triage_message
 from agent.sandbox.messages import Bounce, Delivery, build_dsn, stamp_delivery
 
@@ -61,7 +62,7 @@ def test_sandbox_delivery_headers_sit_on_top_and_read_as_trusted_verdicts() -> N
         AuthResult.FAIL,
     )
     assert reading.verdicts.arc is None
-    triage = triage_message(stamped, secret=SECRET, trusted_authserv_ids=["mx.sandbox.test"])
+    triage = triage_message(stamped, keys=KeyRing(SECRET), trusted_authserv_ids=["mx.sandbox.test"])
     assert (triage.kind, triage.probe_id) == (TriageKind.PROBE, probe_id)
     assert b"\r\n" in stamped and b"\n" not in stamped.replace(b"\r\n", b"")
 
@@ -118,7 +119,7 @@ def test_sandbox_dsn_is_an_rfc3464_report_returning_the_whole_probe() -> None:
     sent_id = message_from_bytes(raw, policy=policy.compat32)["Message-ID"]
     assert original["Message-ID"].split() == sent_id.split()
 
-    report = read_bounce(dsn, secret=SECRET)
+    report = read_bounce(dsn, keys=KeyRing(SECRET))
     assert (report.probe_id, report.signed) == (probe_id, True)
     assert (report.bounce_type, report.status) == (BounceType.HARD, "5.1.1")
     assert report.reporting_mta == "sandbox.localhost"

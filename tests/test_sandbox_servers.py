@@ -18,13 +18,13 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from agent.app.service import Agent, imap_target
+from agent.app.service import Agent
 from agent.config import Config, Sandbox, validate_config
 from agent.imap.watcher import ImapError, detect_folders
 from agent.model import ErrorKind, Outcome, Stage, TlsMode
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
-from agent.probing.prober import smtp_target
+from agent.probing.targets import imap_target, smtp_target
 from agent.sandbox import SandboxError, SandboxServer
 from agent.sandbox.tls import ensure_certificates
 from agent.smtp.sender import send_probe

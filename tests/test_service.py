@@ -11,10 +11,11 @@ import pytest
 
 from agent.app.service import Agent
 from agent.config import Config, validate_config
-from agent.model import ErrorKind, Outcome, SendResult, SmtpReply, Stage
+from agent.model import Arrival, ErrorKind, Outcome, SendResult, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.store.ledger import Ledger, ProbeState
+from tests.agent_process import WAIT
 from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
 
 SECRET = "service-test-secret-0123456789"
@@ -167,7 +168,7 @@ async def test_finished_probes_past_retention_are_pruned_and_probes_in_flight_ke
     agent = Agent(config, recorder=Recorder(new_registry()))
     await agent.start()
     try:
-        await asyncio.sleep(0)  # let the reaper task run its first sweep
+        await asyncio.wait_for(agent.swept.wait(), WAIT)  # the reaper's first sweep, at start
         remaining = {r.probe_id for r in agent.ledger.recent(10)}
     finally:
         await agent.stop()
@@ -187,3 +188,48 @@ async def test_stop_cancels_sends_still_running_after_the_drain_timeout(tmp_path
     with Ledger.in_state_dir(config.state_dir) as ledger:
         (record,) = ledger.in_flight()
         assert record.state is ProbeState.SENDING  # its one outcome comes at the next start
+
+
+async def test_start_finalizes_probes_seen_before_the_restart_from_their_stored_arrival(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, 25)
+    now = time.time()
+    sending, awaiting = "00000000000000000000000003", "00000000000000000000000004"
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        for probe_id in (sending, awaiting):
+            ledger.record_sending(
+                probe_id=probe_id, route="r", mailbox="m", created_at=now, deadline_at=now + 60
+            )
+        # Seen in Junk, then killed before the 250 was stored.
+        ledger.record_arrival(Arrival(sending, "m", "Junk", Outcome.SPAM, now + 2))
+        # Accepted and seen, then killed before the outcome was stored.
+        ledger.record_send_result(
+            awaiting,
+            SendResult(
+                transcript=(SmtpReply(Stage.END_OF_DATA, 250, "2.0.0", "queued"),),
+                accepted=True,
+                accepted_at=now + 1,
+                duration_seconds=0.1,
+            ),
+        )
+        ledger.record_arrival(Arrival(awaiting, "m", "INBOX", Outcome.INBOX, now + 3))
+    registry = new_registry()
+    agent = Agent(config, recorder=Recorder(registry))
+    await agent.start()
+    try:
+        first, second = agent.ledger.get(sending), agent.ledger.get(awaiting)
+        assert first is not None and second is not None
+        assert (first.outcome, first.folder, first.latency_seconds) == (Outcome.SPAM, "Junk", None)
+        assert (second.outcome, second.folder, second.latency_seconds) == (
+            Outcome.INBOX,
+            "INBOX",
+            2.0,
+        )
+        labels = {"route": "r", "mailbox": "m"}
+        for outcome in ("spam", "inbox"):
+            sample = {**labels, "outcome": outcome}
+            assert registry.get_sample_value("deliverability_probes_total", sample) == 1
+        assert registry.get_sample_value("deliverability_probes_in_flight", labels) == 0
+    finally:
+        await agent.stop()

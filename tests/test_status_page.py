@@ -11,6 +11,7 @@ import pytest
 
 from agent.config import Config, validate_config
 from agent.model import (
+    Arrival,
     AuthResult,
     AuthVerdicts,
     ErrorKind,
@@ -111,13 +112,17 @@ def _probe(
         ),
     )
     if outcome is not None:
+        arrival = (
+            Arrival(probe_id, mailbox, folder, outcome, at + 5, auth or AuthVerdicts())
+            if folder
+            else None
+        )
         ledger.finalize(
             probe_id,
             outcome=outcome,
             finished_at=at + 5,
-            folder=folder,
             latency_seconds=4.0 if folder else None,
-            auth=auth,
+            arrival=arrival,
         )
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.model import AuthResult, AuthVerdicts, Outcome
-from agent.reading.probe_token import build_probe_message, new_probe_id, sign_probe_id
+from agent.probing.probe_message import build_probe_message
+from agent.reading.probe_token import KeyRing, new_probe_id, sign_probe_id
 from agent.reading.triage import MAX_HEADER_BYTES, Triage, TriageKind, placement_of, triage_message
 
 SECRET = b"test-secret-0123456789abcdef"
@@ -60,7 +61,7 @@ def _sample(name: str, *, crlf: bool = False) -> bytes:
 
 
 def _triage(raw: bytes, *, trusted: tuple[str, ...] = (), secret: bytes = SECRET) -> Triage:
-    return triage_message(raw, secret=secret, trusted_authserv_ids=trusted)
+    return triage_message(raw, keys=KeyRing(secret), trusted_authserv_ids=trusted)
 
 
 # Probes ------------------------------------------------------------------------------------------
@@ -460,7 +461,7 @@ def test_random_and_mutated_messages_never_raise_nor_pass_as_an_unsigned_probe()
 
 def test_an_empty_secret_is_a_configuration_error() -> None:
     with pytest.raises(ValueError):
-        triage_message(_probe(), secret=b"", trusted_authserv_ids=())
+        triage_message(_probe(), keys=KeyRing(b""), trusted_authserv_ids=())
 
 
 # Placement ---------------------------------------------------------------------------------------

@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
-from agent.app.logs import SecretRedactingFilter, config_secrets, configure_logging
+from agent.app.logs import LogFormat, SecretRedactingFilter, configure_logging
 from agent.app.service import Agent
 from agent.config import Config, ConfigError, load_config
-from agent.model import Outcome
+from agent.errors import AgentError
+from agent.model import ConfigLoaded, Outcome
 from agent.monitoring.catalog import IMAP_UP, new_registry
 from agent.monitoring.recorder import Recorder
-from agent.sandbox import SandboxError, SandboxServer
+from agent.sandbox import SandboxServer
+from agent.secrets import secret_values
 from agent.smtp.replies import deciding_reply
-from agent.store.ledger import LedgerError, ProbeRecord
-from agent.web.http_server import BasicAuth, HttpServer, HttpServerError, Status
+from agent.store.ledger import ProbeRecord
+from agent.web.http_server import BasicAuth, HttpServer, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
 
 if TYPE_CHECKING:
@@ -63,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
             default=Path("config.yaml"),
             help="configuration file (default: config.yaml)",
         )
+        if name != "check-config":
+            sub.add_argument(
+                "--log-format",
+                choices=[fmt.value for fmt in LogFormat],
+                default=LogFormat.TEXT.value,
+                help="log lines as readable text (default), logfmt or JSON; logfmt and JSON carry "
+                "route, mailbox and probe_id as fields",
+            )
         if name == "once":
             sub.add_argument("--json", action="store_true", help="one JSON object per probe")
             sub.add_argument(
@@ -97,12 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = sys.stderr
         # The progress line and the table say what INFO lines would; they would only break it.
         level = max(level, logging.WARNING)
-    redactor = configure_logging(level, config_secrets(config))
+    redactor = configure_logging(
+        level, secret_values(config), log_format=LogFormat(args.log_format)
+    )
     try:
         if args.command == "once":
             return asyncio.run(_once(config, as_json=args.json, progress=progress))
         return asyncio.run(_run(config, args.config, redactor))
-    except (LedgerError, HttpServerError, SandboxError) as exc:
+    except AgentError as exc:
         print(f"deliverability-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -335,7 +347,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
     registry = new_registry()
     recorder = Recorder(registry)
     now = time.time()
-    recorder.config_reloaded(True, now)
+    recorder.record(ConfigLoaded(True, now))
     state = _RunState(started_at=now, config_ok=True, config_loaded_at=now)
     agent = Agent(config, recorder=recorder)
     loop = asyncio.get_running_loop()
@@ -366,7 +378,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time())
         refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0
-        return render(data, secrets=config_secrets(agent.config), refresh_seconds=refresh_seconds)
+        return render(data, secrets=secret_values(agent.config), refresh_seconds=refresh_seconds)
 
     http = config.http
     server = HttpServer(
@@ -445,16 +457,16 @@ async def _reload(
     try:
         config = load_config(path)
     except ConfigError as exc:
-        recorder.config_reloaded(False, time.time())
+        recorder.record(ConfigLoaded(False, time.time()))
         state.config_ok = False
         log.error("SIGHUP: keeping the running configuration; the new one is invalid:\n%s", exc)
         return
-    redactor.update([*redactor.secrets, *config_secrets(config)])
+    redactor.update([*redactor.secrets, *secret_values(config)])
     for key in ("sandbox", "http"):
         if getattr(config, key) != getattr(agent.config, key):
             log.warning("%s changes need a restart; the running %s is kept", key, key)
     await agent.reload(config)
     now = time.time()
-    recorder.config_reloaded(True, now)
+    recorder.record(ConfigLoaded(True, now))
     state.config_ok, state.config_loaded_at = True, now
     log.info("SIGHUP: configuration reloaded from %s", path)

@@ -27,40 +27,27 @@ from agent.imap.watcher import (
     FetchedMessage,
     FolderWatcher,
     ImapError,
-    ImapTarget,
     OnMessage,
     detect_folders,
 )
-from agent.model import ErrorKind, Outcome
+from agent.model import ErrorKind, ImapHealth, Outcome
 from agent.monitoring.recorder import Recorder
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
 from agent.probing.prober import Prober
 from agent.probing.reaper import reap
+from agent.probing.targets import imap_target
+from agent.reading.probe_token import KeyRing
 from agent.smtp.replies import verdict_of
 from agent.store.ledger import Ledger, ProbeState
 
-__all__ = ["Agent", "imap_target"]
+__all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = 5.0  # seconds between deadline sweeps
 PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
 DETECT_BACKOFF_MAX = 300.0
-
-
-def imap_target(mailbox: Mailbox) -> ImapTarget:
-    """The IMAP adapter's view of a configured seed mailbox."""
-    return ImapTarget(
-        mailbox=mailbox.name,
-        host=mailbox.host,
-        port=mailbox.port,
-        tls=mailbox.tls,
-        tls_verify=mailbox.tls_verify,
-        ca_file=mailbox.ca_file,
-        username=mailbox.auth.username,
-        password=mailbox.auth.password.get_secret_value(),
-    )
 
 
 @dataclass
@@ -95,9 +82,8 @@ class Agent:
         self.outcomes = Outcomes(self.ledger, recorder)
         self.matcher = Matcher(
             ledger=self.ledger,
-            recorder=recorder,
             outcomes=self.outcomes,
-            secret=config.secret.get_secret_value().encode(),
+            keys=KeyRing(config.secret.get_secret_value().encode()),
             cleanup=config.probes.cleanup,
         )
         self._build(config)
@@ -108,18 +94,14 @@ class Agent:
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.started = False
         self.draining = False
+        # Set after each deadline and retention sweep, for whoever waits for one (tests do).
+        self.swept = asyncio.Event()
 
     def _build(self, config: Config) -> None:
         secret = config.secret.get_secret_value().encode()
-        self.prober = Prober(
-            config=config,
-            ledger=self.ledger,
-            recorder=self.recorder,
-            outcomes=self.outcomes,
-            clock=self._clock,
-        )
-        # The matcher is kept across reloads: it holds sightings that wait for their send
-        # result and the secrets that signed probes still in flight.
+        self.prober = Prober(config=config, outcomes=self.outcomes, clock=self._clock)
+        # The matcher is kept across reloads: its key ring holds the secrets that signed probes
+        # still in flight.
         self.matcher.reconfigure(secret=secret, cleanup=config.probes.cleanup)
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -141,20 +123,25 @@ class Agent:
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at())
         for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes):
             if mailbox.name not in self._watches:
-                self.recorder.imap_state(mailbox.name, False)
+                self.recorder.record(ImapHealth(mailbox.name, up=False))
 
     def _recover(self) -> None:
         """Give each probe a crash or kill interrupted its one outcome; keep awaiting the rest."""
         now = self._clock()
         for record in self.ledger.unsent_interrupted():
             if record.state is ProbeState.SENDING:
-                # The SMTP transaction was cut by the restart: we never learned the verdict.
-                self.outcomes.finalize(record, Outcome.ERROR, finished_at=now)
+                # Seen in its mailbox before the restart cut its transaction: the arrival stored
+                # on it is its outcome. Otherwise we never learned the verdict.
+                if not self.outcomes.settle_arrival(record):
+                    self.outcomes.finalize(record, Outcome.ERROR, finished_at=now)
             else:
                 result = record.send_result
                 assert result is not None  # UNACCEPTED means a send result is stored
                 verdict = verdict_of(result) or Outcome.ERROR
                 self.outcomes.smtp_verdict(record, result, verdict, finished_at=now)
+        for record in self.ledger.in_flight():
+            # Accepted and seen, but the restart came before it was finalized.
+            self.outcomes.settle_arrival(record)
         awaiting = self.ledger.in_flight()
         if awaiting:
             log.info("resuming %d probe(s) in flight from the previous run", len(awaiting))
@@ -207,7 +194,6 @@ class Agent:
                     self._sending.discard(task)
                 else:
                     task.add_done_callback(self._sending.discard)
-            self.matcher.settle_early(probe_id)
             return probe_id
 
     async def probe_all_once(self) -> list[str]:
@@ -259,7 +245,9 @@ class Agent:
 
     async def check_dns(self) -> None:
         """One run of the configured DNS checks, recorded as metrics."""
-        await run_dns_checks(self.config, self.recorder)
+        report = await run_dns_checks(self.config)
+        if report is not None:
+            self.recorder.record(report)
 
     def scheduled_jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []
@@ -275,6 +263,7 @@ class Agent:
                 if pruned:
                     log.info("removed %d finished probe(s) past retention from the ledger", pruned)
                 next_prune = now + PRUNE_INTERVAL
+            self.swept.set()
             await asyncio.sleep(interval)  # a periodic sweep: deadlines are clock events
 
     # --- reload ---------------------------------------------------------------------------------
@@ -390,13 +379,13 @@ class Agent:
         self, watch: _MailboxWatch, folder: str, up: bool, kind: ErrorKind | None
     ) -> None:
         """Track each watched folder's connection; "*" stands for the folder listing at start."""
-        if kind is not None:
-            self.recorder.imap_error(watch.mailbox.name, kind)
         if folder != "*":
             watch.folders_up.pop("*", None)  # a folder watcher reporting means listing is done
         watch.folders_up[folder] = up
         # The mailbox is up only while every watched folder's connection is.
-        self.recorder.imap_state(watch.mailbox.name, all(watch.folders_up.values()))
+        self.recorder.record(
+            ImapHealth(watch.mailbox.name, up=all(watch.folders_up.values()), error=kind)
+        )
 
 
 def _watched_mailboxes(config: Config) -> dict[str, tuple[Mailbox, bool]]:

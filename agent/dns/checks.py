@@ -609,8 +609,9 @@ def declare_dns_series(config: Config, recorder: Recorder) -> None:
         recorder.declare_dns(plan.check_series(), plan.blocklist_series())
 
 
-async def run_dns_checks(config: Config, recorder: Recorder) -> DnsReport | None:
-    """One run of the configured DNS checks, recorded as metrics and logged; None without `dns`."""
+async def run_dns_checks(config: Config) -> DnsReport | None:
+    """One run of the configured DNS checks, logged; None without `dns`. The caller hands the
+    report to the recorder, like every other result."""
     plan = plan_checks(config)
     if plan is None or config.dns is None:
         return None
@@ -619,7 +620,6 @@ async def run_dns_checks(config: Config, recorder: Recorder) -> DnsReport | None
         nameservers=[(ns.host, ns.port) for ns in settings.nameservers], timeout=settings.timeout
     )
     report = await run_checks(plan, resolver, check_timeout=settings.timeout)
-    recorder.dns_report(report)
     _log_report(report)
     return report
 

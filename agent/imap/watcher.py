@@ -143,6 +143,7 @@ class ImapTarget:
     ca_file: Path | None = None
     connect_timeout: float = 15.0  # TCP connect, TLS handshake, greeting and CAPABILITY
     command_timeout: float = 30.0  # each command after that
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # more values to mask in reports
 
     def __post_init__(self) -> None:
         if self.tls not in _SUPPORTED_TLS:

@@ -20,11 +20,21 @@ from agent.model import (
     AuthMethod,
     AuthResult,
     AuthVerdicts,
+    BounceCounted,
     BounceSource,
     BounceType,
+    ConfigLoaded,
     ErrorKind,
+    ImapHealth,
+    InFlight,
+    MessageSkipped,
     Outcome,
+    ProbeFinished,
+    ProbeLate,
+    ProbeSent,
     SendResult,
+    SkipReason,
+    SmtpTransaction,
     Stage,
 )
 from agent.monitoring.catalog import (
@@ -60,7 +70,20 @@ from agent.monitoring.catalog import (
     MetricSpec,
 )
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "Result"]
+
+Result = (
+    ProbeSent
+    | SmtpTransaction
+    | ProbeFinished
+    | ProbeLate
+    | BounceCounted
+    | MessageSkipped
+    | ImapHealth
+    | InFlight
+    | ConfigLoaded
+    | DnsReport
+)
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
 _DNS_SPECS = (
@@ -192,22 +215,59 @@ class Recorder:
             self._c(MALFORMED_MESSAGES, mailbox)
         self._pairs = ordered
 
-    def bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
+    def _bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
         """One bounce of one probe (the caller makes sure each is counted once)."""
         self._c(BOUNCES, route, bounce_type.value, source.value).inc()
 
-    def config_reloaded(self, ok: bool, at: float) -> None:
+    def _config_loaded(self, ok: bool, at: float) -> None:
         """A configuration load or reload finished; `at` is its wall-clock time."""
         self._g(CONFIG_LAST_RELOAD_SUCCESSFUL).set(1 if ok else 0)
         if ok:
             self._g(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP).set(at)
 
+    # -- the one entry point ----------------------------------------------------------------------
+
+    def record(self, result: Result) -> None:
+        """Turn one result into series: every result of the agent comes in through here."""
+        match result:
+            case ProbeSent(route, mailbox):
+                self._probe_sent(route, mailbox)
+            case SmtpTransaction(route, send_result):
+                self._smtp_result(route, send_result)
+            case ProbeFinished():
+                self._probe_final(
+                    result.route,
+                    result.mailbox,
+                    result.outcome,
+                    finished_at=result.finished_at,
+                    latency_seconds=result.latency_seconds,
+                    auth=result.arrival.auth if result.arrival is not None else None,
+                )
+            case ProbeLate(route, mailbox):
+                self._probe_late(route, mailbox)
+            case BounceCounted(route, bounce_type, source):
+                self._bounce(route, bounce_type, source)
+            case MessageSkipped(mailbox, SkipReason.MALFORMED):
+                self._malformed_message(mailbox)
+            case MessageSkipped(mailbox, SkipReason.FORGED):
+                self._forged_message(mailbox)
+            case ImapHealth(mailbox, up, error):
+                if error is not None:
+                    self._imap_error(mailbox, error)
+                self._imap_state(mailbox, up)
+            case InFlight(counts):
+                self._set_in_flight(counts)
+            case ConfigLoaded(ok, at):
+                self._config_loaded(ok, at)
+            case DnsReport():
+                self._dns_report(result)
+
     # -- probes -----------------------------------------------------------------------------------
 
-    def probe_sent(self, route: str, mailbox: str) -> None:
+    def _probe_sent(self, route: str, mailbox: str) -> None:
         self._c(PROBES_SENT, route, mailbox).inc()
 
-    def smtp_result(self, route: str, result: SendResult) -> None:
+    def _smtp_result(self, route: str, result: SendResult) -> None:
         """Count every reply and the error of one transaction; observe its duration and TLS."""
         for reply in result.transcript:
             enhanced = reply.enhanced_code or ""
@@ -230,7 +290,7 @@ class Recorder:
         if result.tls_cert_not_after is not None:
             self._g(TLS_CERT_EXPIRY, route).set(result.tls_cert_not_after)
 
-    def probe_final(
+    def _probe_final(
         self,
         route: str,
         mailbox: str,
@@ -240,7 +300,7 @@ class Recorder:
         latency_seconds: float | None,
         auth: AuthVerdicts | None,
     ) -> None:
-        """Count the probe's one final outcome (call only when `Ledger.finalize` returned True).
+        """Count the probe's one final outcome (recorded only when `Ledger.finalize` returned True).
         Auth methods the receiver did not report (None) are not counted."""
         self._c(PROBES, route, mailbox, outcome.value).inc()
         self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(finished_at)
@@ -258,10 +318,10 @@ class Recorder:
         for (route, mailbox, outcome), at in times.items():
             self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(at)
 
-    def probe_late(self, route: str, mailbox: str) -> None:
+    def _probe_late(self, route: str, mailbox: str) -> None:
         self._c(LATE_PROBES, route, mailbox).inc()
 
-    def set_in_flight(self, counts: Mapping[tuple[str, str], int]) -> None:
+    def _set_in_flight(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Set the in-flight gauge of every pair from `Ledger.in_flight_counts`: declared pairs
         absent from `counts` read 0; undeclared pairs that drop out are removed."""
         declared = set(self._pairs)
@@ -276,16 +336,16 @@ class Recorder:
 
     # -- mailboxes --------------------------------------------------------------------------------
 
-    def imap_state(self, mailbox: str, up: bool) -> None:
+    def _imap_state(self, mailbox: str, up: bool) -> None:
         self._g(IMAP_UP, mailbox).set(1 if up else 0)
 
-    def imap_error(self, mailbox: str, kind: ErrorKind) -> None:
+    def _imap_error(self, mailbox: str, kind: ErrorKind) -> None:
         self._c(IMAP_ERRORS, mailbox, kind.value).inc()
 
-    def forged_message(self, mailbox: str) -> None:
+    def _forged_message(self, mailbox: str) -> None:
         self._c(FORGED_MESSAGES, mailbox).inc()
 
-    def malformed_message(self, mailbox: str) -> None:
+    def _malformed_message(self, mailbox: str) -> None:
         self._c(MALFORMED_MESSAGES, mailbox).inc()
 
     # -- DNS checks -------------------------------------------------------------------------------
@@ -321,7 +381,7 @@ class Recorder:
         for target, zone in sorted(wanted_lists):
             self._g(DNSBL_LISTED, target, zone)
 
-    def dns_report(self, report: DnsReport) -> None:
+    def _dns_report(self, report: DnsReport) -> None:
         """Record one run of the DNS checks. An undecided check or blocklist lookup keeps its
         last value and counts as an error."""
         self._g(DNS_CHECK_DURATION).set(report.duration_seconds)

@@ -1,102 +1,85 @@
 """Decides what a message found in a seed mailbox means for the probes in the ledger.
 
 A watcher hands over every message it sees; the matcher triages it (probe, forged, bounce,
-auto-reply, unrelated, malformed), finalizes the probe it belongs to with its placement, latency
-and authentication verdicts, and tells the watcher whether to delete it.
+auto-reply, unrelated, malformed), turns a probe into one `Arrival` (where it landed, with every
+verdict read from it) for `Outcomes` to store and record, and tells the watcher whether to delete
+the message. It keeps no state of its own beyond the signing keys: the ledger is where it meets
+the sender.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from agent.config import Cleanup, Config, Mailbox
-from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome
-from agent.monitoring.recorder import Recorder
+from agent.log_fields import probe_fields
+from agent.model import Arrival, BounceSource, BounceType, Outcome, SkipReason
 from agent.probing.outcomes import Outcomes
 from agent.reading.bounces import read_bounce
-from agent.reading.triage import Triage, TriageKind, placement_of, triage_message
-from agent.store.ledger import Ledger, ProbeRecord
+from agent.reading.probe_token import KeyRing
+from agent.reading.triage import TriageKind, placement_of, triage_message
+from agent.store.ledger import Ledger
 
 __all__ = ["Matcher"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Sighting:
-    folder: str
-    placement: Outcome
-    seen_at: float
-    auth: AuthVerdicts
-
-
 class Matcher:
     """Matches arrivals to probes; one instance serves every mailbox."""
 
     def __init__(
-        self,
-        *,
-        ledger: Ledger,
-        recorder: Recorder,
-        outcomes: Outcomes,
-        secret: bytes,
-        cleanup: Cleanup,
+        self, *, ledger: Ledger, outcomes: Outcomes, keys: KeyRing, cleanup: Cleanup
     ) -> None:
         self._ledger = ledger
-        self._recorder = recorder
         self._outcomes = outcomes
-        self._secret = secret
-        self._earlier_secrets: tuple[bytes, ...] = ()
+        self._keys = keys
         self._cleanup = cleanup
-        # Probes seen before their sender recorded the 250 reply (a fast server can deliver
-        # before our QUIT completes); settled by `settle_early` once the send result is stored.
-        self._early: dict[str, _Sighting] = {}
 
     def reconfigure(self, *, secret: bytes, cleanup: Cleanup) -> None:
         """A reloaded config: probes in flight signed with an earlier secret still match."""
-        if secret != self._secret:
-            self._earlier_secrets = (self._secret, *self._earlier_secrets)[:4]
-            self._secret = secret
+        self._keys = self._keys.rotated(secret)
         self._cleanup = cleanup
-
-    def _triage(self, raw: bytes, mailbox: Mailbox) -> Triage:
-        triage = triage_message(
-            raw, secret=self._secret, trusted_authserv_ids=mailbox.trusted_authserv_ids
-        )
-        for earlier in self._earlier_secrets:
-            if triage.kind is not TriageKind.FORGED:
-                break
-            triage = triage_message(
-                raw, secret=earlier, trusted_authserv_ids=mailbox.trusted_authserv_ids
-            )
-        return triage
 
     def handle(
         self, mailbox: Mailbox, folder: str, raw: bytes, *, seen_at: float, junk: str | None
     ) -> bool:
         """Account for one message; True when the watcher should delete it."""
-        triage = self._triage(raw, mailbox)
+        triage = triage_message(
+            raw, keys=self._keys, trusted_authserv_ids=mailbox.trusted_authserv_ids
+        )
         if triage.kind is TriageKind.MALFORMED:
-            self._recorder.malformed_message(mailbox.name)
+            self._outcomes.skipped(mailbox.name, SkipReason.MALFORMED)
             log.warning(
-                "skipped a malformed message in %s/%s: %s", mailbox.name, folder, triage.reason
+                "skipped a malformed message in %s/%s: %s",
+                mailbox.name,
+                folder,
+                triage.reason,
+                extra=probe_fields(mailbox=mailbox.name),
             )
             return False
         if triage.kind is TriageKind.FORGED:
-            self._recorder.forged_message(mailbox.name)
-            log.warning("ignored a forged probe in %s/%s: %s", mailbox.name, folder, triage.reason)
+            self._outcomes.skipped(mailbox.name, SkipReason.FORGED)
+            log.warning(
+                "ignored a forged probe in %s/%s: %s",
+                mailbox.name,
+                folder,
+                triage.reason,
+                extra=probe_fields(mailbox=mailbox.name),
+            )
             return False
         if triage.kind is not TriageKind.PROBE or triage.probe_id is None:
             log.debug(
                 "not a probe in %s/%s: %s (%s)", mailbox.name, folder, triage.kind, triage.reason
             )
             return False
+        fields = probe_fields(mailbox=mailbox.name, probe_id=triage.probe_id)
         if triage.auth_unparseable:
             log.info(
                 "%d unreadable Authentication-Results header(s) on probe %s",
                 triage.auth_unparseable,
                 triage.probe_id,
+                extra=fields,
             )
 
         record = self._ledger.get(triage.probe_id)
@@ -108,29 +91,25 @@ class Matcher:
                 triage.probe_id,
                 mailbox.name,
                 folder,
+                extra=fields,
             )
             return False
-        sighting = _Sighting(
+        arrival = Arrival(
+            probe_id=record.probe_id,
+            mailbox=mailbox.name,
             folder=folder,
             placement=placement_of(folder, inbox=mailbox.folders.inbox, junk=junk),
             seen_at=seen_at,
             auth=triage.auth,
         )
-        if record.outcome is None and record.accepted is None:
-            self._early[record.probe_id] = sighting
-            return self._cleanup is Cleanup.DELETE
-        self._settle(record, sighting)
+        self._outcomes.arrived(record, arrival)
         return self._cleanup is Cleanup.DELETE
 
     def handle_bounce(
         self, config: Config, bounce_mailbox: Mailbox, raw: bytes, *, seen_at: float
     ) -> bool:
         """Account for one message in a bounce mailbox; True when the watcher should delete it."""
-        report = read_bounce(raw, secret=self._secret)
-        for earlier in self._earlier_secrets:
-            if report.probe_id is not None:
-                break
-            report = read_bounce(raw, secret=earlier)
+        report = read_bounce(raw, keys=self._keys)
         if report.bounce_type is None or report.probe_id is None:
             log.debug("%s: not a bounce of a probe: %s", bounce_mailbox.name, report.reason)
             return False
@@ -140,8 +119,10 @@ class Matcher:
                 "%s: bounce names probe %s, which is not in the ledger",
                 bounce_mailbox.name,
                 report.probe_id,
+                extra=probe_fields(mailbox=bounce_mailbox.name, probe_id=report.probe_id),
             )
             return False
+        fields = probe_fields(route=record.route, mailbox=record.mailbox, probe_id=record.probe_id)
         try:
             recipient = config.mailbox(record.mailbox).address.lower()
         except KeyError:
@@ -154,6 +135,7 @@ class Matcher:
                 ", ".join(report.recipients),
                 record.probe_id,
                 recipient,
+                extra=fields,
             )
             return False
         self._outcomes.bounce(
@@ -167,39 +149,3 @@ class Matcher:
         if report.bounce_type is BounceType.HARD and record.outcome is None:
             self._outcomes.finalize(record, Outcome.BOUNCED, finished_at=seen_at)
         return self._cleanup is Cleanup.DELETE
-
-    def settle_early(self, probe_id: str) -> None:
-        """Called once the sender stored the send result of `probe_id`."""
-        sighting = self._early.pop(probe_id, None)
-        if sighting is None:
-            return
-        record = self._ledger.get(probe_id)
-        if record is not None:
-            self._settle(record, sighting)
-
-    def _settle(self, record: ProbeRecord, sighting: _Sighting) -> None:
-        latency = (
-            max(0.0, sighting.seen_at - record.accepted_at)
-            if record.accepted_at is not None
-            else None
-        )
-        if record.outcome is None:
-            self._outcomes.finalize(
-                record,
-                sighting.placement,
-                finished_at=sighting.seen_at,
-                folder=sighting.folder,
-                latency_seconds=latency,
-                auth=sighting.auth,
-            )
-        elif record.outcome is Outcome.MISSING and latency is not None:
-            self._outcomes.late(
-                record, seen_at=sighting.seen_at, folder=sighting.folder, latency_seconds=latency
-            )
-        else:
-            log.debug(
-                "probe %s seen again in %s; already %s",
-                record.probe_id,
-                sighting.folder,
-                record.outcome,
-            )

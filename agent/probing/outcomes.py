@@ -1,8 +1,11 @@
-"""The one place a probe gets its final outcome: ledger first, then metrics, then waiters.
+"""The one place probe results are written down: the ledger first, then the recorder, then waiters.
 
-The sender (SMTP verdicts), the matcher (arrivals) and the reaper (deadlines) all finalize through
-here. The ledger's atomic `finalize` decides which of them wins, so each probe is counted exactly
-once even when a watcher and the reaper race, and across restarts.
+The sender (send results, SMTP verdicts), the matcher (arrivals, bounces, skipped messages) and the
+reaper (deadlines) all go through here, and nothing else in the probe loop touches the recorder.
+The ledger's atomic writes decide which path wins, so each probe is counted exactly once even when
+a watcher and the reaper race, and across restarts. The ledger is also the only place where the
+sender and the matcher meet: an arrival seen before the send result was stored is stored on the
+probe and finalized from there (`settle_arrival`), never kept in memory.
 """
 
 from __future__ import annotations
@@ -11,9 +14,25 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from agent.model import AuthVerdicts, BounceSource, BounceType, Outcome, ReplyClass, SendResult
+from agent.log_fields import probe_fields
+from agent.model import (
+    Arrival,
+    BounceCounted,
+    BounceSource,
+    BounceType,
+    InFlight,
+    MessageSkipped,
+    Outcome,
+    ProbeFinished,
+    ProbeLate,
+    ProbeSent,
+    ReplyClass,
+    SendResult,
+    SkipReason,
+    SmtpTransaction,
+)
 from agent.monitoring.recorder import Recorder
-from agent.smtp.replies import deciding_reply
+from agent.smtp.replies import deciding_reply, verdict_of
 from agent.store.ledger import Ledger, ProbeRecord
 
 __all__ = ["FinalOutcome", "Outcomes"]
@@ -31,13 +50,133 @@ class FinalOutcome:
     latency_seconds: float | None
 
 
+def _latency(record: ProbeRecord, arrival: Arrival) -> float | None:
+    """Seconds from the 250 to end of data to the sighting; None when the 250 was never stored
+    (the probe was seen, then a restart cut its transaction)."""
+    if record.accepted_at is None:
+        return None
+    # Sender and watcher share one clock; a negative value can only be a clock step.
+    return max(0.0, arrival.seen_at - record.accepted_at)
+
+
 class Outcomes:
-    """Finalizes probes in the ledger and records each final outcome once in the metrics."""
+    """Writes probe results to the ledger and hands each, once, to the recorder."""
 
     def __init__(self, ledger: Ledger, recorder: Recorder) -> None:
         self._ledger = ledger
         self._recorder = recorder
         self._waiters: dict[str, asyncio.Future[FinalOutcome]] = {}
+
+    # -- the sender's side ------------------------------------------------------------------------
+
+    def sending(
+        self, *, probe_id: str, route: str, mailbox: str, created_at: float, deadline_at: float
+    ) -> None:
+        """A probe is about to be sent: on disk first, so a crash mid-send is known."""
+        self._ledger.record_sending(
+            probe_id=probe_id,
+            route=route,
+            mailbox=mailbox,
+            created_at=created_at,
+            deadline_at=deadline_at,
+        )
+        self._recorder.record(ProbeSent(route, mailbox))
+        self.refresh_in_flight()
+
+    def sent(self, probe_id: str, result: SendResult) -> ProbeRecord:
+        """The SMTP transaction ended: store and record its result; the probe as stored now."""
+        self._ledger.record_send_result(probe_id, result)
+        record = self._ledger.get(probe_id)
+        assert record is not None  # recorded by `sending`
+        self._recorder.record(SmtpTransaction(record.route, result))
+        return record
+
+    def conclude(self, record: ProbeRecord, result: SendResult, *, finished_at: float) -> None:
+        """Finalize a sent probe if the server gave a verdict, or if the probe was already seen
+        in its mailbox meanwhile; otherwise it stays awaited."""
+        verdict = verdict_of(result)
+        if verdict is not None:
+            self.smtp_verdict(record, result, verdict, finished_at=finished_at)
+        else:
+            self.settle_arrival(record)
+
+    def smtp_verdict(
+        self, record: ProbeRecord, result: SendResult, verdict: Outcome, *, finished_at: float
+    ) -> None:
+        """Finalize a probe the SMTP server answered for; a 5xx or 4xx also counts as a bounce."""
+        reply = deciding_reply(result)
+        if result.error is None and reply is not None:
+            kind = {ReplyClass.PERMANENT: BounceType.HARD, ReplyClass.TRANSIENT: BounceType.SOFT}
+            bounce_type = kind.get(reply.reply_class)
+            if bounce_type is not None:
+                self.bounce(
+                    record,
+                    bounce_type,
+                    BounceSource.SMTP,
+                    status=reply.enhanced_code,
+                    reporting_mta=None,
+                    seen_at=finished_at,
+                )
+        self.finalize(record, verdict, finished_at=finished_at)
+
+    # -- the reader's side ------------------------------------------------------------------------
+
+    def arrived(self, record: ProbeRecord, arrival: Arrival) -> None:
+        """A probe was seen in its mailbox: finalize it with its placement, store the arrival
+        for the sender while it is still being sent, or count it late if it was missing."""
+        fields = probe_fields(route=record.route, mailbox=record.mailbox, probe_id=record.probe_id)
+        if record.outcome is None:
+            if record.accepted is None:
+                # Seen before the sender stored its 250: the sender (or the next start) finalizes
+                # the probe from the stored arrival.
+                self._ledger.record_arrival(arrival)
+                log.debug(
+                    "probe %s seen in %s before its send result",
+                    record.probe_id,
+                    arrival.folder,
+                    extra=fields,
+                )
+                return
+            self.finalize(
+                record,
+                arrival.placement,
+                finished_at=arrival.seen_at,
+                latency_seconds=_latency(record, arrival),
+                arrival=arrival,
+            )
+            return
+        latency = _latency(record, arrival)
+        if record.outcome is Outcome.MISSING and latency is not None:
+            self.late(
+                record, seen_at=arrival.seen_at, folder=arrival.folder, latency_seconds=latency
+            )
+        else:
+            log.debug(
+                "probe %s seen again in %s; already %s",
+                record.probe_id,
+                arrival.folder,
+                record.outcome,
+                extra=fields,
+            )
+
+    def settle_arrival(self, record: ProbeRecord) -> bool:
+        """Finalize a probe from the arrival stored on it, if any; True when this call did."""
+        arrival = record.arrival
+        if record.outcome is not None or arrival is None:
+            return False
+        return self.finalize(
+            record,
+            arrival.placement,
+            finished_at=arrival.seen_at,
+            latency_seconds=_latency(record, arrival),
+            arrival=arrival,
+        )
+
+    def skipped(self, mailbox: str, reason: SkipReason) -> None:
+        """A message in a seed mailbox was counted and skipped (malformed or forged)."""
+        self._recorder.record(MessageSkipped(mailbox, reason))
+
+    # -- final outcomes ---------------------------------------------------------------------------
 
     def finalize(
         self,
@@ -45,28 +184,28 @@ class Outcomes:
         outcome: Outcome,
         *,
         finished_at: float,
-        folder: str | None = None,
         latency_seconds: float | None = None,
-        auth: AuthVerdicts | None = None,
+        arrival: Arrival | None = None,
     ) -> bool:
         """True when this call set the outcome; False when another path already had."""
         won = self._ledger.finalize(
             record.probe_id,
             outcome=outcome,
             finished_at=finished_at,
-            folder=folder,
             latency_seconds=latency_seconds,
-            auth=auth,
+            arrival=arrival,
         )
         if not won:
             return False
-        self._recorder.probe_final(
-            record.route,
-            record.mailbox,
-            outcome,
-            finished_at=finished_at,
-            latency_seconds=latency_seconds,
-            auth=auth,
+        self._recorder.record(
+            ProbeFinished(
+                record.route,
+                record.mailbox,
+                outcome,
+                finished_at=finished_at,
+                latency_seconds=latency_seconds,
+                arrival=arrival,
+            )
         )
         log.info(
             "probe %s %s -> %s: %s%s",
@@ -75,10 +214,14 @@ class Outcomes:
             record.mailbox,
             outcome,
             f" in {latency_seconds:.2f} s" if latency_seconds is not None else "",
+            extra=probe_fields(
+                route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+            ),
         )
         self.refresh_in_flight()
         waiter = self._waiters.pop(record.probe_id, None)
         if waiter is not None and not waiter.done():
+            folder = arrival.folder if arrival is not None else None
             waiter.set_result(FinalOutcome(record.probe_id, outcome, folder, latency_seconds))
         return True
 
@@ -90,7 +233,7 @@ class Outcomes:
             record.probe_id, seen_at=seen_at, folder=folder, latency_seconds=latency_seconds
         ):
             return False
-        self._recorder.probe_late(record.route, record.mailbox)
+        self._recorder.record(ProbeLate(record.route, record.mailbox))
         log.info(
             "probe %s %s -> %s arrived late in %s after %.1f s",
             record.probe_id,
@@ -98,6 +241,9 @@ class Outcomes:
             record.mailbox,
             folder,
             latency_seconds,
+            extra=probe_fields(
+                route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+            ),
         )
         return True
 
@@ -121,7 +267,7 @@ class Outcomes:
             seen_at=seen_at,
         ):
             return False
-        self._recorder.bounce(record.route, bounce_type, source)
+        self._recorder.record(BounceCounted(record.route, bounce_type, source))
         log.info(
             "probe %s %s -> %s: %s bounce (%s) %s from %s",
             record.probe_id,
@@ -131,30 +277,14 @@ class Outcomes:
             source,
             status or "no status code",
             reporting_mta or "unknown MTA",
+            extra=probe_fields(
+                route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+            ),
         )
         return True
 
-    def smtp_verdict(
-        self, record: ProbeRecord, result: SendResult, verdict: Outcome, *, finished_at: float
-    ) -> None:
-        """Finalize a probe the SMTP server answered for; a 5xx or 4xx also counts as a bounce."""
-        reply = deciding_reply(result)
-        if result.error is None and reply is not None:
-            kind = {ReplyClass.PERMANENT: BounceType.HARD, ReplyClass.TRANSIENT: BounceType.SOFT}
-            bounce_type = kind.get(reply.reply_class)
-            if bounce_type is not None:
-                self.bounce(
-                    record,
-                    bounce_type,
-                    BounceSource.SMTP,
-                    status=reply.enhanced_code,
-                    reporting_mta=None,
-                    seen_at=finished_at,
-                )
-        self.finalize(record, verdict, finished_at=finished_at)
-
     def refresh_in_flight(self) -> None:
-        self._recorder.set_in_flight(self._ledger.in_flight_counts())
+        self._recorder.record(InFlight(self._ledger.in_flight_counts()))
 
     def wait(self, probe_id: str) -> asyncio.Future[FinalOutcome]:
         """A future resolved when the probe is finalized (at once if it already is)."""

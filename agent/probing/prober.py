@@ -1,8 +1,10 @@
-"""Sends one probe for one (route, mailbox) pair and records what the SMTP server said.
+"""Sends one probe for one (route, mailbox) pair and hands what the SMTP server said on.
 
 The probe is written to the ledger before the SMTP transaction starts, so a crash mid-send is
-known after a restart. An accepted probe is then forgotten by the sender: the mailbox watchers and
-the reaper take it from there.
+known after a restart. The SMTP adapter (`agent.smtp.sender.send_probe`) takes a frozen target and
+returns a frozen `SendResult`; `Outcomes` stores it and records it. An accepted probe is then
+forgotten by the sender: the mailbox watchers and the reaper take it from there, and they meet the
+sender only in the ledger.
 """
 
 from __future__ import annotations
@@ -14,34 +16,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.config import Config, Mailbox, Route
-from agent.monitoring.recorder import Recorder
+from agent.log_fields import probe_fields
 from agent.probing.outcomes import Outcomes
-from agent.reading.probe_token import build_probe_message, new_probe_id
+from agent.probing.probe_message import build_probe_message
+from agent.probing.targets import smtp_target
+from agent.reading.probe_token import new_probe_id
 from agent.smtp.replies import verdict_of
-from agent.smtp.sender import SmtpTarget, send_probe
-from agent.store.ledger import Ledger
+from agent.smtp.sender import send_probe
 
-__all__ = ["Prober", "smtp_target"]
+__all__ = ["Prober"]
 
 log = logging.getLogger(__name__)
-
-
-def smtp_target(route: Route) -> SmtpTarget:
-    """The SMTP adapter's view of a configured route."""
-    return SmtpTarget(
-        route=route.name,
-        host=route.host,
-        port=route.port,
-        tls=route.tls,
-        tls_verify=route.tls_verify,
-        ca_file=route.ca_file,
-        username=route.auth.username if route.auth else None,
-        password=route.auth.password.get_secret_value() if route.auth else None,
-        ehlo_name=route.ehlo_name,
-        connect_timeout=route.timeouts.connect,
-        stage_timeout=route.timeouts.stage,
-        total_timeout=route.timeouts.total,
-    )
 
 
 class Prober:
@@ -51,16 +36,12 @@ class Prober:
         self,
         *,
         config: Config,
-        ledger: Ledger,
-        recorder: Recorder,
         outcomes: Outcomes,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._secret = config.secret.get_secret_value().encode()
         self._deadline = config.probes.deadline
-        self._ledger = ledger
-        self._recorder = recorder
         self._outcomes = outcomes
         self._clock = clock
 
@@ -77,31 +58,31 @@ class Prober:
             mailbox=mailbox.name,
             sent_at=datetime.fromtimestamp(created_at, UTC),
         )
-        self._ledger.record_sending(
+        self._outcomes.sending(
             probe_id=probe_id,
             route=route.name,
             mailbox=mailbox.name,
             created_at=created_at,
             deadline_at=created_at + self._deadline,
         )
-        self._recorder.probe_sent(route.name, mailbox.name)
-        self._outcomes.refresh_in_flight()
-
         result = await send_probe(
             smtp_target(route),
             envelope_from=self._config.envelope_from(route, probe_id),
             recipients=[mailbox.address],
             message=message.as_bytes(policy=email.policy.SMTP),
         )
-        self._ledger.record_send_result(probe_id, result)
-        self._recorder.smtp_result(route.name, result)
-        verdict = verdict_of(result)
-        if verdict is None:
+        # Stored before it is logged: a log line never claims what a crash could still undo.
+        record = self._outcomes.sent(probe_id, result)
+        fields = probe_fields(route=route.name, mailbox=mailbox.name, probe_id=probe_id)
+        if verdict_of(result) is None:
             log.debug(
-                "probe %s accepted by %s in %.2f s", probe_id, route.name, result.duration_seconds
+                "probe %s accepted by %s in %.2f s",
+                probe_id,
+                route.name,
+                result.duration_seconds,
+                extra=fields,
             )
-            return probe_id
-        if result.error is not None:
+        elif result.error is not None:
             log.warning(
                 "probe %s via %s failed at %s (%s): %s",
                 probe_id,
@@ -109,8 +90,7 @@ class Prober:
                 result.error.stage,
                 result.error.kind,
                 result.error.message,
+                extra=fields,
             )
-        record = self._ledger.get(probe_id)
-        assert record is not None  # written above
-        self._outcomes.smtp_verdict(record, result, verdict, finished_at=self._clock())
+        self._outcomes.conclude(record, result, finished_at=self._clock())
         return probe_id

@@ -20,7 +20,7 @@ from email.parser import BytesParser
 from flufl.bounce import all_failures
 
 from agent.model import BounceType
-from agent.reading.probe_token import PROBE_ID_PATTERN
+from agent.reading.probe_token import PROBE_ID_PATTERN, KeyRing
 from agent.reading.triage import TriageKind, triage_message
 
 __all__ = ["BounceReport", "read_bounce"]
@@ -93,9 +93,9 @@ def _verp_probe_id(message: Message) -> str | None:
     return None
 
 
-def read_bounce(raw: bytes, *, secret: bytes) -> BounceReport:
+def read_bounce(raw: bytes, *, keys: KeyRing) -> BounceReport:
     """Read one message from a bounce mailbox; never raises on the message's content."""
-    triage = triage_message(raw, secret=secret, trusted_authserv_ids=())
+    triage = triage_message(raw, keys=keys, trusted_authserv_ids=())
     if triage.kind is not TriageKind.BOUNCE:
         return BounceReport(None, False, None, None, None, (), f"not a bounce: {triage.kind}")
     try:

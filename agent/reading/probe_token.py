@@ -1,4 +1,4 @@
-"""Probe identity and the probe message: ids, their signatures, and the email that carries them.
+"""Probe identity: ids, their signatures, and the key ring that signs and verifies them.
 
 A probe id is a ULID-like string: 48 bits of milliseconds since the epoch then 80 random bits, in
 Crockford base32 (lowercase), so ids sort by creation time and are safe in URLs, DNS labels, Subject
@@ -8,32 +8,31 @@ nobody without the secret can make a seed mailbox report a placement.
 
 The id travels three ways so it survives whatever a mail system keeps: the `X-Deliverability-Probe`
 header (authoritative, signed), the Message-ID (`<id.sig@from-domain>`, what bounces and replies
-quote in In-Reply-To/References) and the Subject (what humans and auto-replies quote). Route and
-mailbox names are only in the body: headers stay as plain as an ordinary message's, so they neither
-leak our configuration into header-based filters nor differ between routes.
+quote in In-Reply-To/References) and the Subject (what humans and auto-replies quote); the message
+itself is built by `agent.probing.probe_message`.
+
+A `KeyRing` holds the secret that signs new probes and the few earlier ones (a reloaded config with
+a new secret) that still verify probes in flight, so a reader verifies a token against every key in
+one pass instead of reading a message once per secret.
 """
 
 from __future__ import annotations
 
-import email.policy
 import hashlib
 import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "PROBE_HEADER",
     "PROBE_ID_PATTERN",
     "SIGNATURE_PATTERN",
     "SUBJECT_PREFIX",
+    "KeyRing",
     "ProbeToken",
-    "build_probe_message",
     "format_probe_header",
     "is_probe_id",
     "new_probe_id",
@@ -144,74 +143,32 @@ def parse_probe_header(value: str) -> ProbeToken | None:
     return ProbeToken(probe_id=match["id"], signature=match["sig"])
 
 
-def _single_address(value: str, what: str) -> Address:
-    """The one address in `value` ("a@b.example" or "Name <a@b.example>"), or ValueError."""
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValueError(f"{what} must not contain control characters")
-    try:
-        header = email.policy.default.header_factory("From", value)
-    except Exception as exc:  # the stdlib header parser has raised IndexError on odd input
-        raise ValueError(f"{what} is not a single email address") from exc
-    addresses: tuple[Address, ...] = getattr(header, "addresses", ())
-    if header.defects or len(addresses) != 1:
-        raise ValueError(f"{what} is not a single email address")
-    address: Address = addresses[0]
-    if not address.username or not address.domain:
-        raise ValueError(f"{what} is not a single email address")
-    return address
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """The secret that signs new probes, and earlier secrets that still verify probes in flight."""
 
+    MAX_EARLIER: ClassVar[int] = 4  # a few reloads' worth; a probe lives minutes, not days
 
-def _ascii_domain(domain: str) -> str:
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise ValueError("the From domain cannot be written in ASCII") from exc
+    current: bytes = field(repr=False)
+    earlier: tuple[bytes, ...] = field(default=(), repr=False)
 
+    def __post_init__(self) -> None:
+        if not self.current or not all(self.earlier):
+            raise ValueError("the probe signing secret must not be empty")
 
-def _check_name(value: str, what: str) -> None:
-    if not 0 < len(value) <= 200 or any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValueError(f"{what} must be 1 to 200 characters, without control characters")
+    def sign(self, probe_id: str) -> str:
+        """The signature of `probe_id` under the current secret."""
+        return sign_probe_id(probe_id, self.current)
 
+    def verify(self, probe_id: str, signature: str) -> bool:
+        """Whether any secret of the ring signed `probe_id` with `signature`."""
+        return any(
+            verify_probe_token(probe_id, signature, key) for key in (self.current, *self.earlier)
+        )
 
-def build_probe_message(
-    *,
-    probe_id: str,
-    secret: bytes,
-    header_from: str,
-    to: str,
-    route: str,
-    mailbox: str,
-    sent_at: datetime,
-) -> EmailMessage:
-    """The probe email for `probe_id`, signed with `secret`, ready for the SMTP sender."""
-    if sent_at.tzinfo is None or sent_at.utcoffset() is None:
-        raise ValueError("sent_at must be timezone-aware")
-    _check_name(route, "route")
-    _check_name(mailbox, "mailbox")
-    from_address = _single_address(header_from, "header_from")
-    _single_address(to, "to")
-    signature = sign_probe_id(probe_id, secret)
-
-    message = EmailMessage()
-    message["From"] = header_from
-    message["To"] = to
-    message["Subject"] = f"{SUBJECT_PREFIX} {probe_id}"
-    message["Date"] = format_datetime(sent_at)
-    message["Message-ID"] = f"<{probe_id}.{signature}@{_ascii_domain(from_address.domain)}>"
-    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: well-behaved responders stay quiet
-    message["X-Auto-Response-Suppress"] = "All"  # the Exchange equivalent
-    message[PROBE_HEADER] = format_probe_header(probe_id, signature)
-    body = (
-        "This is an automated email deliverability probe.\n"
-        "\n"
-        "It was sent to check that mail from this sender reaches this mailbox and\n"
-        "where it is filed. It needs no action and can be ignored or deleted.\n"
-        "\n"
-        f"Probe: {probe_id}\n"
-        f"Route: {route}\n"
-        f"Mailbox: {mailbox}\n"
-    )
-    # 7bit when ASCII, else quoted-printable; never raw 8bit (which the default policy would pick).
-    cte = "7bit" if body.isascii() else "quoted-printable"
-    message.set_content(body, charset="utf-8", cte=cte)
-    return message
+    def rotated(self, secret: bytes) -> KeyRing:
+        """The ring after a reload: `secret` signs from now on, the current one still verifies."""
+        if secret == self.current:
+            return self
+        kept = tuple(key for key in (self.current, *self.earlier) if key != secret)
+        return KeyRing(secret, kept[: self.MAX_EARLIER])

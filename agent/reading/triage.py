@@ -29,8 +29,8 @@ from agent.reading.probe_token import (
     PROBE_ID_PATTERN,
     SIGNATURE_PATTERN,
     SUBJECT_PREFIX,
+    KeyRing,
     parse_probe_header,
-    verify_probe_token,
 )
 
 __all__ = [
@@ -210,12 +210,12 @@ def _scan_texts(message: Message, raw: bytes) -> Iterator[str]:
             budget -= min(len(payload), budget)
 
 
-def _quoted_probe(message: Message, raw: bytes, subject: str, secret: bytes) -> tuple[str, bool]:
+def _quoted_probe(message: Message, raw: bytes, subject: str, keys: KeyRing) -> tuple[str, bool]:
     """The probe a bounce or auto-reply is about: (id, signed) or ("", False) if none is found."""
     for part in message.walk():
         for value in _headers(part, PROBE_HEADER):
             token = parse_probe_header(value)
-            if token and verify_probe_token(token.probe_id, token.signature, secret):
+            if token and keys.verify(token.probe_id, token.signature):
                 return token.probe_id, True
     unsigned = ""
     checks = 0
@@ -225,14 +225,14 @@ def _quoted_probe(message: Message, raw: bytes, subject: str, secret: bytes) -> 
                 if checks >= _MAX_VERIFICATIONS:
                     break
                 checks += 1
-                if verify_probe_token(match[1], match[2], secret):
+                if keys.verify(match[1], match[2]):
                     return match[1], True
         if not unsigned and (quoted := _QUOTED_SUBJECT.search(text)):
             unsigned = quoted[1]
     return unsigned, False
 
 
-def _triage(raw: bytes, secret: bytes, trusted_authserv_ids: Sequence[str]) -> Triage:
+def _triage(raw: bytes, keys: KeyRing, trusted_authserv_ids: Sequence[str]) -> Triage:
     none = AuthVerdicts()
     if not raw.strip():
         return Triage(TriageKind.MALFORMED, None, none, "empty message")
@@ -266,7 +266,7 @@ def _triage(raw: bytes, secret: bytes, trusted_authserv_ids: Sequence[str]) -> T
         reason = _auto_reply_reason(message, subject, bool(probe_headers) or ours_by_id)
         kind = TriageKind.AUTO_REPLY
     if reason is not None:
-        probe_id, signed = _quoted_probe(message, raw, subject, secret)
+        probe_id, signed = _quoted_probe(message, raw, subject, keys)
         return Triage(kind, probe_id or None, auth, reason, signed, unparseable)
 
     if not probe_headers:
@@ -277,17 +277,16 @@ def _triage(raw: bytes, secret: bytes, trusted_authserv_ids: Sequence[str]) -> T
     token = parse_probe_header(probe_headers[0])
     if token is None:
         return Triage(TriageKind.FORGED, None, auth, "probe header malformed", False, unparseable)
-    if not verify_probe_token(token.probe_id, token.signature, secret):
+    if not keys.verify(token.probe_id, token.signature):
         return Triage(TriageKind.FORGED, None, auth, "probe signature invalid", False, unparseable)
     return Triage(TriageKind.PROBE, token.probe_id, auth, "signed probe", True, unparseable)
 
 
-def triage_message(raw: bytes, *, secret: bytes, trusted_authserv_ids: Sequence[str]) -> Triage:
-    """Classify one raw message from a seed mailbox; never raises on the message's content."""
-    if not secret:
-        raise ValueError("the probe signing secret must not be empty")
+def triage_message(raw: bytes, *, keys: KeyRing, trusted_authserv_ids: Sequence[str]) -> Triage:
+    """Classify one raw message from a seed mailbox; never raises on the message's content.
+    A probe signed with any secret of `keys` is ours."""
     try:
-        return _triage(bytes(raw), secret, trusted_authserv_ids)
+        return _triage(bytes(raw), keys, trusted_authserv_ids)
     except Exception as exc:  # last line of defence: hostile input must not stop a watcher
         reason = f"unreadable message ({type(exc).__name__})"
         return Triage(TriageKind.MALFORMED, None, AuthVerdicts(), reason)

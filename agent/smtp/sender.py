@@ -92,6 +92,7 @@ class SmtpTarget:
     connect_timeout: float  # TCP connect (DNS included)
     stage_timeout: float  # each reply, and each TLS handshake
     total_timeout: float  # the whole transaction
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # more values to mask in reports
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

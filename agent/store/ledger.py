@@ -12,6 +12,12 @@ Life cycle of a probe (its `state`):
 
 A probe FINAL as `missing` that shows up later is marked late (`mark_late`); its outcome stays.
 
+The ledger is the only place where the sender and the mailbox watchers meet. A probe can be seen
+in its mailbox before its sender stored the 250 reply (a fast server delivers before our QUIT
+ends): the watcher then stores the arrival (`record_arrival`) on the probe still SENDING, and the
+sender, once it stored its result, finalizes the probe from that arrival. A restart in between
+loses nothing: the next start finalizes every probe that has an arrival from it.
+
 After a restart, before starting the reaper, the service resolves what the crash interrupted:
 `unsent_interrupted()` lists the probes still SENDING (the transaction may or may not have reached
 the server: finalize them as `error`, kind `closed`, "interrupted by restart") and the probes
@@ -34,6 +40,7 @@ from typing import Any, Self
 
 from agent.errors import AgentError, ErrorCategory
 from agent.model import (
+    Arrival,
     AuthResult,
     AuthVerdicts,
     BounceSource,
@@ -58,7 +65,7 @@ __all__ = [
 ]
 
 LEDGER_FILENAME = "ledger.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Seconds a writer waits for another connection's write lock before failing; writes are tiny, so
 # hitting this means something is badly wrong, not that the other side is slow.
@@ -108,10 +115,26 @@ CREATE TABLE bounces (
     "CREATE INDEX probes_pair ON probes (route, mailbox, created_at)",
 )
 
+# Version 2: the arrival (where a probe landed and every verdict read from it) is stored whole as
+# JSON, also while the probe is still being sent; the v1 `auth` column becomes part of it.
+_MIGRATE_V1_TO_V2 = (
+    "ALTER TABLE probes ADD COLUMN arrival TEXT",  # a JSON object, or NULL until seen
+    """
+UPDATE probes SET arrival = json_object(
+    'folder', folder, 'placement', outcome, 'seen_at', finished_at, 'auth', json(auth))
+WHERE outcome IN ('inbox', 'spam', 'other') AND folder IS NOT NULL
+""",
+    "ALTER TABLE probes DROP COLUMN auth",
+)
+
+# Each step takes the schema from version N to N + 1; a new file runs v1, then every step, so the
+# migrations are exercised on every start of a fresh agent.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_V1_TO_V2}
+
 _COLUMNS = (
     "probe_id, route, mailbox, created_at, deadline_at, accepted, accepted_at,"
     " send_duration_seconds, transcript, send_error, tls_version, tls_cert_not_after,"
-    " outcome, finished_at, folder, latency_seconds, auth,"
+    " outcome, finished_at, folder, latency_seconds, arrival,"
     " late_seen_at, late_folder, late_latency_seconds"
 )
 
@@ -166,7 +189,7 @@ class ProbeRecord:
     finished_at: float | None
     folder: str | None
     latency_seconds: float | None
-    auth: AuthVerdicts | None
+    arrival: Arrival | None  # stored when seen, even before the send result
     late_seen_at: float | None
     late_folder: str | None
     late_latency_seconds: float | None
@@ -178,6 +201,11 @@ class ProbeRecord:
         if self.accepted is None:
             return ProbeState.SENDING
         return ProbeState.AWAITING if self.accepted else ProbeState.UNACCEPTED
+
+    @property
+    def auth(self) -> AuthVerdicts | None:
+        """The authentication verdicts of the probe's arrival, if it arrived."""
+        return self.arrival.auth if self.arrival is not None else None
 
     @property
     def send_result(self) -> SendResult | None:
@@ -261,10 +289,15 @@ class Ledger:
                 raise LedgerError(f"{self._path} is an SQLite database but not a probe ledger")
             for statement in _SCHEMA_V1:
                 self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            return
-        # Versions 1..SCHEMA_VERSION-1 would be migrated here, one step at a time.
-        raise LedgerError(f"ledger {self._path} has unsupported schema version {version}")
+            version = 1
+        while version < SCHEMA_VERSION:
+            steps = _MIGRATIONS.get(version)
+            if steps is None:
+                raise LedgerError(f"ledger {self._path} has unsupported schema version {version}")
+            for statement in steps:
+                self._conn.execute(statement)
+            version += 1
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -337,24 +370,36 @@ class Ledger:
         *,
         outcome: Outcome,
         finished_at: float,
-        folder: str | None = None,
         latency_seconds: float | None = None,
-        auth: AuthVerdicts | None = None,
+        arrival: Arrival | None = None,
     ) -> bool:
-        """Set the probe's one final outcome. True only for the call that set it; False if it was
-        already final (or is unknown: an arrival for a pruned or forged id is not a caller bug)."""
+        """Set the probe's one final outcome (with its arrival, for a probe that was seen). True
+        only for the call that set it; False if it was already final (or is unknown: an arrival
+        for a pruned or forged id is not a caller bug)."""
         with self._translate("finalize a probe"):
             cursor = self._conn.execute(
                 "UPDATE probes SET outcome = ?, finished_at = ?, folder = ?, latency_seconds = ?,"
-                " auth = ? WHERE probe_id = ? AND outcome IS NULL",
+                " arrival = coalesce(?, arrival) WHERE probe_id = ? AND outcome IS NULL",
                 (
                     outcome.value,
                     finished_at,
-                    folder,
+                    None if arrival is None else arrival.folder,
                     latency_seconds,
-                    None if auth is None else json.dumps(_auth_to_json(auth)),
+                    None if arrival is None else json.dumps(_arrival_to_json(arrival)),
                     probe_id,
                 ),
+            )
+        return cursor.rowcount == 1
+
+    def record_arrival(self, arrival: Arrival) -> bool:
+        """Store where a probe was seen before it can be finalized (its send result is not stored
+        yet). True the first time; False if it is final, unknown, or already has an arrival.
+        Durable like every write: the sender, or the next start, finalizes it from here."""
+        with self._translate("record an arrival"):
+            cursor = self._conn.execute(
+                "UPDATE probes SET arrival = ? WHERE probe_id = ? AND outcome IS NULL"
+                " AND arrival IS NULL",
+                (json.dumps(_arrival_to_json(arrival)), arrival.probe_id),
             )
         return cursor.rowcount == 1
 
@@ -557,6 +602,28 @@ def _error_from_json(data: dict[str, Any]) -> ProbeError:
     )
 
 
+def _arrival_to_json(arrival: Arrival) -> dict[str, Any]:
+    """probe_id and mailbox are columns of the row; the rest is the arrival's own."""
+    return {
+        "folder": arrival.folder,
+        "placement": arrival.placement.value,
+        "seen_at": arrival.seen_at,
+        "auth": _auth_to_json(arrival.auth),
+    }
+
+
+def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arrival:
+    auth = data.get("auth")
+    return Arrival(
+        probe_id=probe_id,
+        mailbox=mailbox,
+        folder=str(data["folder"]),
+        placement=Outcome(data["placement"]),
+        seen_at=float(data["seen_at"]),
+        auth=AuthVerdicts() if auth is None else _auth_from_json(auth),
+    )
+
+
 def _auth_to_json(auth: AuthVerdicts) -> dict[str, str | None]:
     return {
         method.value: None if result is None else result.value for method, result in auth.items()
@@ -591,7 +658,7 @@ def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
         finished_at,
         folder,
         latency_seconds,
-        auth,
+        arrival,
         late_seen_at,
         late_folder,
         late_latency_seconds,
@@ -613,7 +680,9 @@ def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
         finished_at=finished_at,
         folder=folder,
         latency_seconds=latency_seconds,
-        auth=None if auth is None else _auth_from_json(json.loads(auth)),
+        arrival=(
+            None if arrival is None else _arrival_from_json(probe_id, mailbox, json.loads(arrival))
+        ),
         late_seen_at=late_seen_at,
         late_folder=late_folder,
         late_latency_seconds=late_latency_seconds,

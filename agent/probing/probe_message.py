@@ -1,0 +1,97 @@
+"""The probe email: what the SMTP sender hands to a route for one probe.
+
+Route and mailbox names are only in the body: headers stay as plain as an ordinary message's, so
+they neither leak our configuration into header-based filters nor differ between routes. The probe
+id and its signature travel in the `X-Deliverability-Probe` header, the Message-ID and the Subject
+(`agent.reading.probe_token` says why).
+"""
+
+from __future__ import annotations
+
+import email.policy
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from agent.reading.probe_token import (
+    PROBE_HEADER,
+    SUBJECT_PREFIX,
+    format_probe_header,
+    sign_probe_id,
+)
+
+__all__ = ["build_probe_message"]
+
+
+def _single_address(value: str, what: str) -> Address:
+    """The one address in `value` ("a@b.example" or "Name <a@b.example>"), or ValueError."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"{what} must not contain control characters")
+    try:
+        header = email.policy.default.header_factory("From", value)
+    except Exception as exc:  # the stdlib header parser has raised IndexError on odd input
+        raise ValueError(f"{what} is not a single email address") from exc
+    addresses: tuple[Address, ...] = getattr(header, "addresses", ())
+    if header.defects or len(addresses) != 1:
+        raise ValueError(f"{what} is not a single email address")
+    address: Address = addresses[0]
+    if not address.username or not address.domain:
+        raise ValueError(f"{what} is not a single email address")
+    return address
+
+
+def _ascii_domain(domain: str) -> str:
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError("the From domain cannot be written in ASCII") from exc
+
+
+def _check_name(value: str, what: str) -> None:
+    if not 0 < len(value) <= 200 or any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"{what} must be 1 to 200 characters, without control characters")
+
+
+def build_probe_message(
+    *,
+    probe_id: str,
+    secret: bytes,
+    header_from: str,
+    to: str,
+    route: str,
+    mailbox: str,
+    sent_at: datetime,
+) -> EmailMessage:
+    """The probe email for `probe_id`, signed with `secret`, ready for the SMTP sender."""
+    if sent_at.tzinfo is None or sent_at.utcoffset() is None:
+        raise ValueError("sent_at must be timezone-aware")
+    _check_name(route, "route")
+    _check_name(mailbox, "mailbox")
+    from_address = _single_address(header_from, "header_from")
+    _single_address(to, "to")
+    signature = sign_probe_id(probe_id, secret)
+
+    message = EmailMessage()
+    message["From"] = header_from
+    message["To"] = to
+    message["Subject"] = f"{SUBJECT_PREFIX} {probe_id}"
+    message["Date"] = format_datetime(sent_at)
+    message["Message-ID"] = f"<{probe_id}.{signature}@{_ascii_domain(from_address.domain)}>"
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: well-behaved responders stay quiet
+    message["X-Auto-Response-Suppress"] = "All"  # the Exchange equivalent
+    message[PROBE_HEADER] = format_probe_header(probe_id, signature)
+    body = (
+        "This is an automated email deliverability probe.\n"
+        "\n"
+        "It was sent to check that mail from this sender reaches this mailbox and\n"
+        "where it is filed. It needs no action and can be ignored or deleted.\n"
+        "\n"
+        f"Probe: {probe_id}\n"
+        f"Route: {route}\n"
+        f"Mailbox: {mailbox}\n"
+    )
+    # 7bit when ASCII, else quoted-printable; never raw 8bit (which the default policy would pick).
+    cte = "7bit" if body.isascii() else "quoted-printable"
+    message.set_content(body, charset="utf-8", cte=cte)
+    return message
