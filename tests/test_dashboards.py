@@ -17,7 +17,8 @@ from agent.dns.records import SPF_LOOKUP_LIMIT
 from agent.monitoring.catalog import CATALOG
 from dashboards import build
 from dashboards.common import RUNBOOK_URL
-from dashboards.inventory import (
+from dashboards.promql import PromQLError, label_values_selector, metric_names, selectors
+from tests.monitoring_inventory import (
     RULE_FILES,
     dashboard_files,
     panel_queries,
@@ -26,7 +27,6 @@ from dashboards.inventory import (
     variables,
     vocabulary,
 )
-from dashboards.promql import PromQLError, label_values_selector, metric_names, selectors
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
