@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards.promql import label_values_selector
 from tests.agent_setup import BAD_SENDER, AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.configs import DNSBL_ZONE
@@ -45,6 +44,7 @@ from tests.monitoring_inventory import (
     rules,
     variables,
 )
+from tests.promql import label_values_selector
 
 pytestmark = pytest.mark.mailsystem
 
