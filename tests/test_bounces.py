@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import Config, validate_config
 from agent.model import BounceType
-from agent.reading.bounces import read_bounce
+from agent.reading.bounces import BounceReport, read_bounce
 from agent.reading.probe_token import KeyRing
 from tests.agent_setup import TEST_SECRET
 
@@ -75,19 +75,68 @@ def test_an_out_of_office_reply_quoting_the_probe_is_not_a_bounce() -> None:
     assert report.probe_id is None
 
 
+# The probe as the MX returned it, inside the real DSN.
+RETURNED = HARD.split(b"Content-Type: message/rfc822\n\n")[1].split(b"\n--3439820E0A6")[0]
+NO_FAILURE = "a bounce that reports no failed recipient"
+
+
+def _one_part_bounce(from_header: bytes) -> bytes:
+    """A bounce as one text part quoting the returned probe, as many MTAs send them."""
+    return (
+        from_header
+        + b"Subject: Undelivered Mail Returned to Sender\n"
+        + f"To: box000+{PROBE_ID}@seed.test\n".encode()
+        + b"Content-Type: text/plain\n\nYour message could not be delivered.\n\n"
+        + RETURNED
+        + b"\n"
+    )
+
+
+@pytest.mark.parametrize("from_header", [b"", b"From: \n"], ids=["no-from", "empty-from"])
+def test_an_unreadable_bounce_is_a_report_without_probe_rather_than_an_exception(
+    from_header: bytes,
+) -> None:
+    # On a one-part bounce without a From address flufl.bounce's Yale detector raises IndexError
+    # and all_failures() re-raises it: only read_bounce's catch-all keeps it from the watcher. If a
+    # flufl.bounce release stops raising here, this input no longer reaches it: find another.
+    raw = _one_part_bounce(from_header)
+    report = read_bounce(raw, keys=KeyRing(SECRET))
+    assert report == BounceReport(
+        None, False, None, None, None, (), "unreadable bounce (IndexError)"
+    )
+    # The same bounce with a sender is read and names the signed probe: the catch-all, not a
+    # failure to find the probe, is what left it out above.
+    readable = read_bounce(
+        _one_part_bounce(b"From: MAILER-DAEMON@mail.good.test\n"), keys=KeyRing(SECRET)
+    )
+    assert readable == BounceReport(PROBE_ID, True, None, None, None, (), NO_FAILURE)
+
+
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "expected"),
     [
-        b"",
-        b"\x00\x01 not a message",
-        HARD[: len(HARD) // 3],
-        HARD.replace(b"message/delivery-status", b"message/delivery-status; x=" + b"y" * 9000),
-        b"From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail\r\n"
-        b"Content-Type: multipart/report; report-type=delivery-status; boundary=\r\n\r\n--\r\n",
+        (b"", "not a bounce: malformed"),
+        (b"\x00\x01 not a message", "not a bounce: malformed"),
+        (
+            HARD.replace(b"message/delivery-status", b"message/delivery-status; x=" + b"y" * 9000),
+            "not a bounce: malformed",
+        ),
+        (
+            b"From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail\r\n"
+            b"Content-Type: multipart/report; report-type=delivery-status; boundary=\r\n\r\n--\r\n",
+            NO_FAILURE,
+        ),
     ],
+    ids=["empty", "binary", "huge-parameter", "no-boundary"],
 )
-def test_hostile_or_broken_bounces_never_raise(raw: bytes) -> None:
-    read_bounce(raw, keys=KeyRing(SECRET))
+def test_broken_bounces_count_no_failure_and_name_no_probe(raw: bytes, expected: str) -> None:
+    report = read_bounce(raw, keys=KeyRing(SECRET))
+    assert report == BounceReport(None, False, None, None, None, (), expected)
+
+
+def test_a_truncated_dsn_counts_no_failure_but_its_verp_address_names_the_probe() -> None:
+    report = read_bounce(HARD[: len(HARD) // 3], keys=KeyRing(SECRET))
+    assert report == BounceReport(PROBE_ID, False, None, None, None, (), NO_FAILURE)
 
 
 def _config(route_extra: dict[str, object]) -> Config:

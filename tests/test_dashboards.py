@@ -17,7 +17,7 @@ from agent.dns.records import SPF_LOOKUP_LIMIT
 from agent.monitoring.catalog import CATALOG
 from dashboards import build
 from dashboards.common import RUNBOOK_URL
-from dashboards.inventory import (
+from tests.monitoring_inventory import (
     RULE_FILES,
     dashboard_files,
     panel_queries,
@@ -26,7 +26,14 @@ from dashboards.inventory import (
     variables,
     vocabulary,
 )
-from dashboards.promql import PromQLError, label_values_selector, metric_names, selectors
+from tests.promql import (
+    Matcher,
+    PromQLError,
+    Selector,
+    label_values_selector,
+    metric_names,
+    selectors,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -94,7 +101,7 @@ def test_the_agent_never_imports_grafanalib() -> None:
 # --- the queries ------------------------------------------------------------------------------
 
 
-def test_the_name_reader_finds_metrics_and_skips_functions_labels_and_keywords() -> None:
+def test_the_selector_reader_finds_metrics_and_matchers_and_refuses_what_does_not_parse() -> None:
     expr = (
         'sum by (route, le) (rate(a_total{x="1", y=~"p|q"}[$__rate_interval])) / on (route) '
         "group_left () (b:c:d > 0) or absent(e) unless topk(3, f offset 5m) * scalar(g)"
@@ -105,10 +112,20 @@ def test_the_name_reader_finds_metrics_and_skips_functions_labels_and_keywords()
         ("x", "=", ("1",)),
         ("y", "=~", ("p", "q")),
     ]
-    with pytest.raises(PromQLError, match="unknown function 'rat'"):
+    assert selectors('{__name__="h", z!~"$v"}') == [
+        Selector("h", (Matcher("__name__", "=", "h"), Matcher("z", "!~", "$v")))
+    ]
+    with pytest.raises(PromQLError, match="unknown function with name 'rat'"):
         selectors("rat(a_total[5m])")
-    with pytest.raises(PromQLError, match="unexpected"):
-        selectors("a_total @ 5")
+    # Only Grafana's range macros stand for a duration; any other variable there is an error.
+    with pytest.raises(PromQLError, match="unexpected character inside brackets"):
+        selectors("rate(a_total[$interval])")
+    assert label_values_selector('label_values(a_total{x=~"$x"}, route)') == (
+        Selector("a_total", (Matcher("x", "=~", "$x"),)),
+        "route",
+    )
+    with pytest.raises(PromQLError, match="takes a series selector"):
+        label_values_selector("label_values(rate(a_total[5m]), route)")
 
 
 def test_the_vocabulary_flags_unknown_metrics_labels_and_label_values() -> None:

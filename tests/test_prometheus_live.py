@@ -30,7 +30,12 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards.inventory import (
+from tests.agent_setup import BAD_SENDER, AgentSetup
+from tests.mailsystem import MailSystem
+from tests.mailsystem.configs import DNSBL_ZONE
+from tests.mailsystem.system import free_ports
+from tests.mailsystem.topology import BAD_DOMAIN, DKIM_SELECTOR, GOOD_DOMAIN, SEED_DOMAIN
+from tests.monitoring_inventory import (
     PROMETHEUS_DIR,
     RULE_FILES,
     PanelQuery,
@@ -39,12 +44,7 @@ from dashboards.inventory import (
     rules,
     variables,
 )
-from dashboards.promql import label_values_selector
-from tests.agent_setup import BAD_SENDER, AgentSetup
-from tests.mailsystem import MailSystem
-from tests.mailsystem.configs import DNSBL_ZONE
-from tests.mailsystem.system import free_ports
-from tests.mailsystem.topology import BAD_DOMAIN, DKIM_SELECTOR, GOOD_DOMAIN, SEED_DOMAIN
+from tests.promql import label_values_selector
 
 pytestmark = pytest.mark.mailsystem
 

@@ -19,8 +19,8 @@ import yaml
 from agent.dns.records import DnsCheck
 from agent.monitoring.catalog import DNS_CHECK_OK
 from dashboards.common import RUNBOOK_URL, runbook_anchor
-from dashboards.inventory import PROMETHEUS_DIR, RULE_FILES, Rule, rules, vocabulary
-from dashboards.promql import metric_names, selectors
+from tests.monitoring_inventory import PROMETHEUS_DIR, RULE_FILES, Rule, rules, vocabulary
+from tests.promql import metric_names, selectors
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))

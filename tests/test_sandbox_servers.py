@@ -28,6 +28,7 @@ from agent.probing.targets import imap_target, smtp_target
 from agent.sandbox import SandboxError, SandboxServer
 from agent.sandbox.tls import ensure_certificates
 from agent.smtp.sender import send_probe
+from tests.mailsystem.system import free_ports
 
 SEED = "seed@sandbox.localhost"
 JUNK_SEED = "junk@sandbox.localhost"
@@ -251,7 +252,11 @@ async def test_sandbox_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        settings = Sandbox.model_validate({"submissions_port": port})
+        # Free ports for the other two listeners, so only `busy` can be the one in use.
+        submission, imaps = free_ports(2)
+        settings = Sandbox.model_validate(
+            {"submission_port": submission, "submissions_port": port, "imaps_port": imaps}
+        )
         with pytest.raises(SandboxError) as caught:
             await SandboxServer.start(settings, state_dir=tmp_path)
     assert str(caught.value) == (

@@ -16,7 +16,7 @@ import yaml
 from agent import model
 from agent.dns.records import Alignment, DmarcPolicy, DnsCheck
 from agent.monitoring import catalog as metrics
-from dashboards.promql import selectors
+from tests.promql import selectors
 
 __all__ = [
     "PROMETHEUS_DIR",
