@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable
 
 from agent.config import Config
-from agent.sandbox import sandbox_secrets
+from agent.secrets import secret_values
 
 __all__ = ["SecretRedactingFilter", "config_secrets", "configure_logging"]
 
@@ -61,16 +61,5 @@ def configure_logging(level: int, secrets: Iterable[str]) -> SecretRedactingFilt
 
 
 def config_secrets(config: Config) -> list[str]:
-    """Every secret value in a loaded Config: the HMAC secret, every route, seed and bounce
-    mailbox password, the sandbox's passwords and the HTTP basic-auth password."""
-    values = [config.secret.get_secret_value()]
-    for route in config.routes:
-        if route.auth is not None:
-            values.append(route.auth.password.get_secret_value())
-    for mailbox in (*config.mailboxes, *config.bounce_mailboxes):
-        values.append(mailbox.auth.password.get_secret_value())
-    if config.sandbox is not None:
-        values += sandbox_secrets(config.sandbox)
-    if config.http.basic_auth is not None:
-        values.append(config.http.basic_auth.password.get_secret_value())
-    return values
+    """Every secret value in a loaded Config: every field typed `Secret`, the sandbox's too."""
+    return secret_values(config)
