@@ -1,8 +1,9 @@
 """Configuration errors and their wording.
 
 Every failure is a `ConfigError` whose lines each read `<file>: <key.path>: <what was expected>,
-got <value>`; secrets are never echoed. Validators raise `_invalid` for one value; a model's own
-checks collect `_Problems`; `_error_line` turns each pydantic error into one such line.
+got <value>`; secrets are never echoed (`_is_secret`: a field typed `Secret`, or a key named
+like one). Validators raise `_invalid` for one value; a model's own checks collect `_Problems`;
+`_error_line` turns each pydantic error into one such line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from agent.errors import AgentError, ErrorCategory
+from agent.secrets import is_secret_type
 
 __all__ = ["ConfigError"]
 
@@ -138,6 +140,27 @@ def _known_keys(loc: _Loc, root: type[BaseModel]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
+def _is_secret(loc: _Loc, root: type[BaseModel]) -> bool:
+    """Whether the value at `loc` (below `root`) may be a secret, so never to be echoed: under a
+    key named like one, or in a field typed secret (which needs no list to be kept)."""
+    last_key = next((p for p in reversed(loc) if isinstance(p, str)), None)
+    if last_key in _SECRET_KEYS:
+        return True
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return False
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return False
+        if is_secret_type(field.annotation):
+            return True
+        model = _model_in(field.annotation)
+    return False
+
+
 def _explain(err: ErrorDetails, root: type[BaseModel]) -> tuple[str, bool]:
     """Our wording for one pydantic error, and whether its input may be echoed."""
     kind, ctx = err["type"], err.get("ctx") or {}
@@ -203,8 +226,7 @@ def _problem_line(source: str, loc: _Loc, message: str) -> str:
 def _error_line(source: str, err: ErrorDetails, root: type[BaseModel]) -> str:
     loc = tuple(err["loc"])
     message, show = _explain(err, root)
-    last_key = next((p for p in reversed(loc) if isinstance(p, str)), None)
-    if show and last_key not in _SECRET_KEYS:
+    if show and not _is_secret(loc, root):
         message += f", got {_show(err['input'])}"
     return _problem_line(source, loc, message)
 

@@ -9,14 +9,14 @@ problem is reported once, and never survives into a loaded Config.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from pydantic import SecretStr
 
 from agent.config.base import _resolve
-from agent.config.errors import _SECRET_KEYS, _Loc, _Problems
+from agent.config.errors import _Loc, _Problems
 
 # --- secrets read from files ---------------------------------------------------------------------
 
@@ -107,15 +107,25 @@ def _interpolate(value: str, environ: Mapping[str, str], *, secret: bool) -> tup
 
 
 def _interpolate_tree(
-    node: Any, environ: Mapping[str, str], loc: _Loc, problems: list[tuple[_Loc, str]]
+    node: Any,
+    environ: Mapping[str, str],
+    loc: _Loc,
+    problems: list[tuple[_Loc, str]],
+    is_secret: Callable[[_Loc], bool],
 ) -> Any:
+    """`node` with every string interpolated; `is_secret(loc)` says whose problems quote nothing."""
     if isinstance(node, dict):
-        return {k: _interpolate_tree(v, environ, (*loc, k), problems) for k, v in node.items()}
+        return {
+            k: _interpolate_tree(v, environ, (*loc, k), problems, is_secret)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_interpolate_tree(v, environ, (*loc, i), problems) for i, v in enumerate(node)]
+        return [
+            _interpolate_tree(v, environ, (*loc, i), problems, is_secret)
+            for i, v in enumerate(node)
+        ]
     if isinstance(node, str) and "${" in node:
-        last_key = next((part for part in reversed(loc) if isinstance(part, str)), None)
-        value, found = _interpolate(node, environ, secret=last_key in _SECRET_KEYS)
+        value, found = _interpolate(node, environ, secret=is_secret(loc))
         problems.extend((loc, problem) for problem in found)
         return value
     return node

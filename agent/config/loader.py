@@ -16,7 +16,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from agent.config.errors import ConfigError, _error_line, _Loc, _order, _problem_line, _show
+from agent.config.errors import (
+    ConfigError,
+    _error_line,
+    _is_secret,
+    _Loc,
+    _order,
+    _problem_line,
+    _show,
+)
 from agent.config.interpolation import _interpolate_tree
 from agent.config.models import Config
 
@@ -88,15 +96,20 @@ def validate_config(
     base_dir: Path,
     environ: Mapping[str, str],
     source: str = "<config>",
+    model: type[Config] = Config,
 ) -> Config:
     """Interpolate ${VAR}s from `environ`, then validate; relative paths resolve against base_dir.
 
-    `source` names the file in error lines. Raises ConfigError listing every problem.
+    `source` names the file in error lines. `model` is the Config class to validate into: a
+    subclass with further fields (tests, extensions) gets the same wording. Raises ConfigError
+    listing every problem.
     """
     interpolation: list[tuple[_Loc, str]] = []
-    expanded = _interpolate_tree(dict(data), environ, (), interpolation)
+    expanded = _interpolate_tree(
+        dict(data), environ, (), interpolation, lambda loc: _is_secret(loc, model)
+    )
     try:
-        config = Config.model_validate(
+        config = model.model_validate(
             expanded, context={"base_dir": base_dir.expanduser().absolute()}
         )
     except ValidationError as exc:
@@ -112,8 +125,8 @@ def validate_config(
         loc = tuple(err["loc"])
         knock_on = any(loc[: len(bad)] == bad for bad in broken)
         if err["type"] == "extra_forbidden" or not knock_on:
-            lines.append((loc, _error_line(source, err, Config)))
-    lines.sort(key=lambda item: _order(item[0], Config))
+            lines.append((loc, _error_line(source, err, model)))
+    lines.sort(key=lambda item: _order(item[0], model))
     raise ConfigError([line for _, line in lines])
 
 
