@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from agent.config.base import _Model
 from agent.config.errors import _Problems
 from agent.config.interpolation import _PLACEHOLDER, _fail_closed, _read_secret_file
 from agent.config.scalars import Text
+from agent.secrets import Secret
 
 __all__ = ["Auth"]
 
@@ -23,7 +22,7 @@ class Auth(_Model):
     """SMTP AUTH or IMAP LOGIN credentials; the password is read from password_file at load."""
 
     username: Text
-    password: SecretStr
+    password: Secret
     password_file: Path | None = None  # where password was read from, if it came from a file
 
     @classmethod

@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import SecretStr
-
 from agent.config.base import _resolve
 from agent.config.errors import _Loc, _Problems
+from agent.secrets import Secret
 
 # --- secrets read from files ---------------------------------------------------------------------
 
@@ -55,7 +54,7 @@ def _read_secret_file(
     data[file_key] = str(path)
 
 
-def _fail_closed(secret: SecretStr, key: str, problems: _Problems) -> None:
+def _fail_closed(secret: Secret, key: str, problems: _Problems) -> None:
     if secret.get_secret_value() == _PLACEHOLDER and not problems.details:
         problems.add((key,), "could not be resolved")
 

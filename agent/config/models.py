@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator, Field, PlainSerializer, PlainValidator, SecretStr
+from pydantic import BeforeValidator, Field, PlainSerializer, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from agent.config.base import _Model
@@ -49,6 +49,7 @@ from agent.config.scalars import (
     parse_duration,
 )
 from agent.model import TlsMode
+from agent.secrets import Secret
 
 __all__ = [
     "Blocklists",
@@ -375,7 +376,7 @@ class Config(_Model):
         "127.0.0.1", 9465
     )
     state_dir: ConfigPath = Field(default=Path("state"), validate_default=True)
-    secret: SecretStr  # HMAC key for probe tokens; read from secret_file when that is set
+    secret: Secret  # HMAC key for probe tokens; read from secret_file when that is set
     secret_file: Path | None = None
     log_level: LogLevel = LogLevel.INFO
     routes: tuple[Route, ...]  # non-empty: checked in _prepare
