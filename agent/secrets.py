@@ -10,12 +10,13 @@ redacted in logs, errors, the status page and SMTP/IMAP transcripts without any 
 from __future__ import annotations
 
 import base64
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-__all__ = ["MASK", "Redactor", "Secret", "credential_forms", "secret_values"]
+__all__ = ["MASK", "Redactor", "Secret", "credential_forms", "is_secret_type", "secret_values"]
 
 MASK = "[redacted]"
 
@@ -30,6 +31,14 @@ def secret_values(tree: object) -> list[str]:
     found: dict[str, None] = {}
     _walk(tree, found, 0)
     return list(found)
+
+
+def is_secret_type(annotation: object) -> bool:
+    """Whether a field of this type holds a secret: `Secret` itself, or an optional, union, list
+    or mapping of it. A nested model is not: its own fields say."""
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr | SecretBytes):
+        return True
+    return any(is_secret_type(arg) for arg in typing.get_args(annotation))
 
 
 def _walk(node: Any, found: dict[str, None], depth: int) -> None:

@@ -16,6 +16,7 @@ import trustme
 from cryptography import x509
 
 from agent.model import ErrorKind, Outcome, ProbeError, SendResult, SmtpReply, Stage, TlsMode
+from agent.secrets import MASK
 from agent.smtp import sender as smtp_sender
 from agent.smtp.replies import deciding_reply, parse_enhanced_code, verdict_of
 from agent.smtp.sender import SmtpTarget, send_probe
@@ -355,7 +356,7 @@ async def test_smtp_sender_redacts_a_password_the_server_echoes(
         )
 
     assert result.error is not None and result.error.kind is ErrorKind.AUTH
-    assert "[redacted]" in result.transcript[4].text
+    assert MASK in result.transcript[4].text
     assert_no_secret(result, result.error)
 
 

@@ -21,6 +21,7 @@ from agent.model import (
     SmtpReply,
     Stage,
 )
+from agent.secrets import MASK
 from agent.store.ledger import Ledger
 from agent.web.status_page import Health, PageData, collect, render
 
@@ -236,7 +237,7 @@ def test_status_page_escapes_server_text_and_blanks_secrets(page_data: PageData)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; friends" in page
     assert ROUTE_PASSWORD not in page and SEED_PASSWORD not in page
-    assert "password [redacted] refused" in page
+    assert f"password {MASK} refused" in page
 
 
 def test_status_page_shows_agent_health(page_data: PageData) -> None:

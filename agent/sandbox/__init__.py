@@ -20,7 +20,7 @@ from agent.sandbox.imap import JUNK, ImapStore
 from agent.sandbox.smtp import SmtpServer
 from agent.sandbox.tls import SandboxTlsError, ensure_certificates, server_context
 
-__all__ = ["SandboxAddresses", "SandboxError", "SandboxServer", "sandbox_secrets"]
+__all__ = ["SandboxAddresses", "SandboxError", "SandboxServer"]
 
 CERT_SUBDIR = "sandbox"
 
@@ -48,13 +48,6 @@ class SandboxAddresses:
             f"{host}:{self.submissions_port} (TLS), IMAP {host}:{self.imaps_port} (TLS); "
             f"CA {self.ca_file}"
         )
-
-
-def sandbox_secrets(settings: Sandbox) -> list[str]:
-    """Every password in the sandbox section, for the log redactor."""
-    values = [user.password.get_secret_value() for user in settings.users]
-    values += [mailbox.auth.password.get_secret_value() for mailbox in settings.mailboxes]
-    return values
 
 
 class SandboxServer:

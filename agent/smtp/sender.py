@@ -29,7 +29,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import socket
 import ssl
@@ -58,6 +57,7 @@ from agent.model import (
     Stage,
     TlsMode,
 )
+from agent.secrets import Redactor, credential_forms
 from agent.smtp.replies import parse_enhanced_code
 from agent.tls_sniff import answers_tls
 
@@ -73,12 +73,15 @@ _TLS_SNIFF_AFTER = 2.0  # seconds without a greeting before checking for implici
 _TLS_SNIFF_TIMEOUT = 3.0
 _QUIT_GRACE = 2.0  # QUIT is a courtesy: never wait long for it
 _IMPLICIT_TLS_PORT = 465
-_REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SmtpTarget:
-    """Where and how to submit a probe: one configured SMTP route."""
+    """Where and how to submit a probe: one configured SMTP route.
+
+    Every reported text (error messages, reply texts kept in the transcript) has the password,
+    in the forms AUTH sends it, and each of `secrets` masked.
+    """
 
     route: str
     host: str
@@ -88,11 +91,12 @@ class SmtpTarget:
     ca_file: Path | None = None  # verify against this CA bundle instead of the system's
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # Further secret values of the route's configuration (tokens, client secrets) to mask.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     ehlo_name: str
     connect_timeout: float  # TCP connect (DNS included)
     stage_timeout: float  # each reply, and each TLS handshake
     total_timeout: float  # the whole transaction
-    secrets: tuple[str, ...] = field(default=(), repr=False)  # more values to mask in reports
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -175,7 +179,9 @@ class _Transaction:
         self.accepted_at: float | None = None
         self.tls_version: str | None = None
         self.cert_not_after: float | None = None
-        self._secrets = _secret_forms(target.username, target.password)
+        self._redact = Redactor(
+            (*credential_forms(target.username, target.password), *target.secrets)
+        )
         self._tls_context: ssl.SSLContext | None = None
         self._tls_active = False
         self._sock: socket.socket | None = None
@@ -445,11 +451,6 @@ class _Transaction:
     def _fail(self, kind: ErrorKind, message: str) -> _Failed:
         return _Failed(ProbeError(self.stage, kind, self._redact(message)))
 
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
-
     def _translate(self, exc: Exception) -> ProbeError | None:
         """Map a library or OS exception to our error, or None for one we do not expect (a bug)."""
         stage, chain = self.stage, _chain(exc)
@@ -517,20 +518,6 @@ def _data_payload(message: bytes) -> bytes:
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return _LEADING_DOT.sub(b"..", body) + b".\r\n"
-
-
-def _secret_forms(username: str | None, password: str | None) -> tuple[str, ...]:
-    """The password as it could come back from a server: plain, and as AUTH LOGIN/PLAIN sent it."""
-    if not password:
-        return ()
-
-    def b64(value: str) -> str:
-        return base64.b64encode(value.encode()).decode("ascii")
-
-    forms = {password, b64(password)}
-    if username is not None:
-        forms.add(b64(f"\0{username}\0{password}"))
-    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _chain(exc: BaseException) -> tuple[BaseException, ...]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -26,6 +26,7 @@ from typing import Final
 from agent.config import Config
 from agent.errors import AgentError, ErrorCategory
 from agent.model import Outcome
+from agent.secrets import Redactor
 from agent.smtp.replies import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
@@ -42,7 +43,6 @@ __all__ = [
 
 DEFAULT_REFRESH_SECONDS: Final = 10
 RECENT_PROBES: Final = 50
-_REDACTED: Final = "[redacted]"
 
 
 class StatusPageError(AgentError):
@@ -220,17 +220,6 @@ def _auth(record: ProbeRecord) -> str:
     return _e(" ".join(parts)) if parts else '<span class="muted">none</span>'
 
 
-class _Redactor:
-    def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is blanked whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, _REDACTED)
-        return text
-
-
 def _cell(data: PageData, route: str, mailbox: str) -> str:
     attributes = f'data-route="{_e(route)}" data-mailbox="{_e(mailbox)}"'
     if (route, mailbox) not in data.pairs:
@@ -265,7 +254,7 @@ def _matrix(data: PageData) -> str:
     )
 
 
-def _transcript(record: ProbeRecord, redact: _Redactor) -> str:
+def _transcript(record: ProbeRecord, redact: Redactor) -> str:
     lines = [
         f"{reply.stage.value:<12} {reply.code} {redact(reply.text)}" for reply in record.transcript
     ]
@@ -277,7 +266,7 @@ def _transcript(record: ProbeRecord, redact: _Redactor) -> str:
     return _e("\n".join(lines) or "no SMTP reply recorded")
 
 
-def _recent(data: PageData, redact: _Redactor) -> str:
+def _recent(data: PageData, redact: Redactor) -> str:
     if not data.recent:
         return '<p class="muted" id="recent">No probes yet.</p>'
     rows = []
@@ -350,7 +339,7 @@ def render(
     refresh_seconds: int = DEFAULT_REFRESH_SECONDS,
 ) -> str:
     """The whole page as HTML. `secrets` are blanked out of server-sent text (transcripts)."""
-    redact = _Redactor(secrets)
+    redact = Redactor(secrets)
     refresh = (
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">'
         if refresh_seconds > 0
