@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.imap.watcher import (
+from agent.imap import (
     Disposition,
     FetchedMessage,
     FolderNotFound,
