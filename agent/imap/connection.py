@@ -20,6 +20,8 @@ here, and nothing above sees an aioimaplib type. Choices worth knowing:
 * aioimaplib parses recursively, one frame per line (aioimaplib#118): a LIST of ~900+ folders in
   one read fails as `protocol`.
 * Error messages mask the password, and aioimaplib's own DEBUG line for LOGIN is dropped.
+* Where aioimaplib has no public API, its private names are used in one place only: the section
+  "aioimaplib gaps" below.
 """
 
 from __future__ import annotations
@@ -73,7 +75,14 @@ class _HideLoginCommand(logging.Filter):
 logging.getLogger("aioimaplib.aioimaplib").addFilter(_HideLoginCommand())
 
 
-# --- aioimaplib ----------------------------------------------------------------------------------
+# --- aioimaplib gaps ------------------------------------------------------------------------------
+# The only uses of aioimaplib's private names (read against aioimaplib 2.0.3). An upgrade that
+# renames them breaks here and nowhere else:
+# * `IMAP4` takes no protocol class, so `_Client` replaces `create_client`, which must set
+#   `_client_task`: the connection task `wait_hello_from_server` awaits. Everything else here uses
+#   the same task as `_Client.connecting`.
+# * The protocol has no hook for untagged responses, and drops `* n EXISTS` unless a NOOP is
+#   pending: `_Protocol` extends `_untagged_response` to note new-mail announcements.
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped
@@ -85,12 +94,12 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
         self.received_any = False
         self.new_mail = False
 
-    def _set_failure(self, kind: ErrorKind, message: str) -> None:
+    def note_failure(self, kind: ErrorKind, message: str) -> None:
         if not self.failure.done():
             self.failure.set_result(ImapError(kind, message))
 
-    def _give_up(self, kind: ErrorKind, message: str) -> None:
-        self._set_failure(kind, message)
+    def give_up(self, kind: ErrorKind, message: str) -> None:
+        self.note_failure(kind, message)
         if self.transport is not None:
             self.transport.abort()
 
@@ -100,23 +109,24 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
             super().data_received(d)
         except Exception as exc:  # an unexpected tag, or deep recursion on a long response
             # The exception text may quote our LOGIN command: only its type is kept.
-            self._give_up(ErrorKind.PROTOCOL, f"unparseable server response ({type(exc).__name__})")
+            self.give_up(ErrorKind.PROTOCOL, f"unparseable server response ({type(exc).__name__})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if exc is None:
-            self._set_failure(ErrorKind.CLOSED, "the server closed the connection")
+            self.note_failure(ErrorKind.CLOSED, "the server closed the connection")
         else:
-            self._set_failure(ErrorKind.CLOSED, f"connection lost ({_describe(exc)})")
+            self.note_failure(ErrorKind.CLOSED, f"connection lost ({_describe(exc)})")
 
     async def welcome(self, command: bytes) -> None:
         # aioimaplib raises into a task nobody awaits and leaves the greeting wait hanging.
         try:
             await super().welcome(command)
         except Exception:
-            self._give_up(ErrorKind.PROTOCOL, f"unusable greeting {printable(bytes(command))!r}")
+            self.give_up(ErrorKind.PROTOCOL, f"unusable greeting {printable(bytes(command))!r}")
 
     def _untagged_response(self, line: bytes) -> Any:
+        # An aioimaplib gap (see above): the one place that sees every untagged line.
         if announces_new_mail(line):
             self.new_mail = True
         return super()._untagged_response(line)
@@ -126,6 +136,7 @@ class _Client(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is untyped
     """aioimaplib's client speaking through `_Protocol` (TLS when given an SSL context)."""
 
     protocol: _Protocol
+    connecting: asyncio.Task[Any]  # TCP connect and TLS handshake
 
     def create_client(
         self,
@@ -137,9 +148,10 @@ class _Client(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is untyped
     ) -> None:
         running = loop if loop is not None else asyncio.get_running_loop()
         self.protocol = _Protocol(running)
-        self._client_task = running.create_task(
+        self.connecting = running.create_task(
             running.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
         )
+        self._client_task = self.connecting  # an aioimaplib gap (see above)
 
 
 # --- the connection -------------------------------------------------------------------------------
@@ -190,7 +202,7 @@ class Connection:
                         await self._sniff_implicit_tls(hello)
                 await self._race("connect", hello)
         except TimeoutError:
-            if not client._client_task.done():
+            if not client.connecting.done():
                 raise self._error(
                     ErrorKind.TIMEOUT,
                     f"connect to {target.host}:{target.port}: no connection within "
@@ -380,7 +392,7 @@ class Connection:
         finally:
             if protocol.transport is not None:
                 protocol.transport.abort()
-            _discard(client._client_task)
+            _discard(client.connecting)
             if self._idling is not None:
                 _discard(self._idling)
             for task in (*client.tasks, *protocol.tasks):
