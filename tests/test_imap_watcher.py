@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.parser
 import email.policy
 import imaplib
@@ -34,6 +35,7 @@ from agent.imap import (
     parse_list_response,
 )
 from agent.model import ErrorKind, TlsMode
+from agent.secrets import MASK
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SPAM_SUBJECT_TOKEN, Account
 from tests.scripted_imap import (
@@ -430,6 +432,82 @@ async def test_an_unexpected_tagged_reply_is_a_protocol_error_that_leaks_no_pass
     for fragment in ("S3cret", "Pass", "Word"):  # ...and appears nowhere, quoted or not
         assert fragment not in str(error)
         assert fragment not in caplog.text
+
+
+async def test_a_password_or_secret_the_server_echoes_is_masked_in_the_error_and_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # The password plain and as LOGIN quoted it (S3cret\"Pass\\Word), then the further secret.
+    echo = 'S3cret"Pass\\Word S3cret\\"Pass\\\\Word tok-3xtra-Secret'
+    script = (GREETING, *CAPABILITY_EXCHANGE, Expect("LOGIN"), Send("{tag} NO you sent " + echo))
+    async with ScriptedImapServer(*script, Hang()) as server:
+        target = dataclasses.replace(_scripted_target(server.port), secrets=("tok-3xtra-Secret",))
+        error = await _check_once_error(target)
+    assert error.kind is ErrorKind.AUTH
+    assert error.message == f"LOGIN refused: you sent {MASK} {MASK} {MASK}"
+    # aioimaplib's own DEBUG lines quote what the server sent; the agent keeps that logger quiet.
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("agent."))
+    assert f"auth: LOGIN refused: you sent {MASK} {MASK} {MASK}" in ours
+    for fragment in ("S3cret", "Pass", "Word", "3xtra"):
+        assert fragment not in str(error)
+        assert fragment not in ours
+
+
+async def test_a_secret_in_a_consumer_error_is_masked_in_the_logged_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = b"Subject: hello\r\n\r\nhi\r\n"
+    script = (
+        GREETING,
+        *CAPABILITY_EXCHANGE,
+        Expect("LOGIN"),
+        Send("{tag} OK Logged in"),
+        *CAPABILITY_EXCHANGE,
+        Expect("SELECT"),
+        Send("* 1 EXISTS\n* OK [UIDVALIDITY 7] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        Raw(
+            b"* 1 FETCH (UID 1 RFC822.SIZE %d BODY[]<0> {%d}\r\n%s)\r\n"
+            % (len(body), len(body), body)
+        ),
+        Send("{tag} OK Fetched"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+
+    async def on_message(message: FetchedMessage) -> Disposition:
+        raise RuntimeError("the consumer choked on tok-3xtra-Secret")
+
+    def on_state(up: bool, kind: ErrorKind | None) -> None:
+        pass
+
+    async with ScriptedImapServer(*script) as server:
+        target = dataclasses.replace(_scripted_target(server.port), secrets=("tok-3xtra-Secret",))
+        watcher = FolderWatcher(target, "INBOX", on_message=on_message, on_state=on_state)
+        async with asyncio.timeout(WAIT):
+            await watcher.check_once()
+    assert "on_message failed for UID 1; the message is kept" in caplog.text
+    assert f"RuntimeError: the consumer choked on {MASK}" in caplog.text
+    assert "3xtra" not in caplog.text
+
+
+def test_further_secrets_stay_out_of_the_target_repr() -> None:
+    target = ImapTarget(
+        mailbox="m",
+        host="h",
+        port=1,
+        tls=TlsMode.NONE,
+        username="u",
+        password="p",
+        secrets=("oauth-refresh-token-xyz",),
+    )
+    assert "oauth-refresh-token-xyz" not in repr(target)
 
 
 async def test_mail_announced_at_the_end_of_a_search_is_fetched_in_the_same_pass() -> None:

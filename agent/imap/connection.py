@@ -19,7 +19,8 @@ here, and nothing above sees an aioimaplib type. Choices worth knowing:
   ClientHello; a TLS record in answer fails fast with kind `tls` (same check as the SMTP sender).
 * aioimaplib parses recursively, one frame per line (aioimaplib#118): a LIST of ~900+ folders in
   one read fails as `protocol`.
-* Error messages mask the password, and aioimaplib's own DEBUG line for LOGIN is dropped.
+* Every error message and log line masks the target's secrets (`redactor_for`), and aioimaplib's
+  own DEBUG line for LOGIN is dropped.
 * Where aioimaplib has no public API, its private names are used in one place only: the section
   "aioimaplib gaps" below.
 """
@@ -35,7 +36,7 @@ from typing import Any, Final, TypeVar
 import aioimaplib
 
 from agent.imap.errors import ImapError
-from agent.imap.log import LOG
+from agent.imap.log import MaskedLog
 from agent.imap.names import mailbox_arg, quote
 from agent.imap.responses import (
     TEXT_MAX,
@@ -50,9 +51,10 @@ from agent.imap.responses import (
 )
 from agent.imap.target import ImapTarget
 from agent.model import ErrorKind, TlsMode
+from agent.secrets import Redactor, credential_forms
 from agent.tls_sniff import answers_tls
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "redactor_for"]
 
 T = TypeVar("T")
 
@@ -73,6 +75,14 @@ class _HideLoginCommand(logging.Filter):
 
 
 logging.getLogger("aioimaplib.aioimaplib").addFilter(_HideLoginCommand())
+
+
+def redactor_for(target: ImapTarget) -> Redactor:
+    """Masks `target`'s secrets: the password as a server may echo it (plain, base64, and quoted
+    as aioimaplib's LOGIN sends it), and every value of `target.secrets`."""
+    password = target.password
+    quoted = aioimaplib.quoted(password)[1:-1] if password else ""
+    return Redactor((*credential_forms(target.username, password), quoted, *target.secrets))
 
 
 # --- aioimaplib gaps ------------------------------------------------------------------------------
@@ -160,21 +170,25 @@ class _Client(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is untyped
 class Connection:
     """One IMAP connection: every call bounded, raced against the failure future, translated."""
 
-    def __init__(self, target: ImapTarget, client: _Client) -> None:
+    def __init__(self, target: ImapTarget, client: _Client, redact: Redactor) -> None:
         self._target = target
         self._client = client
         self._protocol = client.protocol
+        self._redact = redact
+        self._log = MaskedLog(redact)
         self._closed = False
         self._idling: asyncio.Future[Any] | None = None
 
     @classmethod
     async def open(cls, target: ImapTarget) -> Connection:
-        context = _tls_context(target) if target.tls is TlsMode.IMPLICIT else None
+        redact = redactor_for(target)
+        context = _tls_context(target, redact) if target.tls is TlsMode.IMPLICIT else None
         # The library's own timeouts are backstops only: ours fire first and say what timed out.
         backstop = max(target.connect_timeout, target.command_timeout) + 5.0
         conn = cls(
             target,
             _Client(host=target.host, port=target.port, timeout=backstop, ssl_context=context),
+            redact,
         )
         try:
             await conn._greeting()
@@ -266,7 +280,7 @@ class Connection:
         self._check(f"SELECT {folder!r}", response)
         uidvalidity = parse_uidvalidity(response.lines)
         if uidvalidity is None:
-            LOG.warning("%s/%s: SELECT sent no UIDVALIDITY", self._target.mailbox, folder)
+            self._log.warning("%s/%s: SELECT sent no UIDVALIDITY", self._target.mailbox, folder)
             return 0
         return uidvalidity
 
@@ -276,7 +290,7 @@ class Connection:
             args += ["RETURN", "(SPECIAL-USE)"]
         response = await self._call("LIST", self._protocol.simple_command("LIST", *args))
         self._check("LIST", response)
-        return parse_list_response(response.lines[:-1])
+        return parse_list_response(response.lines[:-1], log=self._log)
 
     async def search_after(self, last_uid: int) -> list[int]:
         """UIDs above `last_uid`, ascending."""
@@ -385,7 +399,7 @@ class Connection:
                         bye = asyncio.ensure_future(client.logout())
                         await self._race("LOGOUT", bye)
                 except Exception as exc:  # a goodbye that fails changes nothing
-                    LOG.debug("%s: LOGOUT failed: %s", self._target.mailbox, exc)
+                    self._log.debug("%s: LOGOUT failed: %s", self._target.mailbox, exc)
                 finally:
                     if bye is not None:
                         _discard(bye)
@@ -430,7 +444,7 @@ class Connection:
         except OSError as exc:
             raise self._error(self._os_error_kind(what, exc), f"{what}: {_describe(exc)}") from None
         except (aioimaplib.AioImapException, ValueError) as exc:
-            # Abort texts may quote the command sent; _error masks the password.
+            # Abort texts may quote the command sent; _error masks the secrets.
             raise self._error(ErrorKind.PROTOCOL, f"{what}: {exc}") from None
 
     def _os_error_kind(self, what: str, exc: OSError) -> ErrorKind:
@@ -451,21 +465,17 @@ class Connection:
             raise self._error(ErrorKind.PROTOCOL, f"{what}: {response.result} {_text(response)}")
 
     def _error(self, kind: ErrorKind, message: str) -> ImapError:
-        password = self._target.password
-        if password:
-            message = message.replace(password, "***")
-            message = message.replace(aioimaplib.quoted(password)[1:-1], "***")
-        return ImapError(kind, message)
+        return ImapError(kind, self._redact(message))
 
 
-def _tls_context(target: ImapTarget) -> ssl.SSLContext:
+def _tls_context(target: ImapTarget, redact: Redactor) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(
             cafile=str(target.ca_file) if target.ca_file is not None else None
         )
     except (OSError, ssl.SSLError) as exc:
         raise ImapError(
-            ErrorKind.TLS, f"cannot load CA file {target.ca_file}: {_describe(exc)}"
+            ErrorKind.TLS, redact(f"cannot load CA file {target.ca_file}: {_describe(exc)}")
         ) from None
     if not target.tls_verify:
         context.check_hostname = False

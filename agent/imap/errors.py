@@ -9,7 +9,7 @@ __all__ = ["FolderNotFound", "ImapError"]
 
 
 class ImapError(AgentError):
-    """An IMAP connection or command failed; `message` never contains the password."""
+    """An IMAP connection or command failed; `message` never contains the mailbox's secrets."""
 
     category = ErrorCategory.PEER
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from agent.imap.connection import Connection
+from agent.imap.connection import Connection, redactor_for
 from agent.imap.errors import FolderNotFound
 from agent.imap.responses import ListedFolder
 from agent.imap.target import ImapTarget
@@ -87,4 +87,7 @@ async def detect_folders(target: ImapTarget, *, junk_override: str | None = None
         clean = True
     finally:
         await conn.close(logout=clean)
-    return choose_folders(listing, junk_override=junk_override)
+    try:
+        return choose_folders(listing, junk_override=junk_override)
+    except FolderNotFound as exc:  # it quotes the server's folder names: mask them like the rest
+        raise FolderNotFound(exc.kind, redactor_for(target)(exc.message)) from None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
-from agent.imap.log import LOG
+from agent.imap.log import LOG, Log
 from agent.imap.names import decode_modified_utf7
 
 __all__ = [
@@ -56,9 +56,11 @@ class ListedFolder:
         return not self.flags & {"\\noselect", "\\nonexistent"}
 
 
-def parse_list_response(lines: Sequence[bytes | bytearray]) -> list[ListedFolder]:
+def parse_list_response(
+    lines: Sequence[bytes | bytearray], *, log: Log = LOG
+) -> list[ListedFolder]:
     """LIST entries from aioimaplib's untagged lines (without `* LIST`); a literal name follows its
-    `{n}` line as a separate item. Lines that do not parse are skipped with a warning."""
+    `{n}` line as a separate item. Lines that do not parse are skipped with a warning to `log`."""
     folders: list[ListedFolder] = []
     i = 0
     while i < len(lines):
@@ -66,13 +68,13 @@ def parse_list_response(lines: Sequence[bytes | bytearray]) -> list[ListedFolder
         i += 1
         match = _LIST_RE.match(line)
         if match is None:
-            LOG.warning("ignoring a LIST line that does not parse: %s", printable(line))
+            log.warning("ignoring a LIST line that does not parse: %s", printable(line))
             continue
         raw_name = match["name"]
         literal = _LITERAL_RE.match(raw_name)
         if literal is not None:
             if i >= len(lines) or not isinstance(lines[i], bytearray):
-                LOG.warning("ignoring a LIST line without its literal: %s", printable(line))
+                log.warning("ignoring a LIST line without its literal: %s", printable(line))
                 continue
             name_bytes = bytes(lines[i])
             i += 1

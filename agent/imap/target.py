@@ -16,7 +16,11 @@ _SUPPORTED_TLS: Final = (TlsMode.IMPLICIT, TlsMode.NONE)
 
 @dataclass(frozen=True, kw_only=True)
 class ImapTarget:
-    """Where and how to reach one seed mailbox; `mailbox` is its configured name (for logs)."""
+    """Where and how to reach one seed mailbox; `mailbox` is its configured name (for logs).
+
+    `secrets` are further secret values of the mailbox's configuration (beyond `password`): the
+    IMAP code masks them, like the password, in every error message and log line it writes.
+    """
 
     mailbox: str
     host: str
@@ -24,6 +28,7 @@ class ImapTarget:
     tls: TlsMode
     username: str
     password: str = field(repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     tls_verify: bool = True
     ca_file: Path | None = None
     connect_timeout: float = 15.0  # TCP connect, TLS handshake, greeting and CAPABILITY

@@ -11,6 +11,7 @@ Choices worth knowing:
   searches the mailbox view from before the command.
 * Handed-over UIDs are remembered per watcher with UIDVALIDITY, not on disk: after an agent restart
   the folder is handed over again, so the consumer must be idempotent.
+* Every log line masks the mailbox's secrets (`ImapTarget.password` and `ImapTarget.secrets`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agent.imap.connection import Connection
+from agent.imap.connection import Connection, redactor_for
 from agent.imap.errors import ImapError
 from agent.imap.folders import detect_folders
-from agent.imap.log import LOG
+from agent.imap.log import MaskedLog
 from agent.imap.target import ImapTarget
 from agent.model import ErrorKind
 
@@ -133,6 +134,7 @@ class FolderWatcher:
         self._last_uid = 0  # the highest UID handed over under `_uidvalidity`
         self._unfinished_deletes: set[int] = set()  # DELETE answered, expunge not confirmed
         self._selected_at: float | None = None
+        self._log = MaskedLog(redactor_for(target))
 
     @property
     def target(self) -> ImapTarget:
@@ -156,14 +158,16 @@ class FolderWatcher:
             except ImapError as exc:
                 self._report_down(exc)
             except Exception:  # a bug or an unforeseen reply must not end the watcher
-                LOG.exception("%s/%s: unexpected error", self._target.mailbox, self._folder)
+                self._log.exception("%s/%s: unexpected error", self._target.mailbox, self._folder)
                 self._report_down(ImapError(ErrorKind.PROTOCOL, "unexpected error"))
             selected_at = self._selected_at
             if selected_at is not None and loop.time() - selected_at >= self._healthy_after:
                 attempt = 0
             delay = backoff_delay(attempt, initial=self._backoff_initial, maximum=self._backoff_max)
             attempt += 1
-            LOG.info("%s/%s: reconnecting in %.2f s", self._target.mailbox, self._folder, delay)
+            self._log.info(
+                "%s/%s: reconnecting in %.2f s", self._target.mailbox, self._folder, delay
+            )
             await asyncio.sleep(delay)
 
     async def check_once(self) -> None:
@@ -181,7 +185,7 @@ class FolderWatcher:
             await conn.login()
             self._adopt(await conn.select(self._folder))
             self._selected_at = asyncio.get_running_loop().time()
-            LOG.info(
+            self._log.info(
                 "%s/%s: selected (UIDVALIDITY %d, handed over up to UID %d)",
                 self._target.mailbox,
                 self._folder,
@@ -204,7 +208,7 @@ class FolderWatcher:
         if uidvalidity == self._uidvalidity:
             return
         if self._uidvalidity is not None:
-            LOG.warning(
+            self._log.warning(
                 "%s/%s: UIDVALIDITY changed (%d -> %d): handing over the whole folder again",
                 self._target.mailbox,
                 self._folder,
@@ -218,7 +222,7 @@ class FolderWatcher:
     async def _watch(self, conn: Connection) -> None:
         idle = self._use_idle and conn.has_capability("IDLE")
         if self._use_idle and not idle:
-            LOG.info(
+            self._log.info(
                 "%s/%s: server has no IDLE, polling every %g s",
                 self._target.mailbox,
                 self._folder,
@@ -226,7 +230,7 @@ class FolderWatcher:
             )
         while True:
             if idle:
-                LOG.debug("%s/%s: waiting in IDLE", self._target.mailbox, self._folder)
+                self._log.debug("%s/%s: waiting in IDLE", self._target.mailbox, self._folder)
                 await conn.idle(self._idle_renew)
             else:
                 await conn.sleep(self._poll_interval)
@@ -248,7 +252,7 @@ class FolderWatcher:
         seen_at = time.time()
         self._last_uid = max(self._last_uid, uid)
         if fetched is None:
-            LOG.debug(
+            self._log.debug(
                 "%s/%s: UID %d vanished before FETCH", self._target.mailbox, self._folder, uid
             )
             return
@@ -261,7 +265,7 @@ class FolderWatcher:
             seen_at=seen_at,
             size=size,
         )
-        LOG.debug(
+        self._log.debug(
             "%s/%s: UID %d handed over (%d of %d bytes)",
             self._target.mailbox,
             self._folder,
@@ -272,7 +276,7 @@ class FolderWatcher:
         try:
             disposition = await self._on_message(message)
         except Exception:
-            LOG.exception(
+            self._log.exception(
                 "%s/%s: on_message failed for UID %d; the message is kept",
                 self._target.mailbox,
                 self._folder,
@@ -293,11 +297,11 @@ class FolderWatcher:
         self._notify(True, None)
 
     def _report_down(self, exc: ImapError) -> None:
-        LOG.warning("%s/%s: %s", self._target.mailbox, self._folder, exc)
+        self._log.warning("%s/%s: %s", self._target.mailbox, self._folder, exc)
         self._notify(False, exc.kind)
 
     def _notify(self, up: bool, kind: ErrorKind | None) -> None:
         try:
             self._on_state(up, kind)
         except Exception:
-            LOG.exception("%s/%s: on_state failed", self._target.mailbox, self._folder)
+            self._log.exception("%s/%s: on_state failed", self._target.mailbox, self._folder)
