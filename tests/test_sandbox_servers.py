@@ -20,7 +20,7 @@ import pytest
 
 from agent.app.service import Agent
 from agent.config import Config, Sandbox, validate_config
-from agent.imap.watcher import ImapError, detect_folders
+from agent.imap import ImapError, detect_folders
 from agent.model import ErrorKind, Outcome, Stage, TlsMode
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder

@@ -22,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.config import Config, Mailbox
 from agent.dns.checks import declare_dns_series, run_dns_checks
-from agent.imap.watcher import (
+from agent.imap import (
     Disposition,
     FetchedMessage,
     FolderWatcher,

@@ -8,7 +8,7 @@ reports masks it, including secrets added to the configuration later.
 from __future__ import annotations
 
 from agent.config import Mailbox, Route
-from agent.imap.watcher import ImapTarget
+from agent.imap import ImapTarget
 from agent.secrets import secret_values
 from agent.smtp.sender import SmtpTarget
 

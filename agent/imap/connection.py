@@ -1,0 +1,513 @@
+"""The aioimaplib edge: one IMAP connection whose every call is bounded and whose every failure
+is an `ImapError` with an `ErrorKind`.
+
+The only module that imports aioimaplib: library exceptions and NO/BAD replies are translated
+here, and nothing above sees an aioimaplib type. Choices worth knowing:
+
+* aioimaplib 2.x never fails a pending command when the connection drops (idle_start hangs too,
+  aioimaplib#110), and an unusable greeting leaves `wait_hello_from_server` hanging. A protocol
+  subclass turns both into a `failure` future that every call is raced against, and every call is
+  bounded by `asyncio.timeout`, so a dead connection is noticed at once. IDLE is started by hand:
+  `idle_start`'s inner task can send IDLE after a cancellation and block the LOGOUT after it.
+* Dovecot runs a command on the mailbox view from before the command and announces new mail
+  (`* n EXISTS`) at its end, which aioimaplib drops unless a NOOP is pending. The protocol notes
+  every EXISTS/RECENT it sees in `new_mail`, for the watcher to search again.
+* Each message is fetched alone with `BODY.PEEK[]<0.N>` (never sets \\Seen, bounded memory) and
+  RFC822.SIZE, so a consumer knows when `raw` was truncated.
+* A plain client on an implicit-TLS port gets no greeting (the server waits for a ClientHello).
+  With `tls: none` and no byte received after a short while, a second connection sends a TLS
+  ClientHello; a TLS record in answer fails fast with kind `tls` (same check as the SMTP sender).
+* aioimaplib parses recursively, one frame per line (aioimaplib#118): a LIST of ~900+ folders in
+  one read fails as `protocol`.
+* Every error message and log line masks the target's secrets (`redactor_for`), and aioimaplib's
+  own DEBUG line for LOGIN is dropped.
+* Where aioimaplib has no public API, its private names are used in one place only: the section
+  "aioimaplib gaps" below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
+
+import aioimaplib
+
+from agent.imap.errors import ImapError
+from agent.imap.log import MaskedLog
+from agent.imap.names import mailbox_arg, quote
+from agent.imap.responses import (
+    TEXT_MAX,
+    ListedFolder,
+    announces_new_mail,
+    lists_capabilities,
+    parse_fetch,
+    parse_list_response,
+    parse_search,
+    parse_uidvalidity,
+    printable,
+)
+from agent.imap.target import ImapTarget
+from agent.model import ErrorKind, TlsMode
+from agent.secrets import Redactor, credential_forms
+from agent.tls_sniff import answers_tls
+
+__all__ = ["Connection", "redactor_for"]
+
+T = TypeVar("T")
+
+_LOGOUT_TIMEOUT: Final = 2.0  # a polite goodbye, never a reason to hang on shutdown
+_TLS_SNIFF_AFTER: Final = 2.0  # seconds without a byte on a plain connection before the TLS check
+_TLS_SNIFF_TIMEOUT: Final = 3.0
+
+
+class _HideLoginCommand(logging.Filter):
+    """Drops aioimaplib's DEBUG line for the LOGIN it sends.
+
+    aioimaplib masks the password in that line, but IMAP quoting changes a password that holds a
+    quote or a backslash, and the mask then misses it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return " LOGIN " not in record.getMessage()
+
+
+logging.getLogger("aioimaplib.aioimaplib").addFilter(_HideLoginCommand())
+
+
+def redactor_for(target: ImapTarget) -> Redactor:
+    """Masks `target`'s secrets: the password as a server may echo it (plain, base64, and quoted
+    as aioimaplib's LOGIN sends it), and every value of `target.secrets`."""
+    password = target.password
+    quoted = aioimaplib.quoted(password)[1:-1] if password else ""
+    return Redactor((*credential_forms(target.username, password), quoted, *target.secrets))
+
+
+# --- aioimaplib gaps ------------------------------------------------------------------------------
+# The only uses of aioimaplib's private names (read against aioimaplib 2.0.3). An upgrade that
+# renames them breaks here and nowhere else:
+# * `IMAP4` takes no protocol class, so `_Client` replaces `create_client`, which must set
+#   `_client_task`: the connection task `wait_hello_from_server` awaits. Everything else here uses
+#   the same task as `_Client.connecting`.
+# * The protocol has no hook for untagged responses, and drops `* n EXISTS` unless a NOOP is
+#   pending: `_Protocol` extends `_untagged_response` to note new-mail announcements.
+
+
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped
+    """aioimaplib's protocol, plus a `failure` future and a note of new-mail announcements."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.failure: asyncio.Future[ImapError] = loop.create_future()
+        self.received_any = False
+        self.new_mail = False
+
+    def note_failure(self, kind: ErrorKind, message: str) -> None:
+        if not self.failure.done():
+            self.failure.set_result(ImapError(kind, message))
+
+    def give_up(self, kind: ErrorKind, message: str) -> None:
+        self.note_failure(kind, message)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, d: bytes) -> None:
+        self.received_any = True
+        try:
+            super().data_received(d)
+        except Exception as exc:  # an unexpected tag, or deep recursion on a long response
+            # The exception text may quote our LOGIN command: only its type is kept.
+            self.give_up(ErrorKind.PROTOCOL, f"unparseable server response ({type(exc).__name__})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if exc is None:
+            self.note_failure(ErrorKind.CLOSED, "the server closed the connection")
+        else:
+            self.note_failure(ErrorKind.CLOSED, f"connection lost ({_describe(exc)})")
+
+    async def welcome(self, command: bytes) -> None:
+        # aioimaplib raises into a task nobody awaits and leaves the greeting wait hanging.
+        try:
+            await super().welcome(command)
+        except Exception:
+            self.give_up(ErrorKind.PROTOCOL, f"unusable greeting {printable(bytes(command))!r}")
+
+    def _untagged_response(self, line: bytes) -> Any:
+        # An aioimaplib gap (see above): the one place that sees every untagged line.
+        if announces_new_mail(line):
+            self.new_mail = True
+        return super()._untagged_response(line)
+
+
+class _Client(aioimaplib.IMAP4):  # type: ignore[misc]  # aioimaplib is untyped
+    """aioimaplib's client speaking through `_Protocol` (TLS when given an SSL context)."""
+
+    protocol: _Protocol
+    connecting: asyncio.Task[Any]  # TCP connect and TLS handshake
+
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        running = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = _Protocol(running)
+        self.connecting = running.create_task(
+            running.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )
+        self._client_task = self.connecting  # an aioimaplib gap (see above)
+
+
+# --- the connection -------------------------------------------------------------------------------
+
+
+class Connection:
+    """One IMAP connection: every call bounded, raced against the failure future, translated."""
+
+    def __init__(self, target: ImapTarget, client: _Client, redact: Redactor) -> None:
+        self._target = target
+        self._client = client
+        self._protocol = client.protocol
+        self._redact = redact
+        self._log = MaskedLog(redact)
+        self._closed = False
+        self._idling: asyncio.Future[Any] | None = None
+
+    @classmethod
+    async def open(cls, target: ImapTarget) -> Connection:
+        redact = redactor_for(target)
+        context = _tls_context(target, redact) if target.tls is TlsMode.IMPLICIT else None
+        # The library's own timeouts are backstops only: ours fire first and say what timed out.
+        backstop = max(target.connect_timeout, target.command_timeout) + 5.0
+        conn = cls(
+            target,
+            _Client(host=target.host, port=target.port, timeout=backstop, ssl_context=context),
+            redact,
+        )
+        try:
+            await conn._greeting()
+        except BaseException:
+            await conn.close(logout=False)
+            raise
+        return conn
+
+    async def _greeting(self) -> None:
+        target, client, protocol = self._target, self._client, self._protocol
+        hello: asyncio.Future[Any] = asyncio.ensure_future(client.wait_hello_from_server())
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                if target.tls is TlsMode.NONE:
+                    await asyncio.wait(
+                        {hello, protocol.failure},
+                        timeout=min(_TLS_SNIFF_AFTER, target.connect_timeout / 3),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if (
+                        not hello.done()
+                        and not protocol.failure.done()
+                        and not protocol.received_any
+                    ):
+                        await self._sniff_implicit_tls(hello)
+                await self._race("connect", hello)
+        except TimeoutError:
+            if not client.connecting.done():
+                raise self._error(
+                    ErrorKind.TIMEOUT,
+                    f"connect to {target.host}:{target.port}: no connection within "
+                    f"{target.connect_timeout:g} s",
+                ) from None
+            raise self._error(
+                ErrorKind.TIMEOUT,
+                f"connect to {target.host}:{target.port}: no greeting within "
+                f"{target.connect_timeout:g} s",
+            ) from None
+        finally:
+            _discard(hello)
+
+    async def _sniff_implicit_tls(self, hello: asyncio.Future[Any]) -> None:
+        """While still waiting for a greeting, ask a second connection whether TLS is spoken."""
+        target = self._target
+        sniff = asyncio.ensure_future(_sniff_tls(target.host, target.port))
+        try:
+            done, _ = await asyncio.wait(
+                {hello, self._protocol.failure, sniff}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if sniff not in done or not sniff.result():
+                return
+        finally:
+            _discard(sniff)
+        raise self._error(
+            ErrorKind.TLS,
+            f"connect to {target.host}:{target.port}: no greeting, and the port answers a TLS "
+            "ClientHello: it expects implicit TLS (tls: implicit)",
+        )
+
+    # --- commands ---
+
+    @property
+    def new_mail(self) -> bool:
+        return self._protocol.new_mail
+
+    @new_mail.setter
+    def new_mail(self, value: bool) -> None:
+        self._protocol.new_mail = value
+
+    def has_capability(self, name: str) -> bool:
+        return bool(self._client.has_capability(name))
+
+    async def login(self) -> None:
+        target = self._target
+        response = await self._call(
+            "LOGIN", self._client.login(quote(target.username), target.password)
+        )
+        if response.result == "NO":
+            raise self._error(ErrorKind.AUTH, f"LOGIN refused: {_text(response)}")
+        self._check("LOGIN", response)
+        # Servers may advertise more (IDLE, UIDPLUS) once logged in. aioimaplib mangles a
+        # capability list in the tagged OK ("[CAPABILITY ... IDLE]"): ask unless one came untagged.
+        if not lists_capabilities(response.lines[:-1]):
+            await self._call("CAPABILITY", self._protocol.capability())
+
+    async def select(self, folder: str) -> int:
+        """SELECT `folder`; returns its UIDVALIDITY (0 when the server sends none)."""
+        response = await self._call("SELECT", self._client.select(mailbox_arg(folder)))
+        self._check(f"SELECT {folder!r}", response)
+        uidvalidity = parse_uidvalidity(response.lines)
+        if uidvalidity is None:
+            self._log.warning("%s/%s: SELECT sent no UIDVALIDITY", self._target.mailbox, folder)
+            return 0
+        return uidvalidity
+
+    async def list_folders(self) -> list[ListedFolder]:
+        args = ['""', '"*"']
+        if self.has_capability("SPECIAL-USE") and self.has_capability("LIST-EXTENDED"):
+            args += ["RETURN", "(SPECIAL-USE)"]
+        response = await self._call("LIST", self._protocol.simple_command("LIST", *args))
+        self._check("LIST", response)
+        return parse_list_response(response.lines[:-1], log=self._log)
+
+    async def search_after(self, last_uid: int) -> list[int]:
+        """UIDs above `last_uid`, ascending."""
+        response = await self._call(
+            "UID SEARCH", self._client.uid_search("UID", f"{last_uid + 1}:*", charset=None)
+        )
+        self._check("UID SEARCH", response)
+        try:
+            found = parse_search(response.lines[:-1])
+        except ValueError as exc:
+            raise self._error(ErrorKind.PROTOCOL, f"UID SEARCH: {exc}") from None
+        # `n:*` always matches the highest UID, even one below n.
+        return sorted({uid for uid in found if uid > last_uid})
+
+    async def fetch(self, uid: int, max_bytes: int) -> tuple[bytes, int] | None:
+        """The first `max_bytes` of message `uid` and its full size; None if it is gone."""
+        response = await self._call(
+            "UID FETCH",
+            self._client.uid("fetch", str(uid), f"(UID RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)"),
+        )
+        self._check("UID FETCH", response)
+        return parse_fetch(response.lines[:-1], uid)
+
+    async def delete(self, uid: int) -> None:
+        response = await self._call(
+            "UID STORE", self._client.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+        )
+        self._check("UID STORE", response)
+        if self.has_capability("UIDPLUS"):
+            response = await self._call("UID EXPUNGE", self._client.uid("expunge", str(uid)))
+        else:  # expunges every \Deleted message of the folder, not only ours
+            response = await self._call("EXPUNGE", self._client.expunge())
+        self._check("EXPUNGE", response)
+
+    async def noop(self) -> None:
+        self._check("NOOP", await self._call("NOOP", self._client.noop()))
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, but raise as soon as the connection fails."""
+        await asyncio.wait({self._protocol.failure}, timeout=seconds)
+        self._raise_failure()
+
+    async def idle(self, renew_after: float) -> None:
+        """IDLE until the server announces new mail or `renew_after` seconds pass, then DONE.
+
+        IDLE is started here rather than with aioimaplib's `idle_start`, whose inner task may
+        send IDLE after a cancellation and then block the LOGOUT that follows.
+        """
+        protocol = self._protocol
+        queue: asyncio.Queue[Any] = protocol.idle_queue
+        while not queue.empty():  # pushes left over from an earlier IDLE
+            queue.get_nowait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + renew_after
+        idling: asyncio.Future[Any] = asyncio.ensure_future(protocol.idle())
+        self._idling = idling
+        acked: asyncio.Future[Any] = asyncio.ensure_future(protocol.wait_for_idle_response())
+        try:
+            either: set[asyncio.Future[Any]] = {idling, acked}
+            await self._call("IDLE", asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED))
+        finally:
+            _discard(acked)
+        if not protocol.has_pending_idle_command():  # the server refused IDLE
+            self._check("IDLE", await self._race("IDLE", idling))
+            raise self._error(ErrorKind.PROTOCOL, "IDLE: ended at once")
+        while not protocol.new_mail:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            get: asyncio.Future[Any] = asyncio.ensure_future(queue.get())
+            try:
+                await asyncio.wait(
+                    {get, protocol.failure}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                _discard(get)
+            self._raise_failure()
+            if not get.done():
+                break
+        protocol.idle_done()
+        self._check("IDLE", await self._call("DONE", idling))
+
+    def _settle_idle(self, *, end: bool) -> None:
+        """Cancel an IDLE not yet sent; send DONE to one the server is in, when `end`."""
+        idling = self._idling
+        if idling is None or idling.done():
+            return
+        if not self._protocol.has_pending_idle_command():
+            idling.cancel()  # not sent yet, and now never will be
+        elif end:
+            self._protocol.idle_done()
+
+    async def close(self, *, logout: bool) -> None:
+        """LOGOUT (bounded, errors ignored) when `logout`, then drop the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        client, protocol = self._client, self._protocol
+        alive = not protocol.failure.done() and protocol.transport is not None
+        try:
+            self._settle_idle(end=logout and alive)
+            if logout and alive:
+                bye: asyncio.Future[Any] | None = None
+                try:
+                    async with asyncio.timeout(_LOGOUT_TIMEOUT):
+                        bye = asyncio.ensure_future(client.logout())
+                        await self._race("LOGOUT", bye)
+                except Exception as exc:  # a goodbye that fails changes nothing
+                    self._log.debug("%s: LOGOUT failed: %s", self._target.mailbox, exc)
+                finally:
+                    if bye is not None:
+                        _discard(bye)
+        finally:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            _discard(client.connecting)
+            if self._idling is not None:
+                _discard(self._idling)
+            for task in (*client.tasks, *protocol.tasks):
+                _discard(task)
+
+    # --- plumbing ---
+
+    async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
+        """Run one aioimaplib call within command_timeout, racing the connection's failure."""
+        future: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+        timeout = self._target.command_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._race(what, future)
+        except TimeoutError:
+            raise self._error(
+                ErrorKind.TIMEOUT, f"{what}: no answer within {timeout:g} s"
+            ) from None
+        finally:
+            _discard(future)
+
+    async def _race(self, what: str, future: asyncio.Future[T]) -> T:
+        either: set[asyncio.Future[Any]] = {future, self._protocol.failure}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            self._raise_failure()
+        try:
+            return future.result()
+        except ImapError:
+            raise
+        except (TimeoutError, aioimaplib.CommandTimeout):
+            raise self._error(ErrorKind.TIMEOUT, f"{what}: no answer in time") from None
+        except ssl.SSLError as exc:
+            raise self._error(ErrorKind.TLS, f"{what}: {_describe(exc)}") from None
+        except OSError as exc:
+            raise self._error(self._os_error_kind(what, exc), f"{what}: {_describe(exc)}") from None
+        except (aioimaplib.AioImapException, ValueError) as exc:
+            # Abort texts may quote the command sent; _error masks the secrets.
+            raise self._error(ErrorKind.PROTOCOL, f"{what}: {exc}") from None
+
+    def _os_error_kind(self, what: str, exc: OSError) -> ErrorKind:
+        if what != "connect":
+            return ErrorKind.CLOSED
+        handshake = isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError)
+        if handshake and self._target.tls is TlsMode.IMPLICIT:
+            return ErrorKind.TLS  # the peer hung up during the TLS handshake
+        return ErrorKind.CONNECT
+
+    def _raise_failure(self) -> None:
+        if self._protocol.failure.done():
+            failure = self._protocol.failure.result()
+            raise self._error(failure.kind, failure.message)
+
+    def _check(self, what: str, response: Any) -> None:
+        if response.result != "OK":
+            raise self._error(ErrorKind.PROTOCOL, f"{what}: {response.result} {_text(response)}")
+
+    def _error(self, kind: ErrorKind, message: str) -> ImapError:
+        return ImapError(kind, self._redact(message))
+
+
+def _tls_context(target: ImapTarget, redact: Redactor) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(
+            cafile=str(target.ca_file) if target.ca_file is not None else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ImapError(
+            ErrorKind.TLS, redact(f"cannot load CA file {target.ca_file}: {_describe(exc)}")
+        ) from None
+    if not target.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _sniff_tls(host: str, port: int) -> bool:
+    try:
+        async with asyncio.timeout(_TLS_SNIFF_TIMEOUT):
+            return await answers_tls(host, port, server_hostname=host)
+    except TimeoutError:
+        return False
+
+
+def _discard(future: asyncio.Future[Any]) -> None:
+    """Cancel a pending future, or mark a finished one's exception as retrieved."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    text = str(exc) or type(exc).__name__
+    return text[:TEXT_MAX]
+
+
+def _text(response: Any) -> str:
+    """The text of a tagged reply (aioimaplib puts it last)."""
+    return printable(bytes(response.lines[-1])) if response.lines else ""
