@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from agent.imap.connection import Connection, redactor_for
 from agent.imap.errors import ImapError
-from agent.imap.folders import detect_folders
 from agent.imap.log import MaskedLog
 from agent.imap.target import ImapTarget
 from agent.model import ErrorKind
@@ -38,9 +37,6 @@ __all__ = [
     "OnState",
     "backoff_delay",
 ]
-# Not this module's own: agent.app.service imports them from here until it imports them from
-# agent.imap; then this line goes.
-__all__ += ["ImapError", "ImapTarget", "detect_folders"]
 
 
 @dataclass(frozen=True)
