@@ -109,6 +109,34 @@ async def test_a_delay_notice_counts_a_soft_bounce_and_the_probe_keeps_waiting(
     )
 
 
+async def test_a_forged_bounce_is_counted_and_changes_no_outcome(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    bounce_box = mail_system.new_mailbox()
+    held = mail_system.new_held_mailbox()  # the probe stays in flight, accepted and unseen
+    config = with_bounces(setup, bounce_box, to=held.address)
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        probe_id = await agent.probe_pair("good", "seed")
+        assert probe_id is not None
+        # Anyone who learns the probe id can write to bounces+<id>@; without the tag it is forged.
+        local, domain = bounce_box.address.split("@")
+        mail_system.append(
+            bounce_box, _dsn_for(probe_id, f"{local}+{probe_id}@{domain}", held.address)
+        )
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("forged").wait()
+        record = agent.ledger.get(probe_id)
+        bounces = agent.ledger.bounces(probe_id)
+    assert record is not None and record.outcome is None
+    assert bounces == []
+    assert metric(registry, "deliverability_forged_messages_total", mailbox="bounces") == 1
+    assert (
+        metric(registry, "deliverability_bounces_total", route="good", type="hard", source="dsn")
+        == 0
+    )
+
+
 async def test_auto_replies_and_foreign_bounces_are_never_counted(
     setup: AgentSetup, mail_system: MailSystem
 ) -> None:
@@ -119,8 +147,7 @@ async def test_auto_replies_and_foreign_bounces_are_never_counted(
     async with running(config, registry) as agent:
         probe_id = await agent.probe_pair("good", "seed")
         assert probe_id is not None
-        local, domain = bounce_box.address.split("@")
-        verp = f"{local}+{probe_id}@{domain}"
+        verp = config.envelope_from(config.routes[0], probe_id)
         out_of_office = (
             f"From: seed@seed.test\r\nTo: {verp}\r\nSubject: Out of Office: Deliverability probe "
             f"{probe_id}\r\nAuto-Submitted: auto-replied\r\nX-Autoreply: yes\r\n\r\n"

@@ -10,7 +10,7 @@ from agent.config import SandboxVerdicts
 from agent.model import AuthResult, BounceType
 from agent.probing.probe_message import build_probe_message
 from agent.reading.authresults import read_auth_results
-from agent.reading.bounces import read_bounce
+from agent.reading.bounces import BounceProof, read_bounce
 from agent.reading.probe_token import KeyRing, new_probe_id
 from agent.reading.triage import TriageKind, triage_message
 from agent.sandbox.messages import Bounce, Delivery, build_dsn, stamp_delivery
@@ -120,7 +120,7 @@ def test_sandbox_dsn_is_an_rfc3464_report_returning_the_whole_probe() -> None:
     assert original["Message-ID"].split() == sent_id.split()
 
     report = read_bounce(dsn, keys=KeyRing(SECRET))
-    assert (report.probe_id, report.signed) == (probe_id, True)
+    assert (report.probe_id, report.proof) == (probe_id, BounceProof.SIGNED_TOKEN)
     assert (report.bounce_type, report.status) == (BounceType.HARD, "5.1.1")
     assert report.reporting_mta == "sandbox.localhost"
     assert report.recipients == ("seed@sandbox.localhost",)

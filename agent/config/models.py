@@ -49,6 +49,7 @@ from agent.config.scalars import (
     parse_duration,
 )
 from agent.model import TlsMode
+from agent.reading.probe_token import VERP_LOCAL_PART_MAX, verp_address
 from agent.secrets import Secret
 
 __all__ = [
@@ -135,7 +136,7 @@ class Route(_Model):
     ehlo_name: Word = ""  # default: socket.getfqdn(), filled in by _prepare
     timeouts: Timeouts = Field(default_factory=Timeouts)
     # Bounces come back to this bounce mailbox's address (the envelope sender of every probe),
-    # with the probe id in it as user+<probe-id>@domain when verp is on.
+    # with the probe id and its VERP tag in it as user+<probe-id>-<tag>@domain when verp is on.
     bounce_mailbox: Name | None = None
     verp: bool = True
     sending_ips: tuple[IpAddress, ...] = ()  # the IPs mail leaves from, for the DNS checks
@@ -452,14 +453,15 @@ class Config(_Model):
         raise KeyError(name)
 
     def envelope_from(self, route: Route, probe_id: str) -> str:
-        """The envelope sender of a probe: VERP on the route's bounce mailbox, if it has one."""
+        """The envelope sender of a probe: on the route's bounce mailbox, if it has one, with the
+        probe id and its VERP tag (a MAC that proves a bounce is about this probe) when verp is
+        on."""
         if route.bounce_mailbox is None:
             return route.envelope_from
         address = self.bounce_mailbox(route.bounce_mailbox).address
         if not route.verp:
             return address
-        local, domain = address.rsplit("@", 1)
-        return f"{local}+{probe_id}@{domain}"
+        return verp_address(address, probe_id, self.secret.get_secret_value().encode())
 
 
 def _check_bounce_mailboxes(data: Mapping[str, Any], problems: _Problems) -> None:
@@ -475,6 +477,11 @@ def _check_bounce_mailboxes(data: Mapping[str, Any], problems: _Problems) -> Non
                 "expected a name no seed mailbox uses (a bounce mailbox is not probed)",
                 got=name,
             )
+    addresses = {
+        entry.get("name"): entry.get("address")
+        for entry in (bounce if isinstance(bounce, list) else [])
+        if isinstance(entry, Mapping)
+    }
     routes = data.get("routes")
     for index, route in enumerate(routes if isinstance(routes, list) else []):
         wanted = route.get("bounce_mailbox") if isinstance(route, Mapping) else None
@@ -484,6 +491,19 @@ def _check_bounce_mailboxes(data: Mapping[str, Any], problems: _Problems) -> Non
                 f"expected the name of a configured bounce mailbox ({', '.join(known) or 'none'})",
                 got=wanted,
             )
+            continue
+        address = addresses.get(wanted)
+        verp = route.get("verp", True) if isinstance(route, Mapping) else True
+        if verp is True and isinstance(address, str) and "@" in address:
+            local = address.rsplit("@", 1)[0]
+            if len(local) > VERP_LOCAL_PART_MAX:
+                problems.add(
+                    ("routes", index, "bounce_mailbox"),
+                    f"expected a bounce mailbox whose address has a local part of at most "
+                    f"{VERP_LOCAL_PART_MAX} characters, because VERP adds the probe id and its "
+                    "tag and RFC 5321 allows 64 (or set verp: false)",
+                    got=f"{wanted} ({local!r} has {len(local)})",
+                )
 
 
 def _check_pairs(pairs: Any, routes: list[str], mailboxes: list[str], problems: _Problems) -> None:

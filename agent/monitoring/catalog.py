@@ -151,7 +151,8 @@ LATE_PROBES = MetricSpec(
 FORGED_MESSAGES = MetricSpec(
     "deliverability_forged_messages_total",
     MetricKind.COUNTER,
-    "Messages that looked like probes but carried an invalid or unknown token.",
+    "Messages that looked like probes but carried an invalid or unknown token, and bounces "
+    "that named a probe without proving it (bounce mailboxes).",
     ("mailbox",),
 )
 AUTH_RESULTS = MetricSpec(

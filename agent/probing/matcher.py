@@ -113,6 +113,9 @@ class Matcher:
         if report.bounce_type is None or report.probe_id is None:
             log.debug("%s: not a bounce of a probe: %s", bounce_mailbox.name, report.reason)
             return False
+        if report.forgery is not None:
+            self._forged_bounce(bounce_mailbox, report.probe_id, report.forgery)
+            return False
         record = self._ledger.get(report.probe_id)
         if record is None:
             log.info(
@@ -122,20 +125,16 @@ class Matcher:
                 extra=probe_fields(mailbox=bounce_mailbox.name, probe_id=report.probe_id),
             )
             return False
-        fields = probe_fields(route=record.route, mailbox=record.mailbox, probe_id=record.probe_id)
         try:
             recipient = config.mailbox(record.mailbox).address.lower()
         except KeyError:
             recipient = None
         if report.recipients and recipient is not None and recipient not in report.recipients:
-            # A bounce for another recipient of a message with our envelope: not this probe's.
-            log.info(
-                "%s: bounce for %s does not concern probe %s (sent to %s)",
-                bounce_mailbox.name,
-                ", ".join(report.recipients),
+            # The probe had one recipient: a proven bounce that blames another is not its bounce.
+            self._forged_bounce(
+                bounce_mailbox,
                 record.probe_id,
-                recipient,
-                extra=fields,
+                f"it reports {', '.join(report.recipients)}, not the probe's recipient {recipient}",
             )
             return False
         self._outcomes.bounce(
@@ -149,3 +148,15 @@ class Matcher:
         if report.bounce_type is BounceType.HARD and record.outcome is None:
             self._outcomes.finalize(record, Outcome.BOUNCED, finished_at=seen_at)
         return self._cleanup is Cleanup.DELETE
+
+    def _forged_bounce(self, bounce_mailbox: Mailbox, probe_id: str, why: str) -> None:
+        """Count a bounce that names a probe without proving it; it changes no outcome and stays
+        in the mailbox for a human to look at."""
+        self._outcomes.skipped(bounce_mailbox.name, SkipReason.FORGED)
+        log.warning(
+            "%s: ignored a forged bounce naming probe %s: %s",
+            bounce_mailbox.name,
+            probe_id,
+            why,
+            extra=probe_fields(mailbox=bounce_mailbox.name, probe_id=probe_id),
+        )

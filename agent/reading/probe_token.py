@@ -11,6 +11,11 @@ header (authoritative, signed), the Message-ID (`<id.sig@from-domain>`, what bou
 quote in In-Reply-To/References) and the Subject (what humans and auto-replies quote); the message
 itself is built by `agent.probing.probe_message`.
 
+Bounces need a proof of their own: a receiver may return the headers of a probe, or nothing at
+all, so the envelope sender of a probe (VERP, `bounces+<id>-<tag>@domain`) carries a second MAC of
+the id under a separate context. The tag is not in the Message-ID, the Subject or on the status
+page, so knowing a probe id is not enough to bounce it.
+
 A `KeyRing` holds the secret that signs new probes and the few earlier ones (a reloaded config with
 a new secret) that still verify probes in flight, so a reader verifies a token against every key in
 one pass instead of reading a message once per secret.
@@ -31,6 +36,8 @@ __all__ = [
     "PROBE_ID_PATTERN",
     "SIGNATURE_PATTERN",
     "SUBJECT_PREFIX",
+    "VERP_LOCAL_PART_MAX",
+    "VERP_PATTERN",
     "KeyRing",
     "ProbeToken",
     "format_probe_header",
@@ -40,6 +47,7 @@ __all__ = [
     "probe_id_time",
     "sign_probe_id",
     "verify_probe_token",
+    "verp_address",
 ]
 
 PROBE_HEADER = "X-Deliverability-Probe"
@@ -56,8 +64,19 @@ SIGNATURE_PATTERN = r"[0-7][0-9a-hjkmnp-tv-z]{25}"
 _PROBE_ID_RE = re.compile(PROBE_ID_PATTERN)
 _SIGNATURE_RE = re.compile(SIGNATURE_PATTERN)
 
-# Domain separation: the same secret may one day sign other things.
+# Domain separation: the same secret signs probe ids and VERP tags, and neither may stand in for
+# the other (the probe signature is public in every delivered probe's Message-ID).
 _SIGNING_CONTEXT = b"deliverability-probe-id/v1\x00"
+_VERP_CONTEXT = b"deliverability-probe-verp/v1\x00"
+# 64 bits keeps the VERP local part within RFC 5321's 64 octets (user + 41); a forger gets one guess
+# per bounce sent, so 2^64 is out of reach.
+_VERP_TAG_BYTES = 8
+_VERP_TAG_CHARS = 13
+_VERP_TAG_PATTERN = r"[0-9a-hjkmnp-tv-z]{13}"
+# RFC 5321's 64-octet local part, less `+<id>-<tag>`.
+VERP_LOCAL_PART_MAX = 64 - (2 + _ID_CHARS + _VERP_TAG_CHARS)
+# `+<id>-<tag>@`: what a bounce's envelope recipient carries, case-insensitively.
+VERP_PATTERN = rf"\+({PROBE_ID_PATTERN})-({_VERP_TAG_PATTERN})@"
 
 # `id=<id>; sig=<sig>`, each key exactly once; whitespace around separators tolerated.
 _HEADER_RE = re.compile(
@@ -108,25 +127,38 @@ def probe_id_time(probe_id: str) -> float:
     return (_decode(probe_id) >> 80) / 1000.0
 
 
-def _mac(probe_id: str, secret: bytes) -> bytes:
+def _mac(probe_id: str, secret: bytes, context: bytes = _SIGNING_CONTEXT) -> bytes:
     if not secret:
         raise ValueError("the probe signing secret must not be empty")
-    digest = hmac.new(secret, _SIGNING_CONTEXT + probe_id.encode("ascii"), hashlib.sha256)
-    return digest.digest()[:_SIG_BYTES]
+    digest = hmac.new(secret, context + probe_id.encode("ascii"), hashlib.sha256)
+    return digest.digest()
+
+
+def _verp_tag(probe_id: str, secret: bytes) -> str:
+    tag = _mac(probe_id, secret, _VERP_CONTEXT)[:_VERP_TAG_BYTES]
+    return _encode(int.from_bytes(tag, "big"), _VERP_TAG_CHARS)
+
+
+def verp_address(address: str, probe_id: str, secret: bytes) -> str:
+    """`address` with the probe's VERP extension: `local+<id>-<tag>@domain`."""
+    if not is_probe_id(probe_id):
+        raise ValueError("not a probe id")
+    local, domain = address.rsplit("@", 1)
+    return f"{local}+{probe_id}-{_verp_tag(probe_id, secret)}@{domain}"
 
 
 def sign_probe_id(probe_id: str, secret: bytes) -> str:
     """The signature of `probe_id`: HMAC-SHA256 truncated to 128 bits, 26 base32 characters."""
     if not is_probe_id(probe_id):
         raise ValueError("not a probe id")
-    return _encode(int.from_bytes(_mac(probe_id, secret), "big"), _SIG_CHARS)
+    return _encode(int.from_bytes(_mac(probe_id, secret)[:_SIG_BYTES], "big"), _SIG_CHARS)
 
 
 def verify_probe_token(probe_id: str, signature: str, secret: bytes) -> bool:
     """Whether `signature` is the valid signature of `probe_id`; compares in constant time."""
     if not is_probe_id(probe_id) or _SIGNATURE_RE.fullmatch(signature) is None:
         return False
-    expected = _encode(int.from_bytes(_mac(probe_id, secret), "big"), _SIG_CHARS)
+    expected = _encode(int.from_bytes(_mac(probe_id, secret)[:_SIG_BYTES], "big"), _SIG_CHARS)
     return hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii"))
 
 
@@ -164,6 +196,15 @@ class KeyRing:
         """Whether any secret of the ring signed `probe_id` with `signature`."""
         return any(
             verify_probe_token(probe_id, signature, key) for key in (self.current, *self.earlier)
+        )
+
+    def verify_verp(self, probe_id: str, tag: str) -> bool:
+        """Whether any secret of the ring made `tag`, the VERP tag of `probe_id`."""
+        if not is_probe_id(probe_id):
+            return False
+        return any(
+            hmac.compare_digest(_verp_tag(probe_id, key).encode(), tag.lower().encode())
+            for key in (self.current, *self.earlier)
         )
 
     def rotated(self, secret: bytes) -> KeyRing:
