@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.request
@@ -242,3 +243,49 @@ async def test_kill_9_after_a_probe_was_seen_before_its_250_keeps_its_real_folde
         assert (record.outcome, record.folder) == (Outcome.INBOX, "INBOX")
         assert record.arrival is not None and record.arrival.placement is Outcome.INBOX
         assert record.latency_seconds is None  # the 250 was never stored: no latency to tell
+
+
+@pytest.mark.mailsystem
+async def test_kill_9_mid_transaction_keeps_the_probe_open_until_it_arrives(
+    mail_system: MailSystem, tmp_path: Path, processes: list[AgentProcess]
+) -> None:
+    """A probe cut after the server took its message may still be delivered: the next start
+    keeps it open until its deadline, and its arrival decides its outcome."""
+    seed = mail_system.new_mailbox()
+    setup = AgentSetup(mail_system, tmp_path).mailbox("seed", seed)
+    setup.probes["interval"] = "1h"
+    async with ScriptedSmtpServer(Script(replies={Stage.END_OF_DATA: Hang()})) as server:
+        setup.routes.append(
+            {
+                "name": "hanging",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "tls": "none",
+                "ehlo_name": "agent.client.test",
+                "from": f"Deliverability probe <{GOOD_SENDER.address}>",
+                "timeouts": {"connect": "5s", "stage": "10m", "total": "10m"},
+            }
+        )
+        config = setup.write()
+        first = AgentProcess(config)
+        processes.append(first)
+        session = await server.wait_for_session(0)
+        await session.received.wait()
+        message = session.messages[0]
+        first.kill()  # SIGKILL before the 250: nobody knows whether the server kept the message
+
+    token = re.search(rb"(?im)^X-Deliverability-Probe:\s*id=(\w+)", message)
+    assert token is not None, message[:500]
+    probe_id = token[1].decode()
+    second = AgentProcess(config)
+    processes.append(second)
+    await asyncio.to_thread(second.wait_for, f"probe {probe_id} hanging -> seed: its SMTP")
+    # The server did deliver it after all: the arrival, not the restart, decides.
+    await asyncio.to_thread(mail_system.append, seed, message)
+    await asyncio.to_thread(second.wait_for, f"probe {probe_id} hanging -> seed: inbox")
+    assert await asyncio.to_thread(second.stop) == 0
+    with Ledger(tmp_path / "state" / "ledger.sqlite3") as ledger:
+        record = ledger.get(probe_id)
+        assert record is not None
+        assert (record.outcome, record.folder) == (Outcome.INBOX, "INBOX")
+        assert record.interrupted_at is not None

@@ -567,3 +567,26 @@ def test_ledger_migrates_a_version_1_file_keeping_every_verdict(tmp_path: Path) 
     finally:
         conn.close()
     assert "arrival" in columns and "auth" not in columns
+    assert "interrupted_at" in columns and still_open.interrupted_at is None
+
+
+def test_ledger_keeps_an_interrupted_probe_open_until_its_deadline(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    assert ledger.mark_interrupted("p1", at=T0 + 1.0)
+    interrupted = record(ledger, "p1")
+    assert (interrupted.state, interrupted.interrupted_at) == (ProbeState.INTERRUPTED, T0 + 1.0)
+    # Marked once: a later start neither lists it again nor marks it twice.
+    assert ledger.unsent_interrupted() == []
+    assert not ledger.mark_interrupted("p1", at=T0 + 2.0)
+    assert [r.probe_id for r in ledger.in_flight()] == ["p1"]
+    assert ledger.due(interrupted.deadline_at - 1) == []
+    assert [r.probe_id for r in ledger.due(interrupted.deadline_at)] == ["p1"]
+
+
+def test_ledger_marks_only_a_probe_still_being_sent_as_interrupted(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    assert ledger.record_send_result("p1", ACCEPTED)
+    assert not ledger.mark_interrupted("p1", at=T0 + 1.0)
+    assert record(ledger, "p1").state is ProbeState.AWAITING
+    with pytest.raises(UnknownProbeError):
+        ledger.mark_interrupted("nope", at=T0)

@@ -14,6 +14,7 @@ from agent.config import Config, validate_config
 from agent.model import Arrival, ErrorKind, Outcome, SendResult, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
+from agent.probing.reaper import reap
 from agent.store.ledger import Ledger, ProbeState
 from tests.agent_process import WAIT
 from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
@@ -125,7 +126,8 @@ async def test_start_gives_probes_interrupted_mid_send_their_one_outcome(tmp_pat
     try:
         interrupted = agent.ledger.get("00000000000000000000000001")
         rejected = agent.ledger.get("00000000000000000000000002")
-        assert interrupted is not None and interrupted.outcome is Outcome.ERROR
+        # The server may have taken the interrupted one: it waits for its arrival.
+        assert interrupted is not None and interrupted.state is ProbeState.INTERRUPTED
         assert rejected is not None and rejected.outcome is Outcome.REJECTED
         labels = {"route": "r", "mailbox": "m"}
         assert (
@@ -134,9 +136,42 @@ async def test_start_gives_probes_interrupted_mid_send_their_one_outcome(tmp_pat
             )
             == 1
         )
+        assert registry.get_sample_value("deliverability_probes_in_flight", labels) == 1
+        # Unseen by its deadline, it is an error (nobody knows it was accepted), not missing.
+        assert reap(agent.ledger, agent.outcomes, now=now + 61) == 1
+        interrupted = agent.ledger.get("00000000000000000000000001")
+        assert interrupted is not None and interrupted.outcome is Outcome.ERROR
+        for outcome, count in (("error", 1), ("missing", 0)):
+            assert (
+                registry.get_sample_value(
+                    "deliverability_probes_total", {**labels, "outcome": outcome}
+                )
+                == count
+            )
         assert registry.get_sample_value("deliverability_probes_in_flight", labels) == 0
     finally:
         await agent.stop()
+
+
+async def test_a_second_restart_keeps_an_interrupted_probe_waiting(tmp_path: Path) -> None:
+    config = _config(tmp_path, 25)
+    now = time.time()
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        ledger.record_sending(
+            probe_id="00000000000000000000000001",
+            route="r",
+            mailbox="m",
+            created_at=now,
+            deadline_at=now + 60,
+        )
+    for _ in range(2):
+        agent = Agent(config, recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            record = agent.ledger.get("00000000000000000000000001")
+            assert record is not None and record.state is ProbeState.INTERRUPTED
+        finally:
+            await agent.stop()
 
 
 async def test_finished_probes_past_retention_are_pruned_and_probes_in_flight_kept(

@@ -131,9 +131,10 @@ class Agent:
         for record in self.ledger.unsent_interrupted():
             if record.state is ProbeState.SENDING:
                 # Seen in its mailbox before the restart cut its transaction: the arrival stored
-                # on it is its outcome. Otherwise we never learned the verdict.
+                # on it is its outcome. Otherwise the server may still have taken it: it waits
+                # for its arrival until its deadline, then ends `error` (interrupted).
                 if not self.outcomes.settle_arrival(record):
-                    self.outcomes.finalize(record, Outcome.ERROR, finished_at=now)
+                    self.outcomes.interrupted(record, at=now)
             else:
                 result = record.send_result
                 assert result is not None  # UNACCEPTED means a send result is stored

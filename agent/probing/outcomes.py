@@ -33,7 +33,7 @@ from agent.model import (
 )
 from agent.monitoring.recorder import Recorder
 from agent.smtp.replies import deciding_reply, verdict_of
-from agent.store.ledger import Ledger, ProbeRecord
+from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
 __all__ = ["FinalOutcome", "Outcomes"]
 
@@ -126,7 +126,7 @@ class Outcomes:
         for the sender while it is still being sent, or count it late if it was missing."""
         fields = probe_fields(route=record.route, mailbox=record.mailbox, probe_id=record.probe_id)
         if record.outcome is None:
-            if record.accepted is None:
+            if record.state is ProbeState.SENDING:
                 # Seen before the sender stored its 250: the sender (or the next start) finalizes
                 # the probe from the stored arrival.
                 self._ledger.record_arrival(arrival)
@@ -171,6 +171,38 @@ class Outcomes:
             latency_seconds=_latency(record, arrival),
             arrival=arrival,
         )
+
+    def interrupted(self, record: ProbeRecord, *, at: float) -> None:
+        """A restart found the probe's transaction cut before its result was stored: it may have
+        been accepted, so it stays open until its deadline (seen: its placement; not: error)."""
+        if self._ledger.mark_interrupted(record.probe_id, at=at):
+            log.info(
+                "probe %s %s -> %s: its SMTP transaction was interrupted by a restart; waiting "
+                "for it until its deadline",
+                record.probe_id,
+                record.route,
+                record.mailbox,
+                extra=probe_fields(
+                    route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+                ),
+            )
+
+    def interrupted_unseen(self, record: ProbeRecord, *, finished_at: float) -> bool:
+        """An interrupted probe reached its deadline unseen: `error`, never `missing` (nobody
+        knows that it was accepted). True when this call finalized it."""
+        if not self.finalize(record, Outcome.ERROR, finished_at=finished_at):
+            return False
+        log.warning(
+            "probe %s %s -> %s: error: interrupted by a restart mid-transaction and not seen by "
+            "its deadline",
+            record.probe_id,
+            record.route,
+            record.mailbox,
+            extra=probe_fields(
+                route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+            ),
+        )
+        return True
 
     def skipped(self, mailbox: str, reason: SkipReason) -> None:
         """A message in a seed mailbox was counted and skipped (malformed or forged)."""

@@ -19,11 +19,13 @@ sender, once it stored its result, finalizes the probe from that arrival. A rest
 loses nothing: the next start finalizes every probe that has an arrival from it.
 
 After a restart, before starting the reaper, the service resolves what the crash interrupted:
-`unsent_interrupted()` lists the probes still SENDING (the transaction may or may not have reached
-the server: finalize them as `error`, kind `closed`, "interrupted by restart") and the probes
-UNACCEPTED but never finalized (finalize them with the outcome their stored `send_result` implies;
-it was committed, so it is not lost). `due()` lists only AWAITING probes, because `missing` means
-"accepted and never seen": a probe still being sent is the sender's to finish, not the reaper's.
+`unsent_interrupted()` lists the probes still SENDING and the probes UNACCEPTED but never
+finalized (finalize them with the outcome their stored `send_result` implies; it was committed, so
+it is not lost). A SENDING probe may or may not have reached the server's 250, so it is marked
+INTERRUPTED (`mark_interrupted`) and stays open until its deadline: if it arrives it gets its real
+placement, otherwise the reaper makes it `error` ("interrupted"), never `missing`. `due()` lists
+AWAITING and INTERRUPTED probes past their deadline, because `missing` means "accepted and never
+seen": a probe still being sent is the sender's to finish, not the reaper's.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ __all__ = [
 ]
 
 LEDGER_FILENAME = "ledger.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Seconds a writer waits for another connection's write lock before failing; writes are tiny, so
 # hitting this means something is badly wrong, not that the other side is slow.
@@ -127,15 +129,18 @@ WHERE outcome IN ('inbox', 'spam', 'other') AND folder IS NOT NULL
     "ALTER TABLE probes DROP COLUMN auth",
 )
 
+# Version 3: when a restart found a probe cut mid-transaction (it stays open until its deadline).
+_MIGRATE_V2_TO_V3 = ("ALTER TABLE probes ADD COLUMN interrupted_at REAL",)
+
 # Each step takes the schema from version N to N + 1; a new file runs v1, then every step, so the
 # migrations are exercised on every start of a fresh agent.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_V1_TO_V2}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_V1_TO_V2, 2: _MIGRATE_V2_TO_V3}
 
 _COLUMNS = (
     "probe_id, route, mailbox, created_at, deadline_at, accepted, accepted_at,"
     " send_duration_seconds, transcript, send_error, tls_version, tls_cert_not_after,"
     " outcome, finished_at, folder, latency_seconds, arrival,"
-    " late_seen_at, late_folder, late_latency_seconds"
+    " late_seen_at, late_folder, late_latency_seconds, interrupted_at"
 )
 
 
@@ -164,6 +169,7 @@ class ProbeState(enum.StrEnum):
     """Where a probe is in its life cycle; derived from which columns are set."""
 
     SENDING = "sending"  # recorded before the SMTP transaction; no result yet
+    INTERRUPTED = "interrupted"  # a restart cut the transaction; open until seen or its deadline
     AWAITING = "awaiting"  # accepted by the server; waiting for arrival or the deadline
     UNACCEPTED = "unaccepted"  # send result stored, not accepted, outcome not yet recorded
     FINAL = "final"
@@ -193,13 +199,14 @@ class ProbeRecord:
     late_seen_at: float | None
     late_folder: str | None
     late_latency_seconds: float | None
+    interrupted_at: float | None = None  # set when a restart found the transaction cut
 
     @property
     def state(self) -> ProbeState:
         if self.outcome is not None:
             return ProbeState.FINAL
         if self.accepted is None:
-            return ProbeState.SENDING
+            return ProbeState.SENDING if self.interrupted_at is None else ProbeState.INTERRUPTED
         return ProbeState.AWAITING if self.accepted else ProbeState.UNACCEPTED
 
     @property
@@ -476,21 +483,37 @@ class Ledger:
         return self._select("WHERE outcome IS NULL ORDER BY created_at, probe_id", ())
 
     def due(self, now: float) -> list[ProbeRecord]:
-        """Accepted probes past their deadline and not final: the reaper makes them `missing`."""
+        """Accepted or interrupted probes past their deadline and not final: the reaper makes
+        them `missing` (accepted) or `error` (interrupted)."""
         return self._select(
-            "WHERE outcome IS NULL AND accepted = 1 AND deadline_at <= ?"
-            " ORDER BY deadline_at, probe_id",
+            "WHERE outcome IS NULL AND (accepted = 1 OR interrupted_at IS NOT NULL)"
+            " AND deadline_at <= ? ORDER BY deadline_at, probe_id",
             (now,),
         )
 
     def unsent_interrupted(self) -> list[ProbeRecord]:
         """Probes whose send never reached AWAITING and were never finalized: after a restart,
-        SENDING ones were interrupted mid-transaction, UNACCEPTED ones between send and finalize."""
+        SENDING ones were interrupted mid-transaction, UNACCEPTED ones between send and finalize.
+        Probes already marked INTERRUPTED by an earlier start are not listed again."""
         return self._select(
-            "WHERE outcome IS NULL AND (accepted IS NULL OR accepted = 0)"
-            " ORDER BY created_at, probe_id",
+            "WHERE outcome IS NULL AND ((accepted IS NULL AND interrupted_at IS NULL)"
+            " OR accepted = 0) ORDER BY created_at, probe_id",
             (),
         )
+
+    def mark_interrupted(self, probe_id: str, *, at: float) -> bool:
+        """Mark a SENDING probe as cut mid-transaction by a restart; False when it is not
+        SENDING (it has a send result, an outcome, or was marked already)."""
+        with self._translate("mark a probe interrupted"):
+            cursor = self._conn.execute(
+                "UPDATE probes SET interrupted_at = ? WHERE probe_id = ? AND accepted IS NULL"
+                " AND outcome IS NULL AND interrupted_at IS NULL",
+                (at, probe_id),
+            )
+        if cursor.rowcount == 0:
+            self._require_known(probe_id)
+            return False
+        return True
 
     def in_flight_counts(self) -> dict[tuple[str, str], int]:
         with self._translate("count probes in flight"):
@@ -662,6 +685,7 @@ def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
         late_seen_at,
         late_folder,
         late_latency_seconds,
+        interrupted_at,
     ) = row
     return ProbeRecord(
         probe_id=probe_id,
@@ -686,4 +710,5 @@ def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
         late_seen_at=late_seen_at,
         late_folder=late_folder,
         late_latency_seconds=late_latency_seconds,
+        interrupted_at=interrupted_at,
     )

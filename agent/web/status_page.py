@@ -193,6 +193,8 @@ def _status(record: ProbeRecord) -> tuple[str, str]:
         return record.outcome.value, f"o-{record.outcome.value}"
     if record.state is ProbeState.SENDING:
         return "sending", "o-pending"
+    if record.state is ProbeState.INTERRUPTED:
+        return "interrupted, awaiting", "o-pending"
     return "awaiting", "o-pending"
 
 
@@ -201,6 +203,8 @@ def _why(record: ProbeRecord) -> str:
     error = record.send_error
     if error is not None:
         return f"{error.kind.value} error at {error.stage.value}"
+    if record.interrupted_at is not None:
+        return "interrupted by a restart mid-transaction"
     result = record.send_result
     reply = deciding_reply(result) if result is not None and not result.accepted else None
     if reply is None:
