@@ -93,3 +93,16 @@ def test_config_validate_names_the_source_given() -> None:
         "inline: routes: expected a list of at least one route",
         "inline: mailboxes: expected a list of at least one mailbox",
     )
+
+
+def test_yaml_aliases_within_the_bound_share_settings(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "secret: s-0123456789abcdef\n"
+        "routes:\n"
+        "  - &submission {name: a, host: 127.0.0.1, from: probe@example.com, port: 587}\n"
+        "  - {<<: *submission, name: b}\n"
+    )
+    data = read_config_file(path)
+    assert [route["name"] for route in data["routes"]] == ["a", "b"]
+    assert data["routes"][1]["port"] == 587

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -218,8 +219,25 @@ async def test_stop_cancels_sends_still_running_after_the_drain_timeout(tmp_path
         sending = asyncio.create_task(agent.probe_pair("r", "m"))
         await server.wait_for_session(0)
         await agent.stop(drain_timeout=0.01)
-        with pytest.raises(asyncio.CancelledError):
-            await sending
+        assert await sending is None  # cut by the shutdown: no id, and no exception
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        (record,) = ledger.in_flight()
+        assert record.state is ProbeState.SENDING  # its one outcome comes at the next start
+
+
+async def test_a_scheduled_send_cut_by_shutdown_logs_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ScriptedSmtpServer(Script(replies={Stage.DATA: Hang()})) as server:
+        config = _config(tmp_path, server.port)
+        agent = Agent(config, recorder=Recorder(new_registry()))
+        await agent.start()
+        agent.schedule()  # the first run comes within a second (no jitter)
+        await server.wait_for_session(0)
+        with caplog.at_level(logging.INFO):
+            await agent.stop(drain_timeout=0.01)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
     with Ledger.in_state_dir(config.state_dir) as ledger:
         (record,) = ledger.in_flight()
         assert record.state is ProbeState.SENDING  # its one outcome comes at the next start

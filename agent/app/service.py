@@ -190,6 +190,18 @@ class Agent:
             self._sending.add(task)
             try:
                 probe_id = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not self.draining:
+                    raise
+                # Stopping: the scheduler cancels the jobs it runs (the shielded send goes on and
+                # stop() drains it), and stop() cancels sends still running after the drain
+                # timeout. Neither is a job failure to log with a traceback; the ledger holds the
+                # probe and the next start resolves it.
+                if task.cancelled():
+                    log.info(
+                        "probe %s -> %s cut by shutdown mid-transaction", route_name, mailbox_name
+                    )
+                return None
             finally:
                 if task.done():
                     self._sending.discard(task)

@@ -58,6 +58,59 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# Values in the document with every alias expanded. Aliases are fine for sharing a block of
+# settings; a few nested ones ("billion laughs") expand a file of a few hundred bytes into
+# billions of values, which validation would then walk. Real configs are far below this.
+_MAX_EXPANDED_NODES = 100_000
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has once every alias is expanded, computed without expanding
+    (an alias is the same node object twice); ConstructorError past the bound or on a cycle."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to a node that contains it", node.start_mark
+            )
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        in_progress.discard(key)
+        if total > _MAX_EXPANDED_NODES:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"expands to more than {_MAX_EXPANDED_NODES} values through aliases (*name)",
+                node.start_mark,
+            )
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def _load_yaml(text: str) -> Any:
+    """The document in `text`, refusing one that aliases expand beyond the bound."""
+    loader = _StrictLoader(text)  # a SafeLoader subclass: as safe as safe_load
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The YAML mapping in `path`; ConfigError if it cannot be read or is not a YAML mapping."""
     source = os.fspath(path)
@@ -70,7 +123,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{source}: expected UTF-8 text, got byte {exc.start}"]) from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: as safe as safe_load
+        data = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
