@@ -280,3 +280,18 @@ def test_status_page_latest_by_pair_breaks_ties_like_the_full_scan(ledger: Ledge
     scan = {pair: record.probe_id for pair, record in ledger.latest_by_pair().items()}
     assert seek == scan
     assert len(seek) == 6
+
+
+def test_status_page_shows_a_probe_cut_by_a_restart_waiting_then_its_error(
+    ledger: Ledger, config: Config
+) -> None:
+    ledger.record_sending(
+        probe_id="cut", route="primary", mailbox="gmail", created_at=NOW - 60, deadline_at=NOW + 9
+    )
+    ledger.mark_interrupted("cut", at=NOW - 30)
+    waiting = render(collect(ledger, config, HEALTH, now=NOW))
+    assert _cells(waiting)[("primary", "gmail")] == "interrupted, awaiting"
+    ledger.finalize("cut", outcome=Outcome.ERROR, finished_at=NOW + 9)
+    ended = render(collect(ledger, config, HEALTH, now=NOW + 10))
+    assert _cells(ended)[("primary", "gmail")] == "error"
+    assert "interrupted by a restart mid-transaction" in ended
