@@ -225,6 +225,7 @@ class Arrival:
     placement: Outcome  # INBOX, SPAM or OTHER
     seen_at: float  # wall-clock time the watcher saw the message
     auth: AuthVerdicts = field(default_factory=AuthVerdicts)
+    found_by: FoundBy | None = None  # None: not recorded (an arrival stored by an older version)
 
 
 # --- what the recorder is handed: one frozen result per thing that happened ---------------------

@@ -362,6 +362,7 @@ class Agent:
                     message.raw,
                     seen_at=message.seen_at,
                     junk=watch.junk,
+                    found_by=message.found_by,
                 )
             return Disposition.DELETE if delete else Disposition.KEEP
 
