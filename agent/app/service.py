@@ -342,6 +342,7 @@ class Agent:
                 on_state=self._on_state_for(watch, folder),
                 use_idle=self._use_idle,
                 poll_interval=self._poll_interval,
+                idle_check_interval=mailbox.idle_check_interval,
             )
             for folder in names
         ]
