@@ -1,9 +1,9 @@
 """A tiny scripted IMAP server on loopback, for faults no real IMAP server produces on demand.
 
 Every connection plays the same script (or the first one script and every later one another):
-send lines (with the tag of the last command read), wait for a command, hang, or drop the
-connection. The server counts connections and keeps every line clients sent. Real-server
-behaviour belongs to the tests against the mail system's Dovecot.
+send lines (with the tag of the last command read), wait for a command, pause until the test
+says go on, hang, or drop the connection. The server counts connections and keeps every line
+clients sent. Real-server behaviour belongs to the tests against the mail system's Dovecot.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "Close",
     "Expect",
     "Hang",
+    "Pause",
     "Raw",
     "ScriptedImapServer",
     "Send",
@@ -52,6 +53,14 @@ class Expect:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """Set `reached`, then say nothing until the test sets `go_on` (closing the server does)."""
+
+    reached: asyncio.Event
+    go_on: asyncio.Event
+
+
+@dataclass(frozen=True)
 class Hang:
     """Say nothing more; read and keep whatever the client sends until it hangs up."""
 
@@ -61,7 +70,7 @@ class Close:
     """Drop the connection."""
 
 
-Step = Send | Raw | Expect | Hang | Close
+Step = Send | Raw | Expect | Pause | Hang | Close
 
 GREETING = Send("* OK scripted IMAP server ready")
 CAPABILITY_EXCHANGE: tuple[Step, ...] = (
@@ -120,6 +129,9 @@ class ScriptedImapServer:
     ) -> None:
         assert self._server is not None
         self._server.close()
+        for step in (*self.steps, *self.then):
+            if isinstance(step, Pause):
+                step.go_on.set()  # a paused handler goes on, and meets the closed connection
         # Closing the connections ends every handler (a read sees EOF). Python 3.11's streams log
         # an error for a handler task that is cancelled instead, so that is only the fallback.
         for writer in list(self._writers):
@@ -171,6 +183,9 @@ class ScriptedImapServer:
                     await writer.drain()
                 case Expect(command):
                     tag = await self._read_until(reader, command, tag)
+                case Pause(reached, go_on):
+                    reached.set()
+                    await go_on.wait()
                 case Hang():
                     while received := await reader.readline():
                         self.received.append(received)

@@ -33,6 +33,7 @@ from tests.scripted_imap import (
     LOGGED_IN,
     Expect,
     Hang,
+    Pause,
     Raw,
     ScriptedImapServer,
     Send,
@@ -263,6 +264,71 @@ async def test_a_server_that_never_pushes_is_read_by_the_periodic_check() -> Non
     assert (message.uid, message.raw, message.found_by) == (1, BODY, FoundBy.CHECK)
     assert recorder.states.get_nowait() == (True, None)
     assert recorder.states.empty()  # no failure: a check is not a reconnect
+
+
+async def test_stop_during_the_store_lets_the_expunge_finish_before_run_ends() -> None:
+    store_received, go_on = asyncio.Event(), asyncio.Event()
+    script = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 1 EXISTS\n* OK [UIDVALIDITY 42] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, BODY),
+        Send("{tag} OK Fetched"),
+        Expect("UID STORE"),
+        Pause(store_received, go_on),
+        Send("{tag} OK Stored"),
+        Expect("UID EXPUNGE"),
+        Send("* 1 EXPUNGE\n{tag} OK Expunged"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    async with ScriptedImapServer(*script) as server:
+        recorder = Recorder(Disposition.DELETE)
+        watcher = recorder.watcher(scripted_target(server.port))
+        task = asyncio.create_task(watcher.run())
+        async with asyncio.timeout(WAIT):
+            await store_received.wait()
+        watcher.stop()
+        assert watcher.handing_over and not task.done()
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(WAIT):
+                await task
+    commands = [line.split(b" ", 2)[1:] for line in server.received]
+    assert [b"UID", b"EXPUNGE 1\r\n"] in commands
+    assert [b"LOGOUT\r\n"] in commands  # and a polite goodbye after it
+    assert recorder.states.get_nowait() == (True, None)
+    assert recorder.states.empty()
+
+
+async def test_stop_while_waiting_in_idle_ends_run_at_once_with_a_logout() -> None:
+    script = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 0 EXISTS\n* OK [UIDVALIDITY 42] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH\n{tag} OK Searched"),
+        Expect("IDLE"),
+        Send("+ idling"),
+        Expect("DONE"),
+        Send("{tag} OK Idle completed"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    async with ScriptedImapServer(*script) as server:
+        recorder = Recorder()
+        watcher = recorder.watcher(scripted_target(server.port), idle_check_interval=3600)
+        with watch_log("waiting in IDLE") as idling:
+            task = asyncio.create_task(watcher.run())
+            await idling.wait_for(1)
+        watcher.stop()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(WAIT):
+                await task
+    assert any(b"LOGOUT" in line for line in server.received)
 
 
 # --- the real Dovecot -----------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Choices worth knowing:
 * A pass searches again until nothing new was announced (`Connection.new_mail`): mail arriving
   mid-pass is not left waiting for the next check. The check and polling send NOOP first, as
   Dovecot searches the mailbox view from before the command.
+* `stop()` lets a hand-over under way finish (the consumer's verdict, then the STORE \\Deleted and
+  EXPUNGE it asked for) before `run()` ends: a stop between STORE and EXPUNGE would leave the
+  message flagged but in the folder. Cancelling `run()` ends it at once: the caller's bound.
 * Handed-over UIDs are remembered per watcher with UIDVALIDITY, not on disk: after an agent restart
   the folder is handed over again, so the consumer must be idempotent.
 * Every log line masks the mailbox's secrets (`ImapTarget.password` and `ImapTarget.secrets`).
@@ -90,10 +93,10 @@ def backoff_delay(
 class FolderWatcher:
     """Hands every message that appears in one folder to `on_message`, once.
 
-    `run()` keeps one connection open until cancelled (IDLE where the server has it, left for a
-    NOOP and UID SEARCH after a push or `idle_check_interval` seconds without one; else a NOOP
-    and UID SEARCH every `poll_interval`), and reconnects forever with exponential backoff; the
-    backoff restarts after a session that stayed selected for `healthy_after` seconds.
+    `run()` keeps one connection open until cancelled or stopped (IDLE where the server has it,
+    left for a NOOP and UID SEARCH after a push or `idle_check_interval` seconds without one; else
+    a NOOP and UID SEARCH every `poll_interval`), and reconnects forever with exponential backoff;
+    the backoff restarts after a session that stayed selected for `healthy_after` seconds.
     `on_state(True, None)` is called once each session is logged in and selected,
     `on_state(False, kind)` on every failure, a command left unanswered past the target's
     `command_timeout` included. When `on_message` returns `Disposition.DELETE` the message is
@@ -140,6 +143,9 @@ class FolderWatcher:
         self._last_uid = 0  # the highest UID handed over under `_uidvalidity`
         self._unfinished_deletes: set[int] = set()  # DELETE answered, expunge not confirmed
         self._selected_at: float | None = None
+        self._task: asyncio.Task[None] | None = None  # the task in run(), for stop()
+        self._stopping = False
+        self._handing_over = False  # a hand-over and its clean-up are under way: stop() waits
         self._log = MaskedLog(redactor_for(target))
 
     @property
@@ -150,14 +156,39 @@ class FolderWatcher:
     def folder(self) -> str:
         return self._folder
 
+    @property
+    def handing_over(self) -> bool:
+        """A message is with the consumer, or being deleted as it asked: `stop()` waits."""
+        return self._handing_over
+
     def __repr__(self) -> str:
         return f"FolderWatcher({self._target.mailbox!r}, {self._folder!r})"
 
+    def stop(self) -> None:
+        """End `run()` as if it were cancelled, but only after the hand-over under way, if any:
+        the consumer's verdict on a message and the STORE \\Deleted and EXPUNGE it asked for.
+
+        Those commands are bounded by the target's `command_timeout`; a caller that cannot wait
+        that long cancels `run()` after its own bound, which abandons the clean-up (the message
+        stays flagged \\Deleted and is handed over again by the next session).
+        """
+        self._stopping = True
+        if self._task is not None and not self._handing_over:
+            self._task.cancel()
+
     async def run(self) -> None:
-        """Watch until cancelled; never returns otherwise."""
+        """Watch until cancelled or stopped (it then ends cancelled); never returns otherwise."""
+        self._task = asyncio.current_task()
+        try:
+            await self._run()
+        finally:
+            self._task = None
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
+            self._end_if_stopping()
             self._selected_at = None
             try:
                 await self._session(forever=True)
@@ -166,6 +197,7 @@ class FolderWatcher:
             except Exception:  # a bug or an unforeseen reply must not end the watcher
                 self._log.exception("%s/%s: unexpected error", self._target.mailbox, self._folder)
                 self._report_down(ImapError(ErrorKind.PROTOCOL, "unexpected error"))
+            self._end_if_stopping()
             selected_at = self._selected_at
             if selected_at is not None and loop.time() - selected_at >= self._healthy_after:
                 attempt = 0
@@ -205,9 +237,12 @@ class FolderWatcher:
                 await self._watch(conn)
             clean = True
         except asyncio.CancelledError:
-            clean = True  # shutting down: say LOGOUT (bounded) on the way out
+            # Shutting down: say LOGOUT (bounded) on the way out, unless a hand-over was cut
+            # short: a server that left STORE or EXPUNGE unanswered will not answer LOGOUT.
+            clean = not self._handing_over
             raise
         finally:
+            self._handing_over = False
             await conn.close(logout=clean)
 
     def _adopt(self, uidvalidity: int) -> None:
@@ -293,6 +328,7 @@ class FolderWatcher:
             len(raw),
             size,
         )
+        self._handing_over = True  # from here to the EXPUNGE's answer, stop() waits
         try:
             disposition = await self._on_message(message)
         except Exception:
@@ -302,16 +338,26 @@ class FolderWatcher:
                 self._folder,
                 uid,
             )
-            return
+            disposition = Disposition.KEEP
         if disposition is Disposition.DELETE:
             self._unfinished_deletes.add(uid)
             await conn.delete(uid)
             self._unfinished_deletes.discard(uid)
+        self._handing_over = False
+        self._end_if_stopping()
 
     async def _finish_deletes(self, conn: Connection) -> None:
         for uid in sorted(self._unfinished_deletes):
+            self._handing_over = True
             await conn.delete(uid)
             self._unfinished_deletes.discard(uid)
+            self._handing_over = False
+            self._end_if_stopping()
+
+    def _end_if_stopping(self) -> None:
+        if self._stopping:
+            # What stop() asked for, now that no hand-over is under way: end as if cancelled.
+            raise asyncio.CancelledError
 
     def _report_up(self) -> None:
         self._notify(True, None)
