@@ -385,6 +385,20 @@ async def test_a_new_delivery_wakes_the_watcher_from_idle_and_it_idles_again(
 
 
 @pytest.mark.mailsystem
+async def test_dovecot_answers_the_check_out_of_idle_and_the_session_stays_up(
+    mail_system: MailSystem,
+) -> None:
+    account = mail_system.new_mailbox()
+    recorder = Recorder()
+    watcher = recorder.watcher(dovecot_target(mail_system, account), idle_check_interval=0.05)
+    with watch_log("checking the folder") as checks:
+        async with running(watcher):
+            await checks.wait_for(3)
+    assert recorder.states.get_nowait() == (True, None)
+    assert recorder.states.empty()
+
+
+@pytest.mark.mailsystem
 async def test_a_new_delivery_is_found_by_polling_without_idle(mail_system: MailSystem) -> None:
     account = mail_system.new_mailbox()
     recorder = Recorder()
