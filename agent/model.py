@@ -20,6 +20,7 @@ __all__ = [
     "BounceType",
     "ConfigLoaded",
     "ErrorKind",
+    "FoundBy",
     "ImapHealth",
     "InFlight",
     "MessageSkipped",
@@ -114,6 +115,15 @@ class ErrorKind(enum.StrEnum):
     AUTH = "auth"
     PROTOCOL = "protocol"
     CLOSED = "closed"
+
+
+class FoundBy(enum.StrEnum):
+    """What made a mailbox watcher look for, and find, a message: the pass that handed it over."""
+
+    SELECT = "select"  # already in the folder when the watcher selected it (start, reconnect)
+    PUSH = "push"  # the server announced it while the watcher was in IDLE
+    CHECK = "check"  # the periodic check out of IDLE found it: the server had not announced it
+    POLL = "poll"  # a poll (the server has no IDLE, or IDLE is off)
 
 
 class AuthMethod(enum.StrEnum):
@@ -215,6 +225,7 @@ class Arrival:
     placement: Outcome  # INBOX, SPAM or OTHER
     seen_at: float  # wall-clock time the watcher saw the message
     auth: AuthVerdicts = field(default_factory=AuthVerdicts)
+    found_by: FoundBy | None = None  # None: not recorded (an arrival stored by an older version)
 
 
 # --- what the recorder is handed: one frozen result per thing that happened ---------------------

@@ -735,6 +735,24 @@ grid.add(
         bars=True,
     )
 )
+grid.add(
+    timeseries(
+        "How probes are found",
+        shows="Probes found per seed mailbox over a sliding hour, by what made the watcher look: "
+        "an IDLE push, the periodic check out of IDLE (no push came), a poll, or selecting the "
+        "folder (at start or after a reconnect).",
+        when_bad="check instead of push: the server's IDLE push is slow or absent, and probes "
+        "wait up to idle_check_interval (lower it for that mailbox). select rising with IMAP "
+        "timeout errors: the server keeps going silent and each reconnect finds the probes.",
+        targets=[
+            target(
+                "sum by (mailbox, found_by) (increase(deliverability_probes_found_total"
+                f"{{{MAILBOX}}}[1h]))",
+                "{{mailbox}} {{found_by}}",
+            )
+        ],
+    )
+)
 
 # --- agent ----------------------------------------------------------------------------------------
 grid.row("Agent and TLS")

@@ -191,6 +191,7 @@ def vocabulary() -> Vocabulary:
         "kind": enum_values(model.ErrorKind, model.ErrorKind),
         "method": enum_values(model.AuthMethod),
         "result": enum_values(model.AuthResult),
+        "found_by": enum_values(model.FoundBy),
     }
     metric_values = {
         (metrics.BOUNCES.name, "type"): enum_values(model.BounceType),

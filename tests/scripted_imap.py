@@ -1,7 +1,8 @@
 """A tiny scripted IMAP server on loopback, for faults no real IMAP server produces on demand.
 
-Every connection plays the same script: send lines (with the tag of the last command read), wait
-for a command, hang, or drop the connection. The server counts connections and keeps every line
+Every connection plays the same script (or the first one script and every later one another):
+send lines (with the tag of the last command read), wait for a command, pause until the test
+says go on, hang, or drop the connection. The server counts connections and keeps every line
 clients sent. Real-server behaviour belongs to the tests against the mail system's Dovecot.
 """
 
@@ -16,13 +17,16 @@ from typing import Self
 __all__ = [
     "CAPABILITY_EXCHANGE",
     "GREETING",
+    "LOGGED_IN",
     "Close",
     "Expect",
     "Hang",
+    "Pause",
     "Raw",
     "ScriptedImapServer",
     "Send",
     "Step",
+    "fetch_response",
 ]
 
 
@@ -43,9 +47,17 @@ class Raw:
 @dataclass(frozen=True)
 class Expect:
     """Read client lines until one carries this command ("LOGIN", "UID FETCH"; any case) and
-    keep its tag."""
+    keep its tag. "DONE", which ends an IDLE, has no tag: the IDLE's is kept."""
 
     command: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Set `reached`, then say nothing until the test sets `go_on` (closing the server does)."""
+
+    reached: asyncio.Event
+    go_on: asyncio.Event
 
 
 @dataclass(frozen=True)
@@ -58,20 +70,40 @@ class Close:
     """Drop the connection."""
 
 
-Step = Send | Raw | Expect | Hang | Close
+Step = Send | Raw | Expect | Pause | Hang | Close
 
 GREETING = Send("* OK scripted IMAP server ready")
 CAPABILITY_EXCHANGE: tuple[Step, ...] = (
     Expect("CAPABILITY"),
     Send("* CAPABILITY IMAP4rev1 IDLE UIDPLUS\n{tag} OK CAPABILITY completed"),
 )
+# Greeting, capabilities, LOGIN accepted, capabilities again: what precedes SELECT or LIST.
+LOGGED_IN: tuple[Step, ...] = (
+    GREETING,
+    *CAPABILITY_EXCHANGE,
+    Expect("LOGIN"),
+    Send("{tag} OK Logged in"),
+    *CAPABILITY_EXCHANGE,
+)
+
+
+def fetch_response(uid: int, body: bytes) -> Raw:
+    """The untagged answer to the watcher's UID FETCH of message `uid` (sequence number too)."""
+    return Raw(
+        b"* %d FETCH (UID %d RFC822.SIZE %d BODY[]<0> {%d}\r\n%s)\r\n"
+        % (uid, uid, len(body), len(body), body)
+    )
 
 
 class ScriptedImapServer:
-    """`async with ScriptedImapServer(*steps) as server:` listens on 127.0.0.1:`server.port`."""
+    """`async with ScriptedImapServer(*steps) as server:` listens on 127.0.0.1:`server.port`.
 
-    def __init__(self, *steps: Step) -> None:
+    With `then`, the first connection plays `steps` and every later one plays `then` (an agent
+    lists folders on a first connection, then watches on others)."""
+
+    def __init__(self, *steps: Step, then: tuple[Step, ...] | None = None) -> None:
         self.steps = steps
+        self.then = steps if then is None else then
         self.received: list[bytes] = []
         self.connections = 0
         self._changed = asyncio.Condition()
@@ -97,6 +129,9 @@ class ScriptedImapServer:
     ) -> None:
         assert self._server is not None
         self._server.close()
+        for step in (*self.steps, *self.then):
+            if isinstance(step, Pause):
+                step.go_on.set()  # a paused handler goes on, and meets the closed connection
         # Closing the connections ends every handler (a read sees EOF). Python 3.11's streams log
         # an error for a handler task that is cancelled instead, so that is only the fallback.
         for writer in list(self._writers):
@@ -120,9 +155,10 @@ class ScriptedImapServer:
         self._writers.add(writer)
         async with self._changed:
             self.connections += 1
+            steps = self.steps if self.connections == 1 else self.then
             self._changed.notify_all()
         try:
-            await self._play(reader, writer)
+            await self._play(reader, writer, steps)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -132,9 +168,11 @@ class ScriptedImapServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _play(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _play(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, steps: tuple[Step, ...]
+    ) -> None:
         tag = "*"
-        for step in self.steps:
+        for step in steps:
             match step:
                 case Send(text):
                     for line in text.split("\n"):
@@ -144,7 +182,10 @@ class ScriptedImapServer:
                     writer.write(data)
                     await writer.drain()
                 case Expect(command):
-                    tag = await self._read_until(reader, command)
+                    tag = await self._read_until(reader, command, tag)
+                case Pause(reached, go_on):
+                    reached.set()
+                    await go_on.wait()
                 case Hang():
                     while received := await reader.readline():
                         self.received.append(received)
@@ -152,10 +193,13 @@ class ScriptedImapServer:
                 case Close():
                     return
 
-    async def _read_until(self, reader: asyncio.StreamReader, command: str) -> str:
+    async def _read_until(self, reader: asyncio.StreamReader, command: str, tag: str) -> str:
         while line := await reader.readline():
             self.received.append(line)
-            tag, _, rest = line.decode("utf-8", "replace").strip().partition(" ")
-            if f"{rest.upper()} ".startswith(f"{command.upper()} "):
+            text = line.decode("utf-8", "replace").strip()
+            if text.upper() == command.upper() == "DONE":
                 return tag
+            tag_read, _, rest = text.partition(" ")
+            if f"{rest.upper()} ".startswith(f"{command.upper()} "):
+                return tag_read
         raise ConnectionError("the client hung up")

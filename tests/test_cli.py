@@ -17,6 +17,7 @@ from agent.model import Outcome, Stage
 from agent.store.ledger import Ledger
 from tests.agent_process import WAIT, AgentProcess, agent_command
 from tests.agent_setup import GOOD_SENDER, AgentSetup
+from tests.imap_helpers import stdlib_imap
 from tests.mailsystem import MailSystem
 from tests.mailsystem.system import free_ports
 from tests.mailsystem.topology import SEED_DOMAIN
@@ -123,6 +124,28 @@ def test_once_exits_1_when_a_probe_does_not_land_in_the_inbox(
     assert table[0].split()[:4] == ["ROUTE", "MAILBOX", "OUTCOME", "FOLDER"]
     rows = {line.split()[1]: line.split()[2] for line in table[1:]}
     assert rows == {"ok": "inbox", "refused": "rejected"}
+
+
+@pytest.mark.mailsystem
+def test_once_leaves_no_probe_behind_in_the_seed_mailbox(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    """`once` stops right after the last probe is matched, while its watcher deletes it: the stop
+    lets the STORE \\Deleted and the EXPUNGE finish, so nothing stays flagged in the folder."""
+    account = mail_system.new_mailbox()
+    setup = AgentSetup(mail_system, tmp_path).route("good").mailbox("seed", account)
+    result = subprocess.run(
+        agent_command("once", "--json", "--config", str(setup.write())),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT * 2,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outcome"] == "inbox"
+    with stdlib_imap(mail_system, account) as imap:
+        imap.select("INBOX", readonly=True)
+        assert imap.search(None, "ALL") == ("OK", [b""])
 
 
 def _get(port: int, path: str) -> str:

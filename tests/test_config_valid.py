@@ -20,6 +20,7 @@ from agent.config import (
     validate_config,
 )
 from agent.model import TlsMode
+from agent.probing.targets import imap_target
 
 
 def _route(name: str = "submission", **extra: Any) -> dict[str, Any]:
@@ -98,6 +99,18 @@ def test_config_mailbox_defaults() -> None:
         (),
     )
     assert mailbox.trusted_authserv_ids == ()
+    assert mailbox.idle_check_interval == 60.0
+    assert (mailbox.timeouts.connect, mailbox.timeouts.command) == (15.0, 30.0)
+
+
+def test_config_mailbox_watching_reaches_the_imap_target() -> None:
+    mailbox = _load(
+        mailboxes=[_mailbox(idle_check_interval="2m", timeouts={"connect": "5s", "command": "10s"})]
+    ).mailboxes[0]
+
+    assert mailbox.idle_check_interval == 120.0
+    target = imap_target(mailbox)
+    assert (target.connect_timeout, target.command_timeout) == (5.0, 10.0)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from agent.imap import Disposition, FetchedMessage, FolderWatcher, backoff_delay
-from agent.model import ErrorKind
+from agent.model import ErrorKind, FoundBy
 from agent.secrets import MASK
 from tests.imap_helpers import (
     WAIT,
@@ -30,17 +30,27 @@ from tests.mailsystem import MailSystem
 from tests.scripted_imap import (
     CAPABILITY_EXCHANGE,
     GREETING,
+    LOGGED_IN,
     Expect,
     Hang,
+    Pause,
     Raw,
     ScriptedImapServer,
     Send,
+    Step,
+    fetch_response,
 )
 
 
 def test_fetched_message_knows_it_was_truncated_and_keeps_raw_out_of_repr() -> None:
     message = FetchedMessage(
-        mailbox="m", folder="INBOX", uid=7, raw=b"Subject: x\r\n", seen_at=1.0, size=500
+        mailbox="m",
+        folder="INBOX",
+        uid=7,
+        raw=b"Subject: x\r\n",
+        seen_at=1.0,
+        size=500,
+        found_by=FoundBy.PUSH,
     )
     assert message.truncated
     assert "Subject" not in repr(message)
@@ -151,6 +161,176 @@ async def test_run_keeps_reconnecting_after_failures() -> None:
                 await server.wait_for_connections(2)
 
 
+BODY = b"Subject: a probe\r\n\r\nhello\r\n"
+
+# One whole session: a message already there is handed over and deleted, then IDLE, a check out
+# of IDLE (DONE, NOOP, UID SEARCH), and IDLE again.
+SESSION: tuple[Step, ...] = (
+    *LOGGED_IN,
+    Expect("SELECT"),
+    Send("* 1 EXISTS\n* OK [UIDVALIDITY 42] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+    Expect("UID SEARCH"),
+    Send("* SEARCH 1\n{tag} OK Searched"),
+    Expect("UID FETCH"),
+    fetch_response(1, BODY),
+    Send("{tag} OK Fetched"),
+    Expect("UID STORE"),
+    Send("{tag} OK Stored"),
+    Expect("UID EXPUNGE"),
+    Send("* 1 EXPUNGE\n{tag} OK Expunged"),
+    Expect("UID SEARCH"),
+    Send("* SEARCH\n{tag} OK Searched"),
+    Expect("IDLE"),
+    Send("+ idling"),
+    Expect("DONE"),
+    Send("{tag} OK Idle completed"),
+    Expect("NOOP"),
+    Send("{tag} OK NOOP completed"),
+    Expect("UID SEARCH"),
+    Send("* SEARCH\n{tag} OK Searched"),
+    Expect("IDLE"),
+    Send("+ idling"),
+    Hang(),
+)
+
+
+def silent_after(command: str) -> tuple[Step, ...]:
+    """`SESSION` up to the first `command`, which the server then never answers."""
+    cut = SESSION.index(Expect(command)) + 1
+    return (*SESSION[:cut], Hang())
+
+
+@pytest.mark.parametrize(
+    ("command", "selected"),
+    [
+        ("LOGIN", False),
+        ("SELECT", False),
+        ("UID SEARCH", True),
+        ("UID FETCH", True),
+        ("UID STORE", True),
+        ("UID EXPUNGE", True),
+        ("IDLE", True),
+        ("DONE", True),  # silent mid-IDLE: the check's DONE goes unanswered
+        ("NOOP", True),  # IDLE ends, then the check's NOOP goes unanswered
+    ],
+)
+async def test_a_command_left_unanswered_marks_the_connection_down_and_the_watcher_reconnects(
+    command: str, selected: bool
+) -> None:
+    async with ScriptedImapServer(*silent_after(command)) as server:
+        recorder = Recorder(Disposition.DELETE)
+        # command_timeout is 0.5 s (scripted_target); the check out of IDLE comes at once.
+        watcher = recorder.watcher(scripted_target(server.port), idle_check_interval=0.01)
+        async with running(watcher):
+            if selected:
+                assert await recorder.next_state() == (True, None)
+            assert await recorder.next_state() == (False, ErrorKind.TIMEOUT)
+            async with asyncio.timeout(WAIT):
+                await server.wait_for_connections(2)
+    sent = [line.split(b" ", 1)[-1].upper() for line in server.received]
+    assert any(line.startswith(command.encode()) for line in sent), sent
+
+
+async def test_a_server_that_never_pushes_is_read_by_the_periodic_check() -> None:
+    # The message is there, but the server says so only when asked (NOOP), never during IDLE.
+    script = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 0 EXISTS\n* OK [UIDVALIDITY 42] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH\n{tag} OK Searched"),
+        Expect("IDLE"),
+        Send("+ idling"),
+        Expect("DONE"),
+        Send("{tag} OK Idle completed"),
+        Expect("NOOP"),
+        Send("* 1 EXISTS\n{tag} OK NOOP completed"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, BODY),
+        Send("{tag} OK Fetched"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),  # `2:*` still matches the highest UID
+        Expect("IDLE"),
+        Send("+ idling"),
+        Hang(),
+    )
+    async with ScriptedImapServer(*script) as server:
+        recorder = Recorder()
+        watcher = recorder.watcher(scripted_target(server.port), idle_check_interval=0.01)
+        async with running(watcher):
+            message = await recorder.next_message()
+    assert (message.uid, message.raw, message.found_by) == (1, BODY, FoundBy.CHECK)
+    assert recorder.states.get_nowait() == (True, None)
+    assert recorder.states.empty()  # no failure: a check is not a reconnect
+
+
+async def test_stop_during_the_store_lets_the_expunge_finish_before_run_ends() -> None:
+    store_received, go_on = asyncio.Event(), asyncio.Event()
+    script = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 1 EXISTS\n* OK [UIDVALIDITY 42] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, BODY),
+        Send("{tag} OK Fetched"),
+        Expect("UID STORE"),
+        Pause(store_received, go_on),
+        Send("{tag} OK Stored"),
+        Expect("UID EXPUNGE"),
+        Send("* 1 EXPUNGE\n{tag} OK Expunged"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    async with ScriptedImapServer(*script) as server:
+        recorder = Recorder(Disposition.DELETE)
+        watcher = recorder.watcher(scripted_target(server.port))
+        task = asyncio.create_task(watcher.run())
+        async with asyncio.timeout(WAIT):
+            await store_received.wait()
+        watcher.stop()
+        assert watcher.handing_over and not task.done()
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(WAIT):
+                await task
+    commands = [line.split(b" ", 2)[1:] for line in server.received]
+    assert [b"UID", b"EXPUNGE 1\r\n"] in commands
+    assert [b"LOGOUT\r\n"] in commands  # and a polite goodbye after it
+    assert recorder.states.get_nowait() == (True, None)
+    assert recorder.states.empty()
+
+
+async def test_stop_while_waiting_in_idle_ends_run_at_once_with_a_logout() -> None:
+    script = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 0 EXISTS\n* OK [UIDVALIDITY 42] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH\n{tag} OK Searched"),
+        Expect("IDLE"),
+        Send("+ idling"),
+        Expect("DONE"),
+        Send("{tag} OK Idle completed"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    async with ScriptedImapServer(*script) as server:
+        recorder = Recorder()
+        watcher = recorder.watcher(scripted_target(server.port), idle_check_interval=3600)
+        with watch_log("waiting in IDLE") as idling:
+            task = asyncio.create_task(watcher.run())
+            await idling.wait_for(1)
+        watcher.stop()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(WAIT):
+                await task
+    assert any(b"LOGOUT" in line for line in server.received)
+
+
 # --- the real Dovecot -----------------------------------------------------------------------------
 
 
@@ -168,6 +348,7 @@ async def test_messages_already_in_the_folder_are_handed_over_on_start_without_s
         one, two = await recorder.next_message(), await recorder.next_message()
     assert [subject_of(one), subject_of(two)] == [first, second]
     assert one.uid < two.uid
+    assert one.found_by is two.found_by is FoundBy.SELECT
     assert (one.mailbox, one.folder) == ("seed-under-test", "INBOX")
     assert not one.truncated and one.size == len(one.raw)
     assert one.seen_at > 0
@@ -182,20 +363,37 @@ async def test_a_new_delivery_wakes_the_watcher_from_idle_and_it_idles_again(
 ) -> None:
     account = mail_system.new_mailbox()
     recorder = Recorder()
-    # Polling and IDLE renewal are an hour away: only the server's push can wake the watcher.
+    # Polling and the check out of IDLE are an hour away: only the server's push can wake the
+    # watcher.
     watcher = recorder.watcher(
-        dovecot_target(mail_system, account), poll_interval=3600, idle_renew=3600
+        dovecot_target(mail_system, account), poll_interval=3600, idle_check_interval=3600
     )
     with watch_log("waiting in IDLE") as idling:
         async with running(watcher):
             await idling.wait_for(1)
             subject = unique("pushed")
             await deliver(mail_system, account, subject)
-            assert subject_of(await recorder.next_message()) == subject
+            message = await recorder.next_message()
+            assert (subject_of(message), message.found_by) == (subject, FoundBy.PUSH)
             await idling.wait_for(2)
             subject = unique("pushed again")
             await deliver(mail_system, account, subject)
-            assert subject_of(await recorder.next_message()) == subject
+            message = await recorder.next_message()
+            assert (subject_of(message), message.found_by) == (subject, FoundBy.PUSH)
+    assert recorder.states.get_nowait() == (True, None)
+    assert recorder.states.empty()
+
+
+@pytest.mark.mailsystem
+async def test_dovecot_answers_the_check_out_of_idle_and_the_session_stays_up(
+    mail_system: MailSystem,
+) -> None:
+    account = mail_system.new_mailbox()
+    recorder = Recorder()
+    watcher = recorder.watcher(dovecot_target(mail_system, account), idle_check_interval=0.05)
+    with watch_log("checking the folder") as checks:
+        async with running(watcher):
+            await checks.wait_for(3)
     assert recorder.states.get_nowait() == (True, None)
     assert recorder.states.empty()
 
@@ -268,7 +466,7 @@ async def test_after_the_server_drops_the_connection_the_watcher_reconnects_and_
     await deliver(mail_system, account, before)
     recorder = Recorder()
     watcher = recorder.watcher(
-        dovecot_target(mail_system, account), poll_interval=3600, idle_renew=3600
+        dovecot_target(mail_system, account), poll_interval=3600, idle_check_interval=3600
     )
     with watch_log("waiting in IDLE") as idling:
         async with running(watcher):

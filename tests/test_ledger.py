@@ -18,6 +18,7 @@ from agent.model import (
     AuthResult,
     AuthVerdicts,
     ErrorKind,
+    FoundBy,
     Outcome,
     ProbeError,
     SendResult,
@@ -519,7 +520,8 @@ def test_ledger_in_state_dir_creates_directory_and_file(tmp_path: Path) -> None:
 
 def test_ledger_stores_an_arrival_seen_before_the_send_result(ledger: Ledger) -> None:
     send(ledger, "p1")
-    arrival = Arrival("p1", "seed", "Junk", Outcome.SPAM, T0 + 1.0)
+    # How it was found is kept too: the sender counts it when it finalizes the probe.
+    arrival = Arrival("p1", "seed", "Junk", Outcome.SPAM, T0 + 1.0, found_by=FoundBy.CHECK)
     assert ledger.record_arrival(arrival)
     assert not ledger.record_arrival(arrival)  # the first sighting stands
     stored = record(ledger, "p1")

@@ -37,6 +37,7 @@ from agent.model import (
     BounceType,
     ConfigLoaded,
     ErrorKind,
+    FoundBy,
     ImapHealth,
     InFlight,
     MessageSkipped,
@@ -158,8 +159,13 @@ def samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], 
             yield sample.name, sample.labels, sample.value
 
 
-def _arrival(mailbox: str, placement: Outcome, auth: AuthVerdicts) -> Arrival:
-    return Arrival("01hzjb7m8k0000000000000000", mailbox, "INBOX", placement, T0, auth)
+def _arrival(
+    mailbox: str,
+    placement: Outcome,
+    auth: AuthVerdicts,
+    found_by: FoundBy | None = FoundBy.PUSH,
+) -> Arrival:
+    return Arrival("01hzjb7m8k0000000000000000", mailbox, "INBOX", placement, T0, auth, found_by)
 
 
 def play_fixed_sequence(recorder: Recorder) -> None:
@@ -282,7 +288,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
     bounded = (
         {ROUTE, GMAIL, OUTLOOK, "1.2.3", "TLSv1.3", ""}
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
-        | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource)}
+        | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource, *FoundBy)}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
@@ -335,6 +341,9 @@ def test_metrics_declare_precreates_every_bounded_series_at_zero(
     assert value(registry, "deliverability_imap_up", mailbox=GMAIL) == 0
     assert value(registry, "deliverability_forged_messages_total", mailbox=GMAIL) == 0
     assert value(registry, "deliverability_malformed_messages_total", mailbox=GMAIL) == 0
+    for found_by in FoundBy:
+        labels = {"mailbox": GMAIL, "found_by": found_by.value}
+        assert value(registry, "deliverability_probes_found_total", **labels) == 0
     # Created only when seen: reply codes, and TLS facts (0 would read as "expired in 1970").
     names = {name for name, _, _ in samples(registry)}
     assert "deliverability_smtp_replies_total" not in names
@@ -396,6 +405,29 @@ def test_metrics_probe_final_counts_outcome_latency_auth_and_time(
     # Methods the receiver did not report are not counted as anything.
     for result in AuthResult:
         assert value(registry, AUTH_RESULTS.name, **pair, method="dmarc", result=result) == 0
+    found = "deliverability_probes_found_total"
+    assert value(registry, found, mailbox=GMAIL, found_by="push") == 1
+    assert value(registry, found, mailbox=GMAIL, found_by="check") == 0
+
+
+def test_metrics_counts_how_each_found_probe_was_found_once_per_probe(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL), ("other-route", GMAIL)])
+    for route, found_by in ((ROUTE, FoundBy.CHECK), ("other-route", FoundBy.CHECK)):
+        arrival = _arrival(GMAIL, Outcome.INBOX, AuthVerdicts(), found_by)
+        recorder.record(ProbeFinished(route, GMAIL, Outcome.INBOX, finished_at=T0, arrival=arrival))
+    # An arrival stored by an earlier version does not say how it was found: not counted.
+    unknown = _arrival(GMAIL, Outcome.SPAM, AuthVerdicts(), None)
+    recorder.record(ProbeFinished(ROUTE, GMAIL, Outcome.SPAM, finished_at=T0, arrival=unknown))
+    recorder.record(ProbeFinished(ROUTE, GMAIL, Outcome.MISSING, finished_at=T0))
+
+    found = {
+        labels["found_by"]: count
+        for name, labels, count in samples(registry)
+        if name == "deliverability_probes_found_total"
+    }
+    assert found == {"select": 0, "push": 0, "check": 2, "poll": 0}
 
 
 def test_metrics_smtp_result_counts_replies_errors_duration_and_tls(

@@ -33,6 +33,7 @@ from agent.probing.probe_message import build_probe_message
 from agent.reading.probe_token import new_probe_id
 from agent.store.ledger import Ledger, ProbeRecord
 from tests.agent_setup import BAD_SENDER, AgentSetup
+from tests.imap_helpers import watch_log
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SEED_DOMAIN, Account
 
@@ -152,6 +153,23 @@ async def test_probe_from_the_good_domain_lands_in_inbox_with_spf_dkim_dmarc_pas
         )
         == 1
     )
+
+
+async def test_a_probe_dovecot_announces_in_idle_is_counted_as_found_by_push(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = setup.route("good").mailbox("seed", mail_system.new_mailbox()).load()
+    registry = new_registry()
+    with watch_log("waiting in IDLE") as idling:
+        async with running(config, registry) as agent:
+            await idling.wait_for(2)  # the INBOX and Junk watchers both wait for a push
+            record = await probe_once(agent, "good", "seed")
+    assert record.outcome is Outcome.INBOX
+    found = {
+        way: metric(registry, "deliverability_probes_found_total", mailbox="seed", found_by=way)
+        for way in ("push", "check", "poll", "select")
+    }
+    assert found == {"push": 1, "check": 0, "poll": 0, "select": 0}
 
 
 async def test_imap_up_is_1_once_every_watched_folder_is_selected(

@@ -28,6 +28,8 @@ from agent.probing.targets import imap_target, smtp_target
 from agent.sandbox import SandboxError, SandboxServer
 from agent.sandbox.tls import ensure_certificates
 from agent.smtp.sender import send_probe
+from tests.imap_helpers import Recorder as WatcherRecorder
+from tests.imap_helpers import running, watch_log
 from tests.mailsystem.system import free_ports
 
 SEED = "seed@sandbox.localhost"
@@ -245,6 +247,20 @@ async def test_sandbox_imap_lists_a_junk_folder_and_refuses_a_wrong_password(
     with pytest.raises(ImapError) as caught:
         await detect_folders(wrong)
     assert caught.value.kind is ErrorKind.AUTH
+
+
+async def test_sandbox_imap_answers_the_watchers_check_out_of_idle(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # The check (DONE, NOOP, UID SEARCH, IDLE again) every minute must not cost a reconnect.
+    config = _config(sandbox, tmp_path, [("r", "sender", PASSWORDS["sender"])])
+    recorder = WatcherRecorder()
+    watcher = recorder.watcher(imap_target(config.mailbox("seed")), idle_check_interval=0.05)
+    with watch_log("checking the folder") as checks:
+        async with running(watcher):
+            await checks.wait_for(3)
+    assert recorder.states.get_nowait() == (True, None)
+    assert recorder.states.empty()
 
 
 async def test_sandbox_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

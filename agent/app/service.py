@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -58,6 +58,7 @@ class _MailboxWatch:
     bounces: bool = False  # a bounce mailbox: its messages are read as bounces, not as probes
     junk: str | None = None
     task: asyncio.Task[None] | None = None
+    watchers: list[FolderWatcher] = field(default_factory=list)  # once its folders are known
     folders_up: dict[str, bool] = field(default_factory=dict)
 
 
@@ -149,8 +150,11 @@ class Agent:
         self.outcomes.refresh_in_flight()
 
     async def stop(self, *, drain_timeout: float = 60.0) -> None:
-        """Stop scheduling, let SMTP transactions under way finish, stop watchers, close."""
+        """Stop scheduling, let SMTP transactions and watchers' clean-ups under way finish
+        (within `drain_timeout` in all), stop watchers, close."""
         self.draining = True
+        loop = asyncio.get_running_loop()
+        drain_until = loop.time() + drain_timeout
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
@@ -161,9 +165,7 @@ class Agent:
                 # Bounded stop: the probe stays "sending" in the ledger and the next start
                 # gives it its one outcome (error, interrupted).
                 task.cancel()
-        for watch in self._watches.values():
-            if watch.task is not None:
-                watch.task.cancel()
+        await _stop_watches(self._watches.values(), grace=max(0.0, drain_until - loop.time()))
         tasks = [w.task for w in self._watches.values() if w.task is not None]
         if self._reaper is not None:
             self._reaper.cancel()
@@ -355,9 +357,11 @@ class Agent:
                 on_state=self._on_state_for(watch, folder),
                 use_idle=self._use_idle,
                 poll_interval=self._poll_interval,
+                idle_check_interval=mailbox.idle_check_interval,
             )
             for folder in names
         ]
+        watch.watchers = watchers
         async with asyncio.TaskGroup() as group:
             for watcher in watchers:
                 group.create_task(watcher.run())
@@ -375,6 +379,7 @@ class Agent:
                     message.raw,
                     seen_at=message.seen_at,
                     junk=watch.junk,
+                    found_by=message.found_by,
                 )
             return Disposition.DELETE if delete else Disposition.KEEP
 
@@ -399,6 +404,29 @@ class Agent:
         self.recorder.record(
             ImapHealth(watch.mailbox.name, up=all(watch.folders_up.values()), error=kind)
         )
+
+
+async def _stop_watches(watches: Iterable[_MailboxWatch], *, grace: float) -> None:
+    """Stop every watcher, letting a hand-over under way finish within `grace` seconds: a probe
+    matched just before the stop is also deleted (STORE and EXPUNGE), not left flagged."""
+    running = {watch.task: watch for watch in watches if watch.task is not None}
+    for task, watch in running.items():
+        if not watch.watchers:
+            task.cancel()  # still listing folders: nothing handed over yet
+        for watcher in watch.watchers:
+            watcher.stop()
+    if not running:
+        return
+    _, late = await asyncio.wait(running, timeout=grace)
+    for task in late:
+        if any(watcher.handing_over for watcher in running[task].watchers):
+            log.warning(
+                "mailbox %s: abandoning a clean-up under way at the drain timeout; the next "
+                "start deletes the message",
+                running[task].mailbox.name,
+            )
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _watched_mailboxes(config: Config) -> dict[str, tuple[Mailbox, bool]]:

@@ -59,6 +59,7 @@ __all__ = [
     "Folders",
     "Http",
     "HttpTls",
+    "ImapTimeouts",
     "Mailbox",
     "PairRef",
     "Probes",
@@ -185,6 +186,13 @@ def _imap_tls(value: Any) -> TlsMode:
 _IMAP_TLS_BY_PORT: Final = {993: TlsMode.IMPLICIT, 143: TlsMode.NONE}
 
 
+class ImapTimeouts(_Model):
+    """Bounds on a mailbox watcher's IMAP connection: a server that misses one is down."""
+
+    connect: PositiveDuration = 15.0  # TCP connect, TLS handshake, greeting and CAPABILITY
+    command: PositiveDuration = 30.0  # each command's answer, DONE (the end of IDLE) included
+
+
 class Folders(_Model):
     """The seed mailbox folders a watcher reads."""
 
@@ -223,6 +231,15 @@ class Mailbox(_Model):
     address: AddrSpec
     folders: Folders = Field(default_factory=Folders)
     trusted_authserv_ids: tuple[Word, ...] = ()  # empty: trust only the topmost header
+    timeouts: ImapTimeouts = Field(default_factory=ImapTimeouts)
+    # How long a watcher waits in IDLE for a push before it checks the folder itself (NOOP, UID
+    # SEARCH). 1 min: a server whose push is slow or absent (Cyrus without idled notifies once a
+    # minute, Gmail is known to stall IDLE) delays a probe by at most a minute, a tenth of the
+    # default deadline; a server that stopped answering is noticed within a minute plus the
+    # command timeout, well inside the 10 min of DeliverabilityImapMailboxUnreachable's `for:`;
+    # and three short commands a minute per folder cost the server next to nothing. At least 1 s
+    # (no busy loop); at most 29 min, as servers may end an IDLE after 30 (RFC 2177).
+    idle_check_interval: Annotated[float, _duration(minimum=1.0, maximum=29 * 60.0)] = 60.0
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:

@@ -204,7 +204,9 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _duration(*, minimum: float = 0.0, positive: bool = False) -> BeforeValidator:
+def _duration(
+    *, minimum: float = 0.0, maximum: float = math.inf, positive: bool = False
+) -> BeforeValidator:
     def validate(value: Any) -> float:
         try:
             seconds = parse_duration(value)
@@ -214,6 +216,8 @@ def _duration(*, minimum: float = 0.0, positive: bool = False) -> BeforeValidato
             raise _invalid("expected a duration greater than 0")
         if seconds < minimum:
             raise _invalid(f"expected a duration of at least {format_duration(minimum)}")
+        if seconds > maximum:
+            raise _invalid(f"expected a duration of at most {format_duration(maximum)}")
         return seconds
 
     return BeforeValidator(validate)

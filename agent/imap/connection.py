@@ -333,8 +333,9 @@ class Connection:
         await asyncio.wait({self._protocol.failure}, timeout=seconds)
         self._raise_failure()
 
-    async def idle(self, renew_after: float) -> None:
-        """IDLE until the server announces new mail or `renew_after` seconds pass, then DONE.
+    async def idle(self, at_most: float) -> bool:
+        """IDLE until the server announces new mail or `at_most` seconds pass, then DONE; True
+        when the server announced new mail (a push).
 
         IDLE is started here rather than with aioimaplib's `idle_start`, whose inner task may
         send IDLE after a cancellation and then block the LOGOUT that follows.
@@ -344,7 +345,7 @@ class Connection:
         while not queue.empty():  # pushes left over from an earlier IDLE
             queue.get_nowait()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + renew_after
+        deadline = loop.time() + at_most
         idling: asyncio.Future[Any] = asyncio.ensure_future(protocol.idle())
         self._idling = idling
         acked: asyncio.Future[Any] = asyncio.ensure_future(protocol.wait_for_idle_response())
@@ -370,8 +371,10 @@ class Connection:
             self._raise_failure()
             if not get.done():
                 break
+        pushed = protocol.new_mail
         protocol.idle_done()
         self._check("IDLE", await self._call("DONE", idling))
+        return pushed
 
     def _settle_idle(self, *, end: bool) -> None:
         """Cancel an IDLE not yet sent; send DONE to one the server is in, when `end`."""

@@ -6,9 +6,19 @@ connection is lost. The connection itself, and every library detail, is `agent.i
 
 Choices worth knowing:
 
+* IDLE is left every `idle_check_interval` (and at once on a push) for a NOOP and a UID SEARCH.
+  A server whose push is slow or absent (Cyrus without idled notifies once a minute; Gmail is
+  known to stall IDLE) costs at most one interval of latency, and a server that stopped answering
+  fails DONE or the NOOP within the command timeout: every command is bounded
+  (`agent.imap.connection`), and a timeout ends the session like any other failure.
+* Each message says what found it (`FetchedMessage.found_by`): the pass after SELECT, a push, the
+  periodic check or a poll; the agent counts probes by it.
 * A pass searches again until nothing new was announced (`Connection.new_mail`): mail arriving
-  mid-pass is not left waiting for the next IDLE renewal. Polling sends NOOP first, as Dovecot
-  searches the mailbox view from before the command.
+  mid-pass is not left waiting for the next check. The check and polling send NOOP first, as
+  Dovecot searches the mailbox view from before the command.
+* `stop()` lets a hand-over under way finish (the consumer's verdict, then the STORE \\Deleted and
+  EXPUNGE it asked for) before `run()` ends: a stop between STORE and EXPUNGE would leave the
+  message flagged but in the folder. Cancelling `run()` ends it at once: the caller's bound.
 * Handed-over UIDs are remembered per watcher with UIDVALIDITY, not on disk: after an agent restart
   the folder is handed over again, so the consumer must be idempotent.
 * Every log line masks the mailbox's secrets (`ImapTarget.password` and `ImapTarget.secrets`).
@@ -27,7 +37,7 @@ from agent.imap.connection import Connection, redactor_for
 from agent.imap.errors import ImapError
 from agent.imap.log import MaskedLog
 from agent.imap.target import ImapTarget
-from agent.model import ErrorKind
+from agent.model import ErrorKind, FoundBy
 
 __all__ = [
     "Disposition",
@@ -49,6 +59,7 @@ class FetchedMessage:
     raw: bytes = field(repr=False)
     seen_at: float  # time.time() when the watcher got the message
     size: int  # the full size the server reports (RFC822.SIZE)
+    found_by: FoundBy  # what started the pass that handed it over
 
     @property
     def truncated(self) -> bool:
@@ -82,13 +93,15 @@ def backoff_delay(
 class FolderWatcher:
     """Hands every message that appears in one folder to `on_message`, once.
 
-    `run()` keeps one connection open until cancelled (IDLE where the server has it, else a NOOP
-    and UID SEARCH every `poll_interval`), and reconnects forever with exponential backoff; the
-    backoff restarts after a session that stayed selected for `healthy_after` seconds.
+    `run()` keeps one connection open until cancelled or stopped (IDLE where the server has it,
+    left for a NOOP and UID SEARCH after a push or `idle_check_interval` seconds without one; else
+    a NOOP and UID SEARCH every `poll_interval`), and reconnects forever with exponential backoff;
+    the backoff restarts after a session that stayed selected for `healthy_after` seconds.
     `on_state(True, None)` is called once each session is logged in and selected,
-    `on_state(False, kind)` on every failure. When `on_message` returns `Disposition.DELETE` the
-    message is flagged \\Deleted and expunged; when it raises, the error is logged, the message is
-    kept and the watcher goes on.
+    `on_state(False, kind)` on every failure, a command left unanswered past the target's
+    `command_timeout` included. When `on_message` returns `Disposition.DELETE` the message is
+    flagged \\Deleted and expunged; when it raises, the error is logged, the message is kept and
+    the watcher goes on.
     """
 
     def __init__(
@@ -100,7 +113,7 @@ class FolderWatcher:
         on_state: OnState,
         use_idle: bool = True,
         poll_interval: float = 15.0,
-        idle_renew: float = 25 * 60,  # servers may end an IDLE after 30 min (RFC 2177)
+        idle_check_interval: float = 60.0,  # see agent.config's Mailbox for the default's why
         max_message_bytes: int = 1_048_576,
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
@@ -108,7 +121,7 @@ class FolderWatcher:
     ) -> None:
         for name, value in (
             ("poll_interval", poll_interval),
-            ("idle_renew", idle_renew),
+            ("idle_check_interval", idle_check_interval),
             ("max_message_bytes", max_message_bytes),
             ("backoff_initial", backoff_initial),
             ("backoff_max", backoff_max),
@@ -121,7 +134,7 @@ class FolderWatcher:
         self._on_state = on_state
         self._use_idle = use_idle
         self._poll_interval = poll_interval
-        self._idle_renew = idle_renew
+        self._idle_check_interval = idle_check_interval
         self._max_bytes = max_message_bytes
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -130,6 +143,9 @@ class FolderWatcher:
         self._last_uid = 0  # the highest UID handed over under `_uidvalidity`
         self._unfinished_deletes: set[int] = set()  # DELETE answered, expunge not confirmed
         self._selected_at: float | None = None
+        self._task: asyncio.Task[None] | None = None  # the task in run(), for stop()
+        self._stopping = False
+        self._handing_over = False  # a hand-over and its clean-up are under way: stop() waits
         self._log = MaskedLog(redactor_for(target))
 
     @property
@@ -140,14 +156,39 @@ class FolderWatcher:
     def folder(self) -> str:
         return self._folder
 
+    @property
+    def handing_over(self) -> bool:
+        """A message is with the consumer, or being deleted as it asked: `stop()` waits."""
+        return self._handing_over
+
     def __repr__(self) -> str:
         return f"FolderWatcher({self._target.mailbox!r}, {self._folder!r})"
 
+    def stop(self) -> None:
+        """End `run()` as if it were cancelled, but only after the hand-over under way, if any:
+        the consumer's verdict on a message and the STORE \\Deleted and EXPUNGE it asked for.
+
+        Those commands are bounded by the target's `command_timeout`; a caller that cannot wait
+        that long cancels `run()` after its own bound, which abandons the clean-up (the message
+        stays flagged \\Deleted and is handed over again by the next session).
+        """
+        self._stopping = True
+        if self._task is not None and not self._handing_over:
+            self._task.cancel()
+
     async def run(self) -> None:
-        """Watch until cancelled; never returns otherwise."""
+        """Watch until cancelled or stopped (it then ends cancelled); never returns otherwise."""
+        self._task = asyncio.current_task()
+        try:
+            await self._run()
+        finally:
+            self._task = None
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
+            self._end_if_stopping()
             self._selected_at = None
             try:
                 await self._session(forever=True)
@@ -156,6 +197,7 @@ class FolderWatcher:
             except Exception:  # a bug or an unforeseen reply must not end the watcher
                 self._log.exception("%s/%s: unexpected error", self._target.mailbox, self._folder)
                 self._report_down(ImapError(ErrorKind.PROTOCOL, "unexpected error"))
+            self._end_if_stopping()
             selected_at = self._selected_at
             if selected_at is not None and loop.time() - selected_at >= self._healthy_after:
                 attempt = 0
@@ -190,14 +232,17 @@ class FolderWatcher:
             )
             self._report_up()
             await self._finish_deletes(conn)
-            await self._drain(conn)
+            await self._drain(conn, FoundBy.SELECT)
             if forever:
                 await self._watch(conn)
             clean = True
         except asyncio.CancelledError:
-            clean = True  # shutting down: say LOGOUT (bounded) on the way out
+            # Shutting down: say LOGOUT (bounded) on the way out, unless a hand-over was cut
+            # short: a server that left STORE or EXPUNGE unanswered will not answer LOGOUT.
+            clean = not self._handing_over
             raise
         finally:
+            self._handing_over = False
             await conn.close(logout=clean)
 
     def _adopt(self, uidvalidity: int) -> None:
@@ -227,23 +272,36 @@ class FolderWatcher:
         while True:
             if idle:
                 self._log.debug("%s/%s: waiting in IDLE", self._target.mailbox, self._folder)
-                await conn.idle(self._idle_renew)
+                if await conn.idle(self._idle_check_interval):
+                    found_by = FoundBy.PUSH
+                else:
+                    # No push within the interval: look for ourselves. A server that stopped
+                    # answering fails here (or at DONE) within the command timeout.
+                    self._log.debug(
+                        "%s/%s: no push in %g s: checking the folder",
+                        self._target.mailbox,
+                        self._folder,
+                        self._idle_check_interval,
+                    )
+                    await conn.noop()  # Dovecot searches the view from before the command
+                    found_by = FoundBy.CHECK
             else:
                 await conn.sleep(self._poll_interval)
                 await conn.noop()  # Dovecot searches the view from before the command
-            await self._drain(conn)
+                found_by = FoundBy.POLL
+            await self._drain(conn, found_by)
 
-    async def _drain(self, conn: Connection) -> None:
+    async def _drain(self, conn: Connection, found_by: FoundBy) -> None:
         """Hand over every message above the last UID, until a search announces nothing new."""
         while True:
             conn.new_mail = False
             uids = await conn.search_after(self._last_uid)
             for uid in uids:
-                await self._hand_over(conn, uid)
+                await self._hand_over(conn, uid, found_by)
             if not uids and not conn.new_mail:
                 return
 
-    async def _hand_over(self, conn: Connection, uid: int) -> None:
+    async def _hand_over(self, conn: Connection, uid: int, found_by: FoundBy) -> None:
         fetched = await conn.fetch(uid, self._max_bytes)
         seen_at = time.time()
         self._last_uid = max(self._last_uid, uid)
@@ -260,6 +318,7 @@ class FolderWatcher:
             raw=raw,
             seen_at=seen_at,
             size=size,
+            found_by=found_by,
         )
         self._log.debug(
             "%s/%s: UID %d handed over (%d of %d bytes)",
@@ -269,6 +328,7 @@ class FolderWatcher:
             len(raw),
             size,
         )
+        self._handing_over = True  # from here to the EXPUNGE's answer, stop() waits
         try:
             disposition = await self._on_message(message)
         except Exception:
@@ -278,16 +338,26 @@ class FolderWatcher:
                 self._folder,
                 uid,
             )
-            return
+            disposition = Disposition.KEEP
         if disposition is Disposition.DELETE:
             self._unfinished_deletes.add(uid)
             await conn.delete(uid)
             self._unfinished_deletes.discard(uid)
+        self._handing_over = False
+        self._end_if_stopping()
 
     async def _finish_deletes(self, conn: Connection) -> None:
         for uid in sorted(self._unfinished_deletes):
+            self._handing_over = True
             await conn.delete(uid)
             self._unfinished_deletes.discard(uid)
+            self._handing_over = False
+            self._end_if_stopping()
+
+    def _end_if_stopping(self) -> None:
+        if self._stopping:
+            # What stop() asked for, now that no hand-over is under way: end as if cancelled.
+            raise asyncio.CancelledError
 
     def _report_up(self) -> None:
         self._notify(True, None)

@@ -42,6 +42,7 @@ __all__ = [
     "MALFORMED_MESSAGES",
     "PREFIX",
     "PROBES",
+    "PROBES_FOUND",
     "PROBES_IN_FLIGHT",
     "PROBES_SENT",
     "SMTP_ERRORS",
@@ -179,6 +180,13 @@ IMAP_ERRORS = MetricSpec(
     "Errors that cost a mailbox watcher its IMAP connection or an operation, by kind.",
     ("mailbox", "kind"),
 )
+PROBES_FOUND = MetricSpec(
+    "deliverability_probes_found_total",
+    MetricKind.COUNTER,
+    "Probes found in the seed mailbox, by what made the watcher look: an IDLE push, the periodic "
+    "check out of IDLE (no push came), a poll, or selecting the folder (at start or reconnect).",
+    ("mailbox", "found_by"),
+)
 MALFORMED_MESSAGES = MetricSpec(
     "deliverability_malformed_messages_total",
     MetricKind.COUNTER,
@@ -279,6 +287,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     LAST_OUTCOME_TIMESTAMP,
     IMAP_UP,
     IMAP_ERRORS,
+    PROBES_FOUND,
     MALFORMED_MESSAGES,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,

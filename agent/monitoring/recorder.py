@@ -25,6 +25,7 @@ from agent.model import (
     BounceType,
     ConfigLoaded,
     ErrorKind,
+    FoundBy,
     ImapHealth,
     InFlight,
     MessageSkipped,
@@ -58,6 +59,7 @@ from agent.monitoring.catalog import (
     LATE_PROBES,
     MALFORMED_MESSAGES,
     PROBES,
+    PROBES_FOUND,
     PROBES_IN_FLIGHT,
     PROBES_SENT,
     SMTP_ERRORS,
@@ -207,6 +209,9 @@ class Recorder:
                     self._c(AUTH_RESULTS, route, mailbox, method.value, result.value)
             for outcome in Outcome:
                 self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value)
+        for mailbox in dict.fromkeys(mailbox for _, mailbox in ordered):
+            for found_by in FoundBy:
+                self._c(PROBES_FOUND, mailbox, found_by.value)
         for mailbox in mailboxes:
             self._c(FORGED_MESSAGES, mailbox)
             self._g(IMAP_UP, mailbox)
@@ -242,6 +247,7 @@ class Recorder:
                     finished_at=result.finished_at,
                     latency_seconds=result.latency_seconds,
                     auth=result.arrival.auth if result.arrival is not None else None,
+                    found_by=result.arrival.found_by if result.arrival is not None else None,
                 )
             case ProbeLate(route, mailbox):
                 self._probe_late(route, mailbox)
@@ -299,9 +305,11 @@ class Recorder:
         finished_at: float,
         latency_seconds: float | None,
         auth: AuthVerdicts | None,
+        found_by: FoundBy | None,
     ) -> None:
         """Count the probe's one final outcome (recorded only when `Ledger.finalize` returned True).
-        Auth methods the receiver did not report (None) are not counted."""
+        Auth methods the receiver did not report (None) are not counted, nor is how a probe was
+        found when that was not recorded."""
         self._c(PROBES, route, mailbox, outcome.value).inc()
         self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(finished_at)
         if latency_seconds is not None:
@@ -311,6 +319,8 @@ class Recorder:
             for method, result in auth.items():
                 if result is not None:
                     self._c(AUTH_RESULTS, route, mailbox, method.value, result.value).inc()
+        if found_by is not None:
+            self._c(PROBES_FOUND, mailbox, found_by.value).inc()
 
     def restore_last_outcomes(self, times: Mapping[tuple[str, str, Outcome], float]) -> None:
         """Set the last-outcome gauges from the ledger after a restart (`Ledger.last_finished_at`),

@@ -13,7 +13,7 @@ import logging
 
 from agent.config import Cleanup, Config, Mailbox
 from agent.log_fields import probe_fields
-from agent.model import Arrival, BounceSource, BounceType, Outcome, SkipReason
+from agent.model import Arrival, BounceSource, BounceType, FoundBy, Outcome, SkipReason
 from agent.probing.outcomes import Outcomes
 from agent.reading.bounces import read_bounce
 from agent.reading.probe_token import KeyRing
@@ -42,9 +42,17 @@ class Matcher:
         self._cleanup = cleanup
 
     def handle(
-        self, mailbox: Mailbox, folder: str, raw: bytes, *, seen_at: float, junk: str | None
+        self,
+        mailbox: Mailbox,
+        folder: str,
+        raw: bytes,
+        *,
+        seen_at: float,
+        junk: str | None,
+        found_by: FoundBy | None = None,
     ) -> bool:
-        """Account for one message; True when the watcher should delete it."""
+        """Account for one message; True when the watcher should delete it. `found_by`: what
+        made the watcher find it, counted with the probe's outcome."""
         triage = triage_message(
             raw, keys=self._keys, trusted_authserv_ids=mailbox.trusted_authserv_ids
         )
@@ -101,6 +109,7 @@ class Matcher:
             placement=placement_of(folder, inbox=mailbox.folders.inbox, junk=junk),
             seen_at=seen_at,
             auth=triage.auth,
+            found_by=found_by,
         )
         self._outcomes.arrived(record, arrival)
         return self._cleanup is Cleanup.DELETE

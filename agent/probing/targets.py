@@ -46,4 +46,6 @@ def imap_target(mailbox: Mailbox) -> ImapTarget:
         username=mailbox.auth.username,
         password=mailbox.auth.password.get_secret_value(),
         secrets=tuple(secret_values(mailbox)),
+        connect_timeout=mailbox.timeouts.connect,
+        command_timeout=mailbox.timeouts.command,
     )

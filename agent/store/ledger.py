@@ -48,6 +48,7 @@ from agent.model import (
     BounceSource,
     BounceType,
     ErrorKind,
+    FoundBy,
     Outcome,
     ProbeError,
     SendResult,
@@ -632,11 +633,13 @@ def _arrival_to_json(arrival: Arrival) -> dict[str, Any]:
         "placement": arrival.placement.value,
         "seen_at": arrival.seen_at,
         "auth": _auth_to_json(arrival.auth),
+        "found_by": None if arrival.found_by is None else arrival.found_by.value,
     }
 
 
 def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arrival:
     auth = data.get("auth")
+    found_by = data.get("found_by")  # absent from arrivals stored before it was recorded
     return Arrival(
         probe_id=probe_id,
         mailbox=mailbox,
@@ -644,6 +647,7 @@ def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arr
         placement=Outcome(data["placement"]),
         seen_at=float(data["seen_at"]),
         auth=AuthVerdicts() if auth is None else _auth_from_json(auth),
+        found_by=None if found_by is None else FoundBy(found_by),
     )
 
 

@@ -9,7 +9,8 @@ cleanup `keep`. For each probe it reads three instants: the 250 reply to end-of-
 (`accepted_at`), the moment Dovecot wrote the message file into the Maildir (its mtime), and the
 moment the agent's watcher saw the message (`seen_at`). It prints the distribution of
 arrival -> seen (the agent's own reaction time) and 250 -> seen (what the latency metric shows),
-and the agent process's CPU time (user + system, all threads) divided by the number of probes.
+the agent process's CPU time (user + system, all threads) divided by the number of probes, and
+how the probes were found (deliverability_probes_found_total by found_by).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from agent.app.service import Agent
+from agent.model import FoundBy
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.store.ledger import ProbeRecord
@@ -42,13 +44,14 @@ def _maildir_mtime(system: MailSystem, account: Account, probe_id: str) -> float
 
 async def _run_mode(
     system: MailSystem, workdir: Path, *, probes: int, use_idle: bool, poll_interval: float
-) -> tuple[list[float], list[float], float]:
+) -> tuple[list[float], list[float], float, dict[str, float]]:
     account = system.new_mailbox()
     setup = AgentSetup(system, workdir).route("good").mailbox("seed", account)
     setup.probes["cleanup"] = "keep"
     config = setup.load()
+    registry = new_registry()
     agent = Agent(
-        config, recorder=Recorder(new_registry()), use_idle=use_idle, poll_interval=poll_interval
+        config, recorder=Recorder(registry), use_idle=use_idle, poll_interval=poll_interval
     )
     await agent.start()
     records: list[ProbeRecord] = []
@@ -71,7 +74,14 @@ async def _run_mode(
         arrived = _maildir_mtime(system, account, record.probe_id)
         arrival_to_seen.append(record.finished_at - arrived)
         accepted_to_seen.append(record.finished_at - record.accepted_at)
-    return arrival_to_seen, accepted_to_seen, cpu
+    found = {
+        way.value: registry.get_sample_value(
+            "deliverability_probes_found_total", {"mailbox": "seed", "found_by": way.value}
+        )
+        or 0.0
+        for way in FoundBy
+    }
+    return arrival_to_seen, accepted_to_seen, cpu, found
 
 
 def _summary(values: list[float]) -> str:
@@ -109,11 +119,15 @@ def main() -> None:
         system.stop()
     print(__doc__.split("Method: ")[1].strip())
     print(f"\n{args.probes} probes per mode\n")
-    for name, (arrival, accepted, cpu) in results.items():
+    for name, (arrival, accepted, cpu, found) in results.items():
         print(f"{name}:")
         print(f"  arrival in mailbox -> seen by agent   {_summary(arrival)}")
         print(f"  250 end-of-data -> seen by agent      {_summary(accepted)}")
         print(f"  agent CPU time per probe              {cpu * 1000:7.1f} ms")
+        print(
+            "  found by                              "
+            + ", ".join(f"{way} {count:g}" for way, count in found.items() if count)
+        )
 
 
 if __name__ == "__main__":

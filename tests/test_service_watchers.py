@@ -1,0 +1,247 @@
+"""Mailbox watchers inside the agent, against scripted IMAP servers: a server that goes silent, a
+server that never pushes, and stopping while a watcher deletes a probe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.app.service import Agent
+from agent.config import Config, validate_config
+from agent.model import ErrorKind, ImapHealth, Outcome, SendResult, SmtpReply, Stage
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder, Result
+from agent.probing.probe_message import build_probe_message
+from agent.reading.probe_token import new_probe_id
+from agent.store.ledger import Ledger
+from tests.scripted_imap import (
+    LOGGED_IN,
+    Expect,
+    Hang,
+    Pause,
+    ScriptedImapServer,
+    Send,
+    Step,
+    fetch_response,
+)
+
+WAIT = 30.0  # generous bound on anything awaited; tests pass far sooner
+SECRET = "service-watchers-secret-0123456789"
+SEED = "seed@seed.test"
+
+# The agent's first connection lists the folders: only INBOX, so one watcher, one connection.
+LISTING: tuple[Step, ...] = (
+    *LOGGED_IN,
+    Expect("LIST"),
+    Send('* LIST (\\HasNoChildren) "/" INBOX\n{tag} OK List completed'),
+    Expect("LOGOUT"),
+    Send("* BYE\n{tag} OK Logged out"),
+)
+
+
+def _config(tmp_path: Path, imap_port: int, *, command_timeout: str) -> Config:
+    data = {
+        "listen": "127.0.0.1:0",
+        "state_dir": str(tmp_path / "state"),
+        "secret": SECRET,
+        "routes": [
+            {
+                "name": "r",
+                "host": "127.0.0.1",
+                "port": 1,  # never used: these tests send nothing
+                "tls": "none",
+                "ehlo_name": "client.test",
+                "from": "probe@client.test",
+            }
+        ],
+        "mailboxes": [
+            {
+                "name": "m",
+                "host": "127.0.0.1",
+                "port": imap_port,
+                "tls": "none",
+                "allow_plaintext_auth": True,
+                "auth": {"username": "u", "password": "imap-password-1"},
+                "address": SEED,
+                "idle_check_interval": "1s",  # the smallest allowed
+                "timeouts": {"connect": "5s", "command": command_timeout},
+            }
+        ],
+        "probes": {"interval": "1m", "jitter": "0s", "deadline": "10m"},
+    }
+    return validate_config(data, base_dir=tmp_path, environ={})
+
+
+def _probe() -> tuple[str, bytes]:
+    """A new probe id, and the probe message as it reaches the seed mailbox."""
+    probe_id = new_probe_id()
+    message = build_probe_message(
+        probe_id=probe_id,
+        secret=SECRET.encode(),
+        header_from="probe@client.test",
+        to=SEED,
+        route="r",
+        mailbox="m",
+        sent_at=datetime.now(UTC),
+    )
+    return probe_id, message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+
+
+def _in_flight(config: Config, probe_id: str) -> None:
+    """Put the probe in the ledger as sent and accepted by the server, awaiting its arrival."""
+    now = time.time()
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        ledger.record_sending(
+            probe_id=probe_id, route="r", mailbox="m", created_at=now, deadline_at=now + 600
+        )
+        reply = SmtpReply(Stage.END_OF_DATA, 250, "2.0.0", "queued")
+        accepted = SendResult((reply,), accepted=True, accepted_at=now, duration_seconds=0.1)
+        ledger.record_send_result(probe_id, accepted)
+
+
+class HealthQueue(Recorder):
+    """A Recorder that also queues every mailbox health change, for tests to await in order."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.health: asyncio.Queue[tuple[bool, ErrorKind | None]] = asyncio.Queue()
+
+    def record(self, result: Result) -> None:
+        super().record(result)
+        if isinstance(result, ImapHealth):
+            self.health.put_nowait((result.up, result.error))
+
+    async def next_health(self) -> tuple[bool, ErrorKind | None]:
+        async with asyncio.timeout(WAIT):
+            return await self.health.get()
+
+
+def _metric(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_a_server_silent_in_idle_sets_imap_up_to_0_and_the_watcher_reconnects(
+    tmp_path: Path,
+) -> None:
+    # The server takes IDLE, then never answers again: not the DONE of the check out of IDLE.
+    silent = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 0 EXISTS\n* OK [UIDVALIDITY 7] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH\n{tag} OK Searched"),
+        Expect("IDLE"),
+        Send("+ idling"),
+        Hang(),
+    )
+    registry = new_registry()
+    recorder = HealthQueue(registry)
+    async with ScriptedImapServer(*LISTING, then=silent) as server:
+        agent = Agent(_config(tmp_path, server.port, command_timeout="200ms"), recorder=recorder)
+        await agent.start()
+        try:
+            assert await recorder.next_health() == (False, None)  # declared at start
+            assert await recorder.next_health() == (True, None)  # selected, then in IDLE
+            assert _metric(registry, "deliverability_imap_up", mailbox="m") == 1
+            assert await recorder.next_health() == (False, ErrorKind.TIMEOUT)
+            assert _metric(registry, "deliverability_imap_up", mailbox="m") == 0
+            errors = "deliverability_imap_errors_total"
+            assert _metric(registry, errors, mailbox="m", kind="timeout") == 1
+            assert await recorder.next_health() == (True, None)  # a new connection, with backoff
+            assert server.connections == 3  # the listing, the silent session, the new one
+        finally:
+            await agent.stop(drain_timeout=WAIT)
+    assert b"DONE\r\n" in server.received
+
+
+async def test_a_probe_on_a_server_that_never_pushes_is_found_by_the_check_and_counted(
+    tmp_path: Path,
+) -> None:
+    probe_id, raw = _probe()
+    # The probe arrives while the watcher is in IDLE, and the server tells only when asked.
+    no_push = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 0 EXISTS\n* OK [UIDVALIDITY 7] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH\n{tag} OK Searched"),
+        Expect("IDLE"),
+        Send("+ idling"),
+        Expect("DONE"),
+        Send("{tag} OK Idle completed"),
+        Expect("NOOP"),
+        Send("* 1 EXISTS\n{tag} OK NOOP completed"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, raw),
+        Send("{tag} OK Fetched"),
+        Expect("UID STORE"),
+        Send("{tag} OK Stored"),
+        Expect("UID EXPUNGE"),
+        Send("* 1 EXPUNGE\n{tag} OK Expunged"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    registry = new_registry()
+    async with ScriptedImapServer(*LISTING, then=no_push) as server:
+        config = _config(tmp_path, server.port, command_timeout="30s")
+        _in_flight(config, probe_id)
+        agent = Agent(config, recorder=Recorder(registry))
+        await agent.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                final = await agent.outcomes.wait(probe_id)
+        finally:
+            await agent.stop(drain_timeout=WAIT)
+    assert (final.outcome, final.folder) == (Outcome.INBOX, "INBOX")
+    found = "deliverability_probes_found_total"
+    assert _metric(registry, found, mailbox="m", found_by="check") == 1
+    assert _metric(registry, found, mailbox="m", found_by="push") == 0
+    # Stopping right after the match still let the watcher delete the probe.
+    assert any(b"UID EXPUNGE 1" in line for line in server.received)
+
+
+async def test_a_stop_during_a_hung_clean_up_returns_at_the_drain_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe_id, raw = _probe()
+    store_received, go_on = asyncio.Event(), asyncio.Event()
+    hung = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 1 EXISTS\n* OK [UIDVALIDITY 7] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, raw),
+        Send("{tag} OK Fetched"),
+        Expect("UID STORE"),
+        Pause(store_received, go_on),  # never answered: the server goes on only when closed
+    )
+    async with ScriptedImapServer(*LISTING, then=hung) as server:
+        # Only the drain timeout can end the wait: the STORE's own bound is an hour.
+        config = _config(tmp_path, server.port, command_timeout="1h")
+        _in_flight(config, probe_id)
+        agent = Agent(config, recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                await store_received.wait()
+        finally:
+            with caplog.at_level(logging.WARNING, logger="agent.app.service"):
+                async with asyncio.timeout(WAIT):  # an hour without the drain timeout
+                    await agent.stop(drain_timeout=0.1)
+    assert "mailbox m: abandoning a clean-up under way at the drain timeout" in caplog.text
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        record = ledger.get(probe_id)
+    assert record is not None and record.outcome is Outcome.INBOX  # counted before the clean-up
+    # No LOGOUT after the unanswered STORE: a server that does not answer will not say goodbye.
+    store = next(i for i, line in enumerate(server.received) if b"UID STORE" in line)
+    assert not any(b"LOGOUT" in line for line in server.received[store:])
