@@ -163,7 +163,7 @@ async def _client(args: argparse.Namespace, port: int, mode: str, peak: _Peak) -
     result: dict[str, Any] = {}
     while line := await proc.stdout.readline():
         message = json.loads(line)
-        if message.get("held"):
+        if "held" in message:
             # The clients hold their idle connections: count threads for a moment, then go on.
             for _ in range(20):
                 peak.sample()
