@@ -300,3 +300,22 @@ def test_requests_the_server_does_not_serve_get_a_clear_status(
         reply = _read_to_end(sock)
     assert reply.startswith(b"HTTP/1.1 " + status)
     assert _get(server, "/healthz")[0] == 200
+
+
+def test_listens_on_ipv6_loopback_as_the_configuration_reference_says(
+    registry: CollectorRegistry, started: list[HttpServer]
+) -> None:
+    try:
+        socket.socket(socket.AF_INET6).close()
+        server = HttpServer(
+            registry,
+            host="::1",
+            port=0,
+            health=lambda: Status(True, "alive"),
+            readiness=lambda: Status(True, "probing"),
+        )
+    except (OSError, HttpServerError) as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    started.append(server)
+    with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=WAIT) as response:
+        assert response.read() == b"ok: alive\n"
