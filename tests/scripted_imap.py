@@ -32,7 +32,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Send:
-    """Lines separated by newlines, each sent with CRLF; `{tag}` is the last command's tag."""
+    """Lines separated by newlines, each sent with CRLF; `{tag}` is the last command's tag.
+
+    Sent as UTF-8; a lone surrogate "\\udcNN" sends the single byte NN (surrogateescape), for
+    text that is not UTF-8."""
 
     text: str
 
@@ -176,7 +179,9 @@ class ScriptedImapServer:
             match step:
                 case Send(text):
                     for line in text.split("\n"):
-                        writer.write(line.replace("{tag}", tag).encode() + b"\r\n")
+                        writer.write(
+                            line.replace("{tag}", tag).encode("utf-8", "surrogateescape") + b"\r\n"
+                        )
                     await writer.drain()
                 case Raw(data):
                     writer.write(data)

@@ -8,20 +8,25 @@ import os
 import re
 import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from agent.config import load_config
 from agent.model import Outcome, Stage
+from agent.monitoring.catalog import new_registry
 from agent.store.ledger import Ledger
+from agent.web.http_server import HttpServer, Status
+from agent.web.status_page import Health, LoopPage, collect, render
 from tests.agent_process import WAIT, AgentProcess, agent_command
 from tests.agent_setup import GOOD_SENDER, AgentSetup
 from tests.imap_helpers import stdlib_imap
 from tests.mailsystem import MailSystem
 from tests.mailsystem.system import free_ports
 from tests.mailsystem.topology import SEED_DOMAIN
-from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
+from tests.scripted_smtp import Hang, Raw, Script, ScriptedSmtpServer
 
 ONCE_KEYS = [
     "route",
@@ -312,3 +317,78 @@ async def test_kill_9_mid_transaction_keeps_the_probe_open_until_it_arrives(
         assert record is not None
         assert (record.outcome, record.folder) == (Outcome.INBOX, "INBOX")
         assert record.interrupted_at is not None
+
+
+async def test_an_smtp_reply_that_is_not_utf8_is_stored_printed_and_served_as_valid_text(
+    tmp_path: Path,
+) -> None:
+    """One 0xff byte in a reply once took the status page down for good and made `once --json`
+    print a lone surrogate: the text is now made valid where it enters, and stays servable."""
+    submission, submissions, imaps = free_ports(3)
+    refusal = Raw(b"550 5.7.1 caf\xe9 \xff refused\r\n")
+    async with ScriptedSmtpServer(Script(rcpt={"inbox@sandbox.localhost": refusal})) as smtp:
+        config_file = tmp_path / "config.yaml"
+        config_file.write_text(
+            f"""
+state_dir: {tmp_path / "state"}
+secret: not-utf8-test-secret-0123456789
+sandbox:
+  submission_port: {submission}
+  submissions_port: {submissions}
+  imaps_port: {imaps}
+  mailboxes:
+    - {{address: inbox@sandbox.localhost, auth: {{username: inbox, password: seed-password}}}}
+routes:
+  - {{name: odd, host: 127.0.0.1, port: {smtp.port}, tls: none, from: p@sandbox.localhost}}
+mailboxes:
+  - name: seed
+    provider: sandbox
+    host: 127.0.0.1
+    port: {imaps}
+    tls: implicit
+    tls_verify: false
+    auth: {{username: inbox, password: seed-password}}
+    address: inbox@sandbox.localhost
+probes: {{interval: 1h, jitter: 0s, deadline: 60s}}
+""",
+            encoding="utf-8",
+        )
+        once = await asyncio.create_subprocess_exec(
+            *agent_command("once", "--json", "--config", str(config_file)),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(WAIT * 2):
+            stdout, stderr = await once.communicate()
+    assert once.returncode == 1, stderr.decode("utf-8", "replace")  # rejected, not inbox
+
+    probe = json.loads(stdout.decode("utf-8"))  # strict: raises on bytes that are not UTF-8
+    assert probe["outcome"] == "rejected"
+    rcpt = [reply for reply in probe["smtp"] if reply["stage"] == "rcpt"]
+    assert rcpt[0]["text"] == "5.7.1 caf\\xe9 \\xff refused"
+    json.dumps(probe, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+
+    config = load_config(config_file, environ={})
+    with Ledger(tmp_path / "state" / "ledger.sqlite3") as ledger:
+        (record,) = ledger.recent(10)
+        (stored,) = [reply for reply in record.transcript if reply.stage is Stage.RCPT]
+        assert stored.text.encode("utf-8") == b"5.7.1 caf\\xe9 \\xff refused"
+
+        def build(refresh: bool) -> str:
+            health = Health("test", True, "probing", 0.0, True, None)
+            return render(collect(ledger, config, health, now=time.time()))
+
+        server = HttpServer(
+            new_registry(),
+            host="127.0.0.1",
+            port=0,
+            health=lambda: Status(True, "alive"),
+            readiness=lambda: Status(True, "probing"),
+            page=LoopPage(asyncio.get_running_loop(), build),
+        )
+        try:
+            page = await asyncio.to_thread(_get, server.port, "/")
+        finally:
+            server.close()
+    assert "caf\\xe9 \\xff refused" in page

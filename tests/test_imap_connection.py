@@ -84,6 +84,26 @@ async def test_bad_to_login_is_a_protocol_error_and_no_is_an_auth_error() -> Non
     assert "go away" in error.message
 
 
+async def test_server_text_that_is_not_utf8_reaches_errors_and_logs_as_valid_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # "\udcff" is sent as the byte 0xff; "\udce9" as a Latin-1 e-acute.
+    script = (
+        Send("* OK caf\udce9 ready \udcff"),
+        *CAPABILITY_EXCHANGE,
+        Expect("LOGIN"),
+        Send("{tag} NO caf\udce9 refused \udcff"),
+        Hang(),
+    )
+    async with ScriptedImapServer(*script) as server:
+        error = await check_once_error(scripted_target(server.port))
+    assert error.kind is ErrorKind.AUTH
+    assert error.message == "LOGIN refused: caf\\xe9 refused \\xff"
+    for record in caplog.records:
+        record.getMessage().encode("utf-8")  # raises on a lone surrogate
+
+
 async def test_a_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused

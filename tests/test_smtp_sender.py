@@ -318,6 +318,59 @@ async def test_smtp_sender_reply_of_the_wrong_class_is_a_protocol_error() -> Non
     assert verdict_of(result) is Outcome.ERROR
 
 
+# -- server text that is not UTF-8 ----------------------------------------------------------
+
+
+def assert_valid_text(result: SendResult) -> None:
+    texts = [reply.text for reply in result.transcript]
+    if result.error is not None:
+        texts.append(result.error.message)
+    for text in texts:
+        text.encode("utf-8")  # raises on a lone surrogate
+
+
+async def test_smtp_sender_keeps_reply_bytes_that_are_not_utf8_as_visible_escapes() -> None:
+    script = Script(
+        replies={Stage.BANNER: Raw("220 scripted.test café \xff\r\n".encode("latin-1"))},
+        rcpt={SEED: Raw(b"550 5.7.1 caf\xc3\xa9 is UTF-8, caf\xe9 is not\r\n")},
+    )
+    async with ScriptedSmtpServer(script) as server:
+        result = await send(target(server.port))
+
+    assert_valid_text(result)
+    assert result.transcript[0].text == "scripted.test caf\\xe9 \\xff"
+    (rcpt,) = [reply for reply in result.transcript if reply.stage is Stage.RCPT]
+    assert (rcpt.stage, rcpt.code, rcpt.enhanced_code) == (Stage.RCPT, 550, "5.7.1")
+    assert rcpt.text == "5.7.1 café is UTF-8, caf\\xe9 is not"
+    assert verdict_of(result) is Outcome.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("replies", "message"),
+    [
+        (
+            {Stage.AUTH: Raw(b"535 5.7.8 \xffbad credentials\r\n")},
+            "authentication refused: 535 5.7.8 \\xffbad credentials",
+        ),
+        (
+            {Stage.EHLO: Raw(b"250-scripted.test\r\n250 AUTH X-\xff\r\n")},
+            "no usable AUTH mechanism (we use PLAIN, LOGIN; offered: X-\\xff)",
+        ),
+    ],
+    ids=["auth-reply", "ehlo-keywords"],
+)
+async def test_smtp_sender_error_messages_quoting_the_server_are_valid_text(
+    replies: dict[Stage, Raw], message: str
+) -> None:
+    script = Script(credentials=(USER, PASSWORD), replies=dict(replies))
+    async with ScriptedSmtpServer(script) as server:
+        result = await send(target(server.port, username=USER, password=PASSWORD))
+
+    assert result.error is not None and result.error.kind is ErrorKind.AUTH
+    assert result.error.message == message
+    assert_valid_text(result)
+
+
 # -- auth ----------------------------------------------------------------------------------
 
 

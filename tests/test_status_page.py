@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.app.cli import probe_json
 from agent.config import Config, validate_config
 from agent.model import (
     Arrival,
@@ -254,6 +258,40 @@ def test_status_page_shows_agent_health(page_data: PageData) -> None:
 def test_status_page_refreshes_itself_unless_paused(page_data: PageData) -> None:
     assert '<meta http-equiv="refresh" content="10">' in render(page_data)
     assert 'http-equiv="refresh"' not in render(page_data, refresh_seconds=0)
+
+
+def test_status_page_and_once_json_render_an_old_row_holding_bytes_that_are_not_utf8(
+    ledger: Ledger, config: Config, tmp_path: Path
+) -> None:
+    _probe(
+        ledger,
+        "old-row",
+        "primary",
+        "gmail",
+        at=NOW - 60,
+        transcript=(_reply(Stage.RCPT, 550, "5.7.1 placeholder"),),
+        accepted=False,
+        error=ProbeError(Stage.RCPT, ErrorKind.PROTOCOL, "placeholder"),
+        outcome=Outcome.REJECTED,
+    )
+    # What agents before the fix wrote: aiosmtplib's lone surrogates, as json.dumps escapes them.
+    reply = {"stage": "rcpt", "code": 550, "enhanced_code": "5.7.1", "text": "caf\udce9 \udcff"}
+    error = {"stage": "rcpt", "kind": "protocol", "message": "protocol error: \udcff"}
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as conn, conn:
+        conn.execute(
+            "UPDATE probes SET transcript = ?, send_error = ? WHERE probe_id = 'old-row'",
+            (json.dumps([reply]), json.dumps(error)),
+        )
+
+    record = ledger.get("old-row")
+    assert record is not None
+    assert record.transcript[0].text == "caf\\xe9 \\xff"
+    assert record.send_error is not None
+    assert record.send_error.message == "protocol error: \\xff"
+    page = render(collect(ledger, config, HEALTH, now=NOW))
+    page.encode("utf-8")  # raises on a lone surrogate
+    assert "rcpt         550 caf\\xe9 \\xff" in page
+    json.dumps(probe_json(record), ensure_ascii=False).encode("utf-8")
 
 
 def test_status_page_of_an_empty_ledger(ledger: Ledger, config: Config) -> None:

@@ -199,3 +199,9 @@ def test_loop_page_gives_up_on_a_loop_that_does_not_answer() -> None:
     with pytest.raises(StatusPageError) as closed:
         LoopPage(loop, lambda refresh: "never")()
     assert str(closed.value) == "the agent is stopping"
+
+
+async def test_loop_page_serves_a_lone_surrogate_as_an_escape_rather_than_failing() -> None:
+    # Server text is made valid before it is stored; this is the last line of defence.
+    page = LoopPage(asyncio.get_running_loop(), lambda refresh: "<p>caf\udcff</p>")
+    assert await asyncio.to_thread(page) == b"<p>caf\\udcff</p>"

@@ -24,6 +24,10 @@ Choices worth knowing:
   a TLS record in answer fails the probe with kind `tls`. The sniff uses its own connection so a
   server that greets slowly on purpose (greet pause) still gets an untouched session.
 * A 4xx/5xx at EHLO ends the transaction (no HELO fallback: STARTTLS and AUTH need ESMTP).
+* Every text that may hold server bytes (reply texts, the banner, error messages quoting a reply,
+  an exception or the EHLO keywords) goes through `_text`: aiosmtplib keeps bytes that are not
+  UTF-8 as lone surrogates, which no UTF-8 writer accepts, so they become `\\xNN` escapes here,
+  once (`agent.server_text`), and only valid text reaches the ledger, logs and pages.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from agent.model import (
     TlsMode,
 )
 from agent.secrets import Redactor, credential_forms
+from agent.server_text import valid_text
 from agent.smtp.replies import parse_enhanced_code
 from agent.tls_sniff import answers_tls
 
@@ -426,7 +431,7 @@ class _Transaction:
             return SMTPResponse(exc.code, exc.message)
 
     def _record(self, stage: Stage, response: SMTPResponse) -> SmtpReply:
-        text = self._redact(response.message)
+        text = self._text(response.message)
         reply = SmtpReply(stage, response.code, parse_enhanced_code(text), text)
         self.transcript.append(reply)
         return reply
@@ -449,7 +454,11 @@ class _Transaction:
             self.cert_not_after = _cert_not_after(tls)
 
     def _fail(self, kind: ErrorKind, message: str) -> _Failed:
-        return _Failed(ProbeError(self.stage, kind, self._redact(message)))
+        return _Failed(ProbeError(self.stage, kind, self._text(message)))
+
+    def _text(self, text: str) -> str:
+        """Text that may hold what the server sent, as it may be kept: valid, secrets masked."""
+        return self._redact(valid_text(text))
 
     def _translate(self, exc: Exception) -> ProbeError | None:
         """Map a library or OS exception to our error, or None for one we do not expect (a bug)."""
@@ -481,7 +490,7 @@ class _Transaction:
             kind, message = ErrorKind.CLOSED, f"connection failed: {_describe(exc)}"
         else:
             return None
-        return ProbeError(stage, kind, self._redact(message))
+        return ProbeError(stage, kind, self._text(message))
 
 
 def _client_tls_context(target: SmtpTarget) -> ssl.SSLContext:

@@ -55,6 +55,7 @@ from agent.model import (
     SmtpReply,
     Stage,
 )
+from agent.server_text import valid_text
 
 __all__ = [
     "LEDGER_FILENAME",
@@ -612,7 +613,8 @@ def _reply_from_json(data: dict[str, Any]) -> SmtpReply:
         stage=Stage(data["stage"]),
         code=int(data["code"]),
         enhanced_code=data["enhanced_code"],
-        text=str(data["text"]),
+        # Rows written before the sender made server text valid may hold lone surrogates.
+        text=valid_text(str(data["text"])),
     )
 
 
@@ -622,7 +624,9 @@ def _error_to_json(error: ProbeError) -> dict[str, Any]:
 
 def _error_from_json(data: dict[str, Any]) -> ProbeError:
     return ProbeError(
-        stage=Stage(data["stage"]), kind=ErrorKind(data["kind"]), message=str(data["message"])
+        stage=Stage(data["stage"]),
+        kind=ErrorKind(data["kind"]),
+        message=valid_text(str(data["message"])),
     )
 
 

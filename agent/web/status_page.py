@@ -137,7 +137,9 @@ class LoopPage:
             raise StatusPageError(f"the agent did not answer within {self._timeout:g} s") from exc
         except Exception as exc:  # the ledger's own errors, say; the page shows none of it
             raise StatusPageError(f"cannot read the ledger: {type(exc).__name__}") from exc
-        return page.encode("utf-8")
+        # Server text is made valid where it enters (agent.server_text); should a lone surrogate
+        # still get here, it shows as an escape rather than failing every request from now on.
+        return page.encode("utf-8", "backslashreplace")
 
 
 # --- rendering ---------------------------------------------------------------------------------
