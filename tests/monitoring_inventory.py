@@ -193,6 +193,7 @@ def vocabulary() -> Vocabulary:
         "result": enum_values(model.AuthResult),
     }
     metric_values = {
+        (metrics.LEDGER_ERRORS.name, "kind"): enum_values(model.LedgerErrorKind),
         (metrics.BOUNCES.name, "type"): enum_values(model.BounceType),
         (metrics.BOUNCES.name, "source"): enum_values(model.BounceSource),
         (metrics.DNS_CHECK_OK.name, "check"): enum_values(DnsCheck),
