@@ -29,7 +29,7 @@ from agent.monitoring.recorder import Recorder
 from agent.sandbox import SandboxServer
 from agent.secrets import secret_values
 from agent.smtp.replies import deciding_reply
-from agent.store.ledger import ProbeRecord
+from agent.store.ledger import STATE_DIR_MODE, ProbeRecord
 from agent.web.http_server import BasicAuth, HttpServer, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _state_dir_problem(state_dir: Path) -> str | None:
     """Why the state directory cannot hold the ledger, or None; creates it when missing."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     except FileExistsError:
         return f"state_dir {state_dir} exists but is not a directory"
     except OSError as exc:
