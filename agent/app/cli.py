@@ -36,7 +36,7 @@ from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, col
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["main", "probe_json"]
+__all__ = ["main", "probe_json", "readiness_of"]
 
 log = logging.getLogger("agent")
 
@@ -343,6 +343,20 @@ def _url(scheme: str, host: str, port: int, path: str) -> str:
     return f"{scheme}://{shown}:{port}{path}"
 
 
+def readiness_of(agent: Agent) -> Status:
+    """What /readyz says: probing, or why not (starting, draining, a ledger it cannot write).
+    Called from the HTTP server's threads: it only reads attributes the loop replaces."""
+    if agent.draining:
+        return Status(False, "draining")
+    if not agent.started:
+        return Status(False, "starting")
+    ledger = agent.ledger.health
+    if not ledger.writable:
+        # Ready again by itself with the next write that succeeds.
+        return Status(False, f"the ledger cannot be written ({ledger.error}): {ledger.detail}")
+    return Status(True, "probing")
+
+
 async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> int:
     registry = new_registry()
     recorder = Recorder(registry)
@@ -358,11 +372,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
         return Status(stalled < 30.0, f"event loop last ran {stalled:.1f} s ago")
 
     def readiness() -> Status:
-        if agent.draining:
-            return Status(False, "draining")
-        if not agent.started:
-            return Status(False, "starting")
-        return Status(True, "probing")
+        return readiness_of(agent)
 
     def page(refresh: bool) -> str:
         ready = readiness()

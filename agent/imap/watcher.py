@@ -60,6 +60,7 @@ class Disposition(enum.Enum):
 
     DELETE = "delete"
     KEEP = "keep"
+    RETRY = "retry"  # not accounted for yet (the ledger is full): keep it, hand it over again
 
 
 OnMessage = Callable[[FetchedMessage], Awaitable[Disposition]]
@@ -88,7 +89,10 @@ class FolderWatcher:
     `on_state(True, None)` is called once each session is logged in and selected,
     `on_state(False, kind)` on every failure. When `on_message` returns `Disposition.DELETE` the
     message is flagged \\Deleted and expunged; when it raises, the error is logged, the message is
-    kept and the watcher goes on.
+    kept and the watcher goes on. `Disposition.RETRY` keeps the message and hands it over again
+    (with the time it was first seen) at the start of every later pass, until the consumer
+    returns something else; meanwhile IDLE is renewed every `poll_interval`, so a pass comes
+    even when no new mail does.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class FolderWatcher:
         self._uidvalidity: int | None = None
         self._last_uid = 0  # the highest UID handed over under `_uidvalidity`
         self._unfinished_deletes: set[int] = set()  # DELETE answered, expunge not confirmed
+        self._retries: dict[int, float] = {}  # UID -> first seen_at, for Disposition.RETRY
         self._selected_at: float | None = None
         self._log = MaskedLog(redactor_for(target))
 
@@ -214,6 +219,7 @@ class FolderWatcher:
         self._uidvalidity = uidvalidity
         self._last_uid = 0
         self._unfinished_deletes.clear()
+        self._retries.clear()  # the whole folder is handed over again anyway
 
     async def _watch(self, conn: Connection) -> None:
         idle = self._use_idle and conn.has_capability("IDLE")
@@ -227,14 +233,20 @@ class FolderWatcher:
         while True:
             if idle:
                 self._log.debug("%s/%s: waiting in IDLE", self._target.mailbox, self._folder)
-                await conn.idle(self._idle_renew)
+                renew = self._idle_renew
+                if self._retries:
+                    renew = min(renew, self._poll_interval)  # a pass soon, to retry them
+                await conn.idle(renew)
             else:
                 await conn.sleep(self._poll_interval)
                 await conn.noop()  # Dovecot searches the view from before the command
             await self._drain(conn)
 
     async def _drain(self, conn: Connection) -> None:
-        """Hand over every message above the last UID, until a search announces nothing new."""
+        """Hand over the messages to retry once, then every message above the last UID, until a
+        search announces nothing new."""
+        for uid, seen_at in sorted(self._retries.items()):
+            await self._hand_over(conn, uid, seen_at=seen_at)
         while True:
             conn.new_mail = False
             uids = await conn.search_after(self._last_uid)
@@ -243,10 +255,11 @@ class FolderWatcher:
             if not uids and not conn.new_mail:
                 return
 
-    async def _hand_over(self, conn: Connection, uid: int) -> None:
+    async def _hand_over(self, conn: Connection, uid: int, *, seen_at: float | None = None) -> None:
         fetched = await conn.fetch(uid, self._max_bytes)
-        seen_at = time.time()
+        seen_at = time.time() if seen_at is None else seen_at
         self._last_uid = max(self._last_uid, uid)
+        self._retries.pop(uid, None)  # fetched (or gone): handed over now, or not at all
         if fetched is None:
             self._log.debug(
                 "%s/%s: UID %d vanished before FETCH", self._target.mailbox, self._folder, uid
@@ -279,7 +292,9 @@ class FolderWatcher:
                 uid,
             )
             return
-        if disposition is Disposition.DELETE:
+        if disposition is Disposition.RETRY:
+            self._retries[uid] = seen_at
+        elif disposition is Disposition.DELETE:
             self._unfinished_deletes.add(uid)
             await conn.delete(uid)
             self._unfinished_deletes.discard(uid)
