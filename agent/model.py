@@ -23,6 +23,8 @@ __all__ = [
     "FoundBy",
     "ImapHealth",
     "InFlight",
+    "LedgerErrorKind",
+    "LedgerHealth",
     "MessageSkipped",
     "Outcome",
     "ProbeError",
@@ -298,6 +300,28 @@ class ImapHealth:
     mailbox: str
     up: bool
     error: ErrorKind | None = None
+
+
+class LedgerErrorKind(enum.StrEnum):
+    """Why the ledger refused an operation, from SQLite's primary result code."""
+
+    DISK_FULL = "disk_full"  # SQLITE_FULL: the file system (or the file's page cap) is full
+    READ_ONLY = "read_only"  # SQLITE_READONLY, SQLITE_PERM: the file or its directory is read-only
+    IO = "io"  # SQLITE_IOERR, SQLITE_CANTOPEN: the operating system failed a read or a write
+    BUSY = "busy"  # SQLITE_BUSY, SQLITE_LOCKED: another process held the lock past the timeout
+    CORRUPT = "corrupt"  # SQLITE_CORRUPT, SQLITE_NOTADB, or a row this agent cannot decode
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHealth:
+    """An operation on the ledger failed (`error` says why), or a write succeeded again after a
+    failed one. `writable` is whether the ledger's last write succeeded; `detail` is SQLite's
+    message, for /readyz and the log, never a label."""
+
+    writable: bool
+    error: LedgerErrorKind | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -832,6 +832,27 @@ grid.add(
     ),
     w=24,
 )
+grid.add(
+    timeseries(
+        "Ledger writes",
+        shows="Per agent: whether its last write to the probe ledger succeeded (1) or failed "
+        "(0), and its failed ledger operations by kind (disk_full, read_only, io, busy, corrupt, "
+        "other).",
+        when_bad="Writable 0: the agent sends no probe until a write succeeds (a full disk, most "
+        "often); free space on its state directory's volume, no restart needed. Follow the "
+        "ledger runbook.",
+        targets=[
+            target("min by (instance) (deliverability_ledger_writable)", "{{instance}} writable"),
+            target(
+                "sum by (instance, kind) (increase(deliverability_ledger_errors_total"
+                "[$__rate_interval])) > 0",
+                "{{instance}} {{kind}}",
+            ),
+        ],
+        alerts=["DeliverabilityLedgerNotWritable"],
+    ),
+    w=24,
+)
 
 dashboard = Dashboard(
     title="Deliverability overview",

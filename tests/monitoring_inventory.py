@@ -194,6 +194,7 @@ def vocabulary() -> Vocabulary:
         "found_by": enum_values(model.FoundBy),
     }
     metric_values = {
+        (metrics.LEDGER_ERRORS.name, "kind"): enum_values(model.LedgerErrorKind),
         (metrics.BOUNCES.name, "type"): enum_values(model.BounceType),
         (metrics.BOUNCES.name, "source"): enum_values(model.BounceSource),
         (metrics.DNS_CHECK_OK.name, "check"): enum_values(DnsCheck),

@@ -534,6 +534,38 @@ async def test_an_on_message_that_raises_does_not_stop_the_watcher(
 
 
 @pytest.mark.mailsystem
+async def test_a_message_to_retry_is_kept_and_handed_over_again_without_new_mail(
+    mail_system: MailSystem,
+) -> None:
+    account = mail_system.new_mailbox()
+    subject = unique("retry")
+    await deliver(mail_system, account, subject)
+    answers = [Disposition.RETRY, Disposition.RETRY, Disposition.KEEP]
+    handed: asyncio.Queue[FetchedMessage] = asyncio.Queue()
+
+    async def on_message(message: FetchedMessage) -> Disposition:
+        await handed.put(message)
+        return answers.pop(0)
+
+    # The periodic check is an hour away and no mail comes: only the retry brings the next pass.
+    watcher = FolderWatcher(
+        dovecot_target(mail_system, account),
+        "INBOX",
+        on_message=on_message,
+        on_state=lambda up, kind: None,
+        poll_interval=0.1,
+        idle_check_interval=1200,
+    )
+    async with running(watcher):
+        async with asyncio.timeout(WAIT):
+            first, second, third = [await handed.get() for _ in range(3)]
+    assert first.uid == second.uid == third.uid
+    assert first.seen_at == second.seen_at == third.seen_at  # when it was first seen
+    assert subject_of(third) == subject
+    assert subject in await folder_contents(mail_system, account)  # kept all along
+
+
+@pytest.mark.mailsystem
 async def test_cancelling_run_logs_out_politely(mail_system: MailSystem) -> None:
     account = mail_system.new_mailbox()
     recorder = Recorder()

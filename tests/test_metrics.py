@@ -40,6 +40,8 @@ from agent.model import (
     FoundBy,
     ImapHealth,
     InFlight,
+    LedgerErrorKind,
+    LedgerHealth,
     MessageSkipped,
     Outcome,
     ProbeError,
@@ -209,6 +211,9 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(ImapHealth(OUTLOOK, up=False, error=ErrorKind.TIMEOUT))
     recorder.record(MessageSkipped(GMAIL, SkipReason.FORGED))
     recorder.record(MessageSkipped(OUTLOOK, SkipReason.MALFORMED))
+    recorder.record(LedgerHealth(writable=True))
+    recorder.record(LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full"))
+    recorder.record(LedgerHealth(writable=True))
     recorder.declare_dns(
         [(SENDING, DnsCheck.SPF), (SENDING, DnsCheck.DKIM), (SENDING_IP, DnsCheck.FCRDNS)],
         [(SENDING_IP, ZONE)],
@@ -292,6 +297,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
+        | {str(m) for m in LedgerErrorKind}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -523,6 +529,26 @@ def test_metrics_mailbox_watcher_events(recorder: Recorder, registry: CollectorR
     assert value(registry, "deliverability_imap_errors_total", mailbox=GMAIL, kind="auth") == 1
     assert value(registry, "deliverability_forged_messages_total", mailbox=GMAIL) == 1
     assert value(registry, "deliverability_malformed_messages_total", mailbox=GMAIL) == 2
+
+
+def test_metrics_ledger_errors_count_by_kind_and_writable_follows_the_last_write(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    for kind in LedgerErrorKind:  # pre-created, before any ledger exists
+        assert value(registry, "deliverability_ledger_errors_total", kind=kind.value) == 0
+    recorder.record(LedgerHealth(writable=True))
+    assert value(registry, "deliverability_ledger_writable") == 1
+    recorder.record(LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full"))
+    recorder.record(LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full"))
+    assert value(registry, "deliverability_ledger_writable") == 0
+    # A failed read counts, and leaves the write state as it was.
+    recorder.record(LedgerHealth(False, LedgerErrorKind.CORRUPT, "unreadable probe p1"))
+    recorder.record(LedgerHealth(writable=True))
+
+    assert value(registry, "deliverability_ledger_writable") == 1
+    assert value(registry, "deliverability_ledger_errors_total", kind="disk_full") == 2
+    assert value(registry, "deliverability_ledger_errors_total", kind="corrupt") == 1
+    assert value(registry, "deliverability_ledger_errors_total", kind="io") == 0
 
 
 def test_metrics_failed_reload_clears_success_but_keeps_its_time(

@@ -107,6 +107,7 @@ QUIET_ALERTS = {
     "DeliverabilityImapMailboxUnreachable",
     "DeliverabilityProbesStale",
     "DeliverabilityDnsChecksFailing",
+    "DeliverabilityLedgerNotWritable",
 }
 
 # Panels that return no series at all in this scenario, and why (none today).

@@ -108,6 +108,22 @@ _DELIVERY_CHECKS = 'check=~"spf|spf_lookups|spf_authorized|dkim|dmarc|mx|fcrdns"
             "DeliverabilityImapMailboxUnreachable",
             "agent.test.yml",
         ),
+        # Fires while writes succeed: the healthy agent catches it.
+        (
+            "expr: deliverability_ledger_writable == 0",
+            "expr: deliverability_ledger_writable < 2",
+            "DeliverabilityLedgerNotWritable",
+            "agent.test.yml",
+        ),
+        # Fires on a failed write or two among successful ones: the flapping agent catches it.
+        (
+            "        for: 10m\n        labels:\n          severity: warning\n        annotations:\n"
+            "          summary: The agent {{ $labels.instance }} cannot write",
+            "        for: 1m\n        labels:\n          severity: warning\n        annotations:\n"
+            "          summary: The agent {{ $labels.instance }} cannot write",
+            "DeliverabilityLedgerNotWritable",
+            "agent.test.yml",
+        ),
         # Fires on an informational check too: the optional records' series catch it.
         (
             _DELIVERY_CHECKS,

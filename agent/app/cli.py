@@ -29,14 +29,14 @@ from agent.monitoring.recorder import Recorder
 from agent.sandbox import SandboxServer
 from agent.secrets import secret_values
 from agent.smtp.replies import deciding_reply
-from agent.store.ledger import ProbeRecord
+from agent.store.ledger import STATE_DIR_MODE, ProbeRecord
 from agent.web.http_server import BasicAuth, HttpServer, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["main", "probe_json"]
+__all__ = ["main", "probe_json", "readiness_of"]
 
 log = logging.getLogger("agent")
 
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _state_dir_problem(state_dir: Path) -> str | None:
     """Why the state directory cannot hold the ledger, or None; creates it when missing."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     except FileExistsError:
         return f"state_dir {state_dir} exists but is not a directory"
     except OSError as exc:
@@ -343,6 +343,20 @@ def _url(scheme: str, host: str, port: int, path: str) -> str:
     return f"{scheme}://{shown}:{port}{path}"
 
 
+def readiness_of(agent: Agent) -> Status:
+    """What /readyz says: probing, or why not (starting, draining, a ledger it cannot write).
+    Called from the HTTP server's threads: it only reads attributes the loop replaces."""
+    if agent.draining:
+        return Status(False, "draining")
+    if not agent.started:
+        return Status(False, "starting")
+    ledger = agent.ledger.health
+    if not ledger.writable:
+        # Ready again by itself with the next write that succeeds.
+        return Status(False, f"the ledger cannot be written ({ledger.error}): {ledger.detail}")
+    return Status(True, "probing")
+
+
 async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> int:
     registry = new_registry()
     recorder = Recorder(registry)
@@ -358,11 +372,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
         return Status(stalled < 30.0, f"event loop last ran {stalled:.1f} s ago")
 
     def readiness() -> Status:
-        if agent.draining:
-            return Status(False, "draining")
-        if not agent.started:
-            return Status(False, "starting")
-        return Status(True, "probing")
+        return readiness_of(agent)
 
     def page(refresh: bool) -> str:
         ready = readiness()

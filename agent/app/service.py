@@ -30,7 +30,7 @@ from agent.imap import (
     OnMessage,
     detect_folders,
 )
-from agent.model import ErrorKind, ImapHealth, Outcome
+from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome
 from agent.monitoring.recorder import Recorder
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
@@ -39,7 +39,7 @@ from agent.probing.reaper import reap
 from agent.probing.targets import imap_target
 from agent.reading.probe_token import KeyRing
 from agent.smtp.replies import verdict_of
-from agent.store.ledger import Ledger, ProbeState
+from agent.store.ledger import Ledger, LedgerError, ProbeState
 
 __all__ = ["Agent"]
 
@@ -79,7 +79,9 @@ class Agent:
         self._clock = clock
         self._use_idle = use_idle
         self._poll_interval = poll_interval
-        self.ledger = Ledger.in_state_dir(config.state_dir)
+        self._ledger_writable = True
+        self.ledger = Ledger.in_state_dir(config.state_dir, on_health=self._ledger_health)
+        self.recorder.record(self.ledger.health)
         self.outcomes = Outcomes(self.ledger, recorder)
         self.matcher = Matcher(
             ledger=self.ledger,
@@ -204,6 +206,13 @@ class Agent:
                         "probe %s -> %s cut by shutdown mid-transaction", route_name, mailbox_name
                     )
                 return None
+            except LedgerError as exc:
+                if exc.kind is None:
+                    raise
+                # The ledger cannot be written (a full disk): nothing was sent. The metric,
+                # /readyz and the alert say so; a traceback per pair and interval would not help.
+                log.warning("probe %s -> %s not sent: %s", route_name, mailbox_name, exc)
+                return None
             finally:
                 if task.done():
                     self._sending.discard(task)
@@ -270,14 +279,23 @@ class Agent:
     async def _reap_forever(self) -> None:
         interval = min(REAP_INTERVAL, max(0.5, self.config.probes.deadline / 10))
         next_prune = 0.0
+        failing = False
         while True:
             now = self._clock()
-            reap(self.ledger, self.outcomes, now=now)
-            if now >= next_prune:
-                pruned = self.ledger.prune(older_than=now - self.config.probes.retention)
-                if pruned:
-                    log.info("removed %d finished probe(s) past retention from the ledger", pruned)
-                next_prune = now + PRUNE_INTERVAL
+            try:
+                reap(self.ledger, self.outcomes, now=now)
+                if now >= next_prune:
+                    next_prune = now + PRUNE_INTERVAL  # a failed prune waits for the next one
+                    pruned = self.ledger.prune(older_than=now - self.config.probes.retention)
+                    if pruned:
+                        log.info(
+                            "removed %d finished probe(s) past retention from the ledger", pruned
+                        )
+                failing = False
+            except LedgerError as exc:
+                # Counted by the ledger; the next sweep tries again, so deadlines resume with it.
+                log.log(logging.DEBUG if failing else logging.WARNING, "deadline sweep: %s", exc)
+                failing = True
             self.swept.set()
             await asyncio.sleep(interval)  # a periodic sweep: deadlines are clock events
 
@@ -310,6 +328,23 @@ class Agent:
                 self._start_watch(mailbox, bounces=bounces)
         if rescheduling:
             self.schedule()
+
+    # --- the ledger -----------------------------------------------------------------------------
+
+    def _ledger_health(self, health: LedgerHealth) -> None:
+        """Count every ledger failure; log when writes start failing and when they work again."""
+        self.recorder.record(health)
+        if health.writable == self._ledger_writable:
+            return
+        self._ledger_writable = health.writable
+        if health.writable:
+            log.info("the ledger takes writes again: probing resumes")
+        else:
+            log.error(
+                "the ledger cannot be written (%s): %s; no probe is sent until a write succeeds",
+                health.error,
+                health.detail,
+            )
 
     # --- watching -------------------------------------------------------------------------------
 
@@ -368,19 +403,28 @@ class Agent:
 
     def _on_message_for(self, watch: _MailboxWatch) -> OnMessage:
         async def on_message(message: FetchedMessage) -> Disposition:
-            if watch.bounces:
-                delete = self.matcher.handle_bounce(
-                    self.config, watch.mailbox, message.raw, seen_at=message.seen_at
+            try:
+                if watch.bounces:
+                    delete = self.matcher.handle_bounce(
+                        self.config, watch.mailbox, message.raw, seen_at=message.seen_at
+                    )
+                else:
+                    delete = self.matcher.handle(
+                        watch.mailbox,
+                        message.folder,
+                        message.raw,
+                        seen_at=message.seen_at,
+                        junk=watch.junk,
+                        found_by=message.found_by,
+                    )
+            except LedgerError as exc:
+                if exc.kind is None:
+                    raise
+                # Not recorded, so not deleted: the watcher hands it over again until it is.
+                log.warning(
+                    "mailbox %s: message kept to be read again: %s", watch.mailbox.name, exc
                 )
-            else:
-                delete = self.matcher.handle(
-                    watch.mailbox,
-                    message.folder,
-                    message.raw,
-                    seen_at=message.seen_at,
-                    junk=watch.junk,
-                    found_by=message.found_by,
-                )
+                return Disposition.RETRY
             return Disposition.DELETE if delete else Disposition.KEEP
 
         return on_message

@@ -39,6 +39,8 @@ __all__ = [
     "IMAP_UP",
     "LAST_OUTCOME_TIMESTAMP",
     "LATE_PROBES",
+    "LEDGER_ERRORS",
+    "LEDGER_WRITABLE",
     "MALFORMED_MESSAGES",
     "PREFIX",
     "PROBES",
@@ -193,6 +195,19 @@ MALFORMED_MESSAGES = MetricSpec(
     "Messages in a seed mailbox skipped because they could not be parsed safely.",
     ("mailbox",),
 )
+LEDGER_ERRORS = MetricSpec(
+    "deliverability_ledger_errors_total",
+    MetricKind.COUNTER,
+    "Operations on the probe ledger that failed, by kind (disk_full, read_only, io, busy, "
+    "corrupt, other).",
+    ("kind",),
+)
+LEDGER_WRITABLE = MetricSpec(
+    "deliverability_ledger_writable",
+    MetricKind.GAUGE,
+    "Whether the last write to the probe ledger succeeded (1) or failed (0); no probe is sent "
+    "while it is 0.",
+)
 CONFIG_LAST_RELOAD_SUCCESSFUL = MetricSpec(
     "deliverability_config_last_reload_successful",
     MetricKind.GAUGE,
@@ -289,6 +304,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     IMAP_ERRORS,
     PROBES_FOUND,
     MALFORMED_MESSAGES,
+    LEDGER_ERRORS,
+    LEDGER_WRITABLE,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,

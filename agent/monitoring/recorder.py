@@ -28,6 +28,8 @@ from agent.model import (
     FoundBy,
     ImapHealth,
     InFlight,
+    LedgerErrorKind,
+    LedgerHealth,
     MessageSkipped,
     Outcome,
     ProbeFinished,
@@ -57,6 +59,8 @@ from agent.monitoring.catalog import (
     IMAP_UP,
     LAST_OUTCOME_TIMESTAMP,
     LATE_PROBES,
+    LEDGER_ERRORS,
+    LEDGER_WRITABLE,
     MALFORMED_MESSAGES,
     PROBES,
     PROBES_FOUND,
@@ -83,6 +87,7 @@ Result = (
     | MessageSkipped
     | ImapHealth
     | InFlight
+    | LedgerHealth
     | ConfigLoaded
     | DnsReport
 )
@@ -129,6 +134,8 @@ class Recorder:
         self._pairs: tuple[tuple[str, str], ...] = ()
         self._tls_versions: dict[str, str] = {}
         self._g(BUILD_INFO, version).set(1)
+        for ledger_kind in LedgerErrorKind:
+            self._c(LEDGER_ERRORS, ledger_kind.value)
 
     # -- children, tracked ------------------------------------------------------------------------
 
@@ -263,6 +270,8 @@ class Recorder:
                 self._imap_state(mailbox, up)
             case InFlight(counts):
                 self._set_in_flight(counts)
+            case LedgerHealth(writable, error):
+                self._ledger_health(writable, error)
             case ConfigLoaded(ok, at):
                 self._config_loaded(ok, at)
             case DnsReport():
@@ -343,6 +352,13 @@ class Recorder:
         for values in sorted(self._children[PROBES_IN_FLIGHT.name]):
             if values not in declared and values not in counts:
                 self._remove(PROBES_IN_FLIGHT, values)
+
+    # -- the ledger -------------------------------------------------------------------------------
+
+    def _ledger_health(self, writable: bool, error: LedgerErrorKind | None) -> None:
+        if error is not None:
+            self._c(LEDGER_ERRORS, error.value).inc()
+        self._g(LEDGER_WRITABLE).set(1 if writable else 0)
 
     # -- mailboxes --------------------------------------------------------------------------------
 

@@ -1,19 +1,22 @@
 """Sends one probe for one (route, mailbox) pair and hands what the SMTP server said on.
 
 The probe is written to the ledger before the SMTP transaction starts, so a crash mid-send is
-known after a restart. The SMTP adapter (`agent.smtp.sender.send_probe`) takes a frozen target and
-returns a frozen `SendResult`; `Outcomes` stores it and records it. An accepted probe is then
-forgotten by the sender: the mailbox watchers and the reaper take it from there, and they meet the
-sender only in the ledger.
+known after a restart, and a probe the ledger cannot take (a full disk) is never sent. The SMTP
+adapter (`agent.smtp.sender.send_probe`) takes a frozen target and returns a frozen `SendResult`;
+`Outcomes` stores it and records it, retried while the ledger refuses writes, since the probe went
+out. An accepted probe is then forgotten by the sender: the mailbox watchers and the reaper take it
+from there, and they meet the sender only in the ledger.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from agent.config import Config, Mailbox, Route
 from agent.log_fields import probe_fields
@@ -23,10 +26,17 @@ from agent.probing.targets import smtp_target
 from agent.reading.probe_token import new_probe_id
 from agent.smtp.replies import verdict_of
 from agent.smtp.sender import send_probe
+from agent.store.ledger import LedgerError
 
 __all__ = ["Prober"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds between attempts to store a sent probe's result in a ledger that refuses writes.
+STORE_RETRY_INITIAL = 1.0
+STORE_RETRY_MAX = 60.0
 
 
 class Prober:
@@ -71,9 +81,9 @@ class Prober:
             recipients=[mailbox.address],
             message=message.as_bytes(policy=email.policy.SMTP),
         )
-        # Stored before it is logged: a log line never claims what a crash could still undo.
-        record = self._outcomes.sent(probe_id, result)
         fields = probe_fields(route=route.name, mailbox=mailbox.name, probe_id=probe_id)
+        # Stored before it is logged: a log line never claims what a crash could still undo.
+        record = await _until_stored(lambda: self._outcomes.sent(probe_id, result), fields)
         if verdict_of(result) is None:
             log.debug(
                 "probe %s accepted by %s in %.2f s",
@@ -92,5 +102,30 @@ class Prober:
                 result.error.message,
                 extra=fields,
             )
-        self._outcomes.conclude(record, result, finished_at=self._clock())
+        finished_at = self._clock()
+        await _until_stored(
+            lambda: self._outcomes.conclude(record, result, finished_at=finished_at), fields
+        )
         return probe_id
+
+
+async def _until_stored(write: Callable[[], T], fields: dict[str, str]) -> T:
+    """`write()`, again and again while the ledger fails (a full disk): the probe went out, and
+    what it learned must not be lost. Each write is idempotent, so a retry never counts twice.
+    Cancelled by a stop, the probe keeps what was stored and the next start settles the rest."""
+    delay = STORE_RETRY_INITIAL
+    while True:
+        try:
+            return write()
+        except LedgerError as exc:
+            if exc.kind is None:
+                raise  # refused, not failed (a caller bug): retrying cannot help
+            log.warning(
+                "probe %s: not stored yet: %s; retrying in %.0f s",
+                fields["probe_id"],
+                exc,
+                delay,
+                extra=fields,
+            )
+        await asyncio.sleep(delay)  # backoff: nothing announces that space came back
+        delay = min(delay * 2, STORE_RETRY_MAX)

@@ -53,7 +53,7 @@ def ensure_certificates(
     try:
         if _usable(files, hosts, moment):
             return files
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds the private key
         _generate(files, hosts, moment)
     except OSError as exc:
         raise SandboxTlsError(

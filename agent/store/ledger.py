@@ -26,6 +26,15 @@ INTERRUPTED (`mark_interrupted`) and stays open until its deadline: if it arrive
 placement, otherwise the reaper makes it `error` ("interrupted"), never `missing`. `due()` lists
 AWAITING and INTERRUPTED probes past their deadline, because `missing` means "accepted and never
 seen": a probe still being sent is the sender's to finish, not the reaper's.
+
+A fault of the file (a full disk, a read-only mount, an I/O error, a lock held too long, a
+corrupt page) is raised as a `LedgerError` with a `kind` (`LedgerErrorKind`), and reported to the
+`on_health` callback: every failed operation, and the first write that succeeds after a failed
+one. `health` says whether the last write succeeded. Nothing is retried here: callers decide, and
+the ledger is usable again as soon as SQLite is, without reopening it.
+
+The file (and so its -wal and -shm files, which SQLite creates with the database file's mode) is
+created readable by its owner only: it holds SMTP transcripts.
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +59,8 @@ from agent.model import (
     BounceType,
     ErrorKind,
     FoundBy,
+    LedgerErrorKind,
+    LedgerHealth,
     Outcome,
     ProbeError,
     SendResult,
@@ -59,7 +71,9 @@ from agent.server_text import valid_text
 
 __all__ = [
     "LEDGER_FILENAME",
+    "LEDGER_FILE_MODE",
     "SCHEMA_VERSION",
+    "STATE_DIR_MODE",
     "BounceRecord",
     "Ledger",
     "LedgerError",
@@ -74,6 +88,23 @@ SCHEMA_VERSION = 3
 # Seconds a writer waits for another connection's write lock before failing; writes are tiny, so
 # hitting this means something is badly wrong, not that the other side is slow.
 _BUSY_TIMEOUT_SECONDS = 10.0
+
+# The state directory and the ledger file: the owner's only (the file holds SMTP transcripts).
+STATE_DIR_MODE = 0o700
+LEDGER_FILE_MODE = 0o600
+
+# SQLite's primary result codes (the low byte of an extended code) and what they mean here.
+_ERROR_KINDS: dict[int, LedgerErrorKind] = {
+    sqlite3.SQLITE_FULL: LedgerErrorKind.DISK_FULL,
+    sqlite3.SQLITE_READONLY: LedgerErrorKind.READ_ONLY,
+    sqlite3.SQLITE_PERM: LedgerErrorKind.READ_ONLY,
+    sqlite3.SQLITE_IOERR: LedgerErrorKind.IO,
+    sqlite3.SQLITE_CANTOPEN: LedgerErrorKind.IO,
+    sqlite3.SQLITE_BUSY: LedgerErrorKind.BUSY,
+    sqlite3.SQLITE_LOCKED: LedgerErrorKind.BUSY,
+    sqlite3.SQLITE_CORRUPT: LedgerErrorKind.CORRUPT,
+    sqlite3.SQLITE_NOTADB: LedgerErrorKind.CORRUPT,
+}
 
 _SCHEMA_V1 = (
     """
@@ -147,9 +178,15 @@ _COLUMNS = (
 
 
 class LedgerError(AgentError):
-    """The ledger file cannot be opened, read or written; the message names the file."""
+    """The ledger file cannot be opened, read or written; the message names the file. `kind` says
+    why the file failed; it is None when the ledger refused a call (an unknown probe, a schema
+    from a newer agent) rather than failed."""
 
     category = ErrorCategory.STATE
+
+    def __init__(self, message: str, *, kind: LedgerErrorKind | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class UnknownProbeError(LedgerError):
@@ -233,10 +270,19 @@ class ProbeRecord:
 
 
 class Ledger:
-    """The probe ledger in one SQLite file. Use from one thread; each call commits on return."""
+    """The probe ledger in one SQLite file. Use from one thread; each call commits on return.
 
-    def __init__(self, path: Path) -> None:
+    `on_health` is called (on that thread) with every failed operation, and with the first write
+    that succeeds after a failed one; it must not raise.
+    """
+
+    def __init__(
+        self, path: Path, *, on_health: Callable[[LedgerHealth], None] | None = None
+    ) -> None:
         self._path = Path(path)
+        self._on_health = on_health
+        self._health = LedgerHealth(writable=True)
+        _create_private(self._path)
         with self._translate("open"):
             self._conn = sqlite3.connect(
                 self._path,
@@ -251,17 +297,37 @@ class Ledger:
             raise
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path) -> Ledger:
-        """Open (creating if needed) the ledger file in `state_dir`."""
+    def in_state_dir(
+        cls, state_dir: Path, *, on_health: Callable[[LedgerHealth], None] | None = None
+    ) -> Ledger:
+        """Open (creating if needed, owner-only) the ledger file in `state_dir`."""
         try:
-            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            Path(state_dir).mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create state directory {state_dir}: {exc}") from exc
-        return cls(Path(state_dir) / LEDGER_FILENAME)
+        return cls(Path(state_dir) / LEDGER_FILENAME, on_health=on_health)
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def health(self) -> LedgerHealth:
+        """Whether the last write succeeded and, if not, why it failed (safe to read from any
+        thread: it is replaced, never changed)."""
+        return self._health
+
+    def cap_pages(self, pages: int) -> int:
+        """Fault injection for tests: cap the file at `pages` pages on this connection (SQLite's
+        `max_page_count`, never below the pages in use: 1 caps it at its current size). A write
+        that needs one more page then fails with SQLITE_FULL, as on a full disk; a higher cap
+        frees the space again. Returns the cap in force. The agent never calls it, and no
+        setting reaches it; the cap ends with the connection."""
+        if pages < 1:
+            raise ValueError(f"pages must be at least 1, got {pages}")  # 0 only asks SQLite
+        with self._translate("cap its size"):
+            row = self._conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()
+        return int(row[0])
 
     def __repr__(self) -> str:
         return f"Ledger({str(self._path)!r})"
@@ -309,12 +375,33 @@ class Ledger:
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        """Translate sqlite3 errors at the edge into LedgerError naming the file."""
+    def _translate(self, action: str, *, write: bool = False) -> Iterator[None]:
+        """Translate sqlite3 errors at the edge into LedgerError naming the file, and report each
+        one. A `write` that changed a row after a failed write reports the ledger writable again
+        (a write that changed nothing proves nothing about free space)."""
         try:
+            changes = self._conn.total_changes if write else 0
             yield
+            if write and not self._health.writable and self._conn.total_changes > changes:
+                self._report(LedgerHealth(writable=True), write=True)
         except sqlite3.Error as exc:
-            raise LedgerError(f"ledger {self._path}: cannot {action}: {exc}") from exc
+            kind = _kind_of(exc)
+            failed = LedgerHealth(self._health.writable and not write, kind, str(exc))
+            self._report(failed, write=write)
+            raise LedgerError(f"ledger {self._path}: cannot {action}: {exc}", kind=kind) from exc
+
+    def _report(self, health: LedgerHealth, *, write: bool) -> None:
+        if write:
+            self._health = health  # a failed read says nothing about writes
+        if self._on_health is not None:
+            self._on_health(health)
+
+    def _corrupt(self, message: str) -> LedgerError:
+        """A row or value SQLite returned that this agent cannot decode, reported as `corrupt`."""
+        self._report(
+            LedgerHealth(self._health.writable, LedgerErrorKind.CORRUPT, message), write=False
+        )
+        return LedgerError(f"ledger {self._path}: {message}", kind=LedgerErrorKind.CORRUPT)
 
     def close(self) -> None:
         with self._translate("close"):
@@ -337,7 +424,7 @@ class Ledger:
         self, *, probe_id: str, route: str, mailbox: str, created_at: float, deadline_at: float
     ) -> None:
         """Record a probe before its SMTP transaction starts, so a crash mid-send is known."""
-        with self._translate("record a probe"):
+        with self._translate("record a probe", write=True):
             try:
                 self._conn.execute(
                     "INSERT INTO probes (probe_id, route, mailbox, created_at, deadline_at)"
@@ -352,7 +439,7 @@ class Ledger:
     def record_send_result(self, probe_id: str, result: SendResult) -> bool:
         """Store what the sender learned. Returns False if a result or outcome was already stored
         (the first result stands). Raises UnknownProbeError for a probe never recorded."""
-        with self._translate("record a send result"):
+        with self._translate("record a send result", write=True):
             cursor = self._conn.execute(
                 "UPDATE probes SET accepted = ?, accepted_at = ?, send_duration_seconds = ?,"
                 " transcript = ?, send_error = ?, tls_version = ?, tls_cert_not_after = ?"
@@ -385,7 +472,7 @@ class Ledger:
         """Set the probe's one final outcome (with its arrival, for a probe that was seen). True
         only for the call that set it; False if it was already final (or is unknown: an arrival
         for a pruned or forged id is not a caller bug)."""
-        with self._translate("finalize a probe"):
+        with self._translate("finalize a probe", write=True):
             cursor = self._conn.execute(
                 "UPDATE probes SET outcome = ?, finished_at = ?, folder = ?, latency_seconds = ?,"
                 " arrival = coalesce(?, arrival) WHERE probe_id = ? AND outcome IS NULL",
@@ -404,7 +491,7 @@ class Ledger:
         """Store where a probe was seen before it can be finalized (its send result is not stored
         yet). True the first time; False if it is final, unknown, or already has an arrival.
         Durable like every write: the sender, or the next start, finalizes it from here."""
-        with self._translate("record an arrival"):
+        with self._translate("record an arrival", write=True):
             cursor = self._conn.execute(
                 "UPDATE probes SET arrival = ? WHERE probe_id = ? AND outcome IS NULL"
                 " AND arrival IS NULL",
@@ -416,7 +503,7 @@ class Ledger:
         self, probe_id: str, *, seen_at: float, folder: str, latency_seconds: float
     ) -> bool:
         """Record that a probe already final as `missing` arrived after all; True the first time."""
-        with self._translate("mark a probe late"):
+        with self._translate("mark a probe late", write=True):
             cursor = self._conn.execute(
                 "UPDATE probes SET late_seen_at = ?, late_folder = ?, late_latency_seconds = ?"
                 " WHERE probe_id = ? AND outcome = ? AND late_seen_at IS NULL",
@@ -436,7 +523,7 @@ class Ledger:
     ) -> bool:
         """Record a bounce of the probe; True only the first time for this type and source, so a
         DSN seen again (after a restart, or sent twice) is counted once."""
-        with self._translate("record a bounce"):
+        with self._translate("record a bounce", write=True):
             cursor = self._conn.execute(
                 "INSERT OR IGNORE INTO bounces (probe_id, type, source, status, reporting_mta,"
                 " seen_at) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS"
@@ -468,7 +555,7 @@ class Ledger:
 
     def prune(self, older_than: float) -> int:
         """Delete probes that finished before `older_than`; probes still in flight are kept."""
-        with self._translate("prune"):
+        with self._translate("prune", write=True):
             cursor = self._conn.execute(
                 "DELETE FROM probes WHERE outcome IS NOT NULL AND finished_at < ?", (older_than,)
             )
@@ -506,7 +593,7 @@ class Ledger:
     def mark_interrupted(self, probe_id: str, *, at: float) -> bool:
         """Mark a SENDING probe as cut mid-transaction by a restart; False when it is not
         SENDING (it has a send result, an outcome, or was marked already)."""
-        with self._translate("mark a probe interrupted"):
+        with self._translate("mark a probe interrupted", write=True):
             cursor = self._conn.execute(
                 "UPDATE probes SET interrupted_at = ? WHERE probe_id = ? AND accepted IS NULL"
                 " AND outcome IS NULL AND interrupted_at IS NULL",
@@ -571,7 +658,7 @@ class Ledger:
         try:
             return {(r, m, Outcome(o)): float(t) for r, m, o, t in rows}
         except (ValueError, TypeError) as exc:
-            raise LedgerError(f"ledger {self._path}: unreadable outcome: {exc}") from exc
+            raise self._corrupt(f"unreadable outcome: {exc}") from exc
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -593,7 +680,29 @@ class Ledger:
             return _record_from_row(row)
         except (ValueError, TypeError, KeyError) as exc:
             # json.JSONDecodeError is a ValueError; so is an enum value this agent does not know.
-            raise LedgerError(f"ledger {self._path}: unreadable probe {row[0]}: {exc}") from exc
+            raise self._corrupt(f"unreadable probe {row[0]}: {exc}") from exc
+
+
+def _kind_of(exc: sqlite3.Error) -> LedgerErrorKind:
+    # Errors the sqlite3 module raises itself (a closed connection, the wrong thread) have no code.
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return LedgerErrorKind.OTHER
+    return _ERROR_KINDS.get(code & 0xFF, LedgerErrorKind.OTHER)
+
+
+def _create_private(path: Path) -> None:
+    """Create the ledger file owner-only before SQLite opens it: SQLite would create it with the
+    umask's mode (0644 under the usual 022), and gives the -wal and -shm files the mode of the
+    database file. An existing file keeps its mode."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LEDGER_FILE_MODE)
+    except OSError:
+        return  # it exists, or cannot be created: SQLite opens it or says why it cannot
+    try:
+        os.fchmod(descriptor, LEDGER_FILE_MODE)  # exactly 0600, whatever the umask took away
+    finally:
+        os.close(descriptor)
 
 
 # -- JSON encoding of the structured columns ------------------------------------------------------
