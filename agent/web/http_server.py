@@ -1,7 +1,8 @@
 """The agent's HTTP endpoint: the status page, /metrics, /healthz and /readyz, on its own thread.
 
 /healthz answers 200 while the process's event loop is alive; /readyz answers 200 once the agent
-has loaded its config, opened its ledger and started probing, and 503 while it starts or drains.
+has loaded its config, opened its ledger and started probing, and 503 while it starts, drains
+or cannot write its ledger (the readiness callable says which).
 `/` is the status page (agent.web.status_page). With basic auth, `/` and /metrics need it, while
 /healthz and /readyz stay open for orchestrators (they say nothing but ok or not). With TLS every
 endpoint is HTTPS.
