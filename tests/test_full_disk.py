@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.app.cli import readiness_of
 from agent.app.service import Agent
-from agent.config import Config, validate_config
+from agent.config import Config
 from agent.model import (
     LedgerErrorKind,
     LedgerHealth,
@@ -36,45 +36,21 @@ from tests.agent_setup import AgentSetup
 from tests.full_disk import ResultLog, fill, free
 from tests.imap_helpers import folder_contents
 from tests.mailsystem import MailSystem
+from tests.one_pair_config import one_pair_config
 from tests.scripted_smtp import Reply, Script, ScriptedSmtpServer, UntilClosed
 
-SECRET = "full-disk-test-secret-0123456789"
 FULL = LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full")
 NOT_READY = "not ok: the ledger cannot be written (disk_full): database or disk is full\n"
 
 
 def _config(tmp_path: Path, smtp_port: int, **probes: Any) -> Config:
-    data = {
-        "listen": "127.0.0.1:0",
-        "state_dir": str(tmp_path / "state"),
-        "secret": SECRET,
-        "routes": [
-            {
-                "name": "r",
-                "host": "127.0.0.1",
-                "port": smtp_port,
-                "tls": "none",
-                "ehlo_name": "client.test",
-                "from": "probe@client.test",
-                "timeouts": {"connect": "10s", "stage": "30s", "total": "60s"},
-            }
-        ],
-        "mailboxes": [
-            {
-                "name": "m",
-                "host": "127.0.0.1",
-                "port": 1,  # nothing listens: the watcher keeps retrying in the background
-                "tls": "none",
-                "allow_plaintext_auth": True,
-                "auth": {"username": "u", "password": "imap-password-1"},
-                "address": "seed@seed.test",
-                "folders": {"junk": "Junk"},
-            }
-        ],
+    return one_pair_config(
+        tmp_path,
+        smtp_port=smtp_port,
+        route={"timeouts": {"connect": "10s", "stage": "30s", "total": "60s"}},
         # No deadline passes during a test unless it asks: the reaper writes too.
-        "probes": {"interval": "1h", "jitter": "0s", "deadline": "1h", **probes},
-    }
-    return validate_config(data, base_dir=tmp_path, environ={})
+        probes={"interval": "1h", "deadline": "1h", **probes},
+    )
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -11,49 +11,24 @@ from typing import Any
 import pytest
 
 from agent.app.service import Agent
-from agent.config import Config, validate_config
+from agent.config import Config
 from agent.model import Arrival, ErrorKind, Outcome, SendResult, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.probing.reaper import reap
 from agent.store.ledger import Ledger, ProbeState
 from tests.agent_process import WAIT
+from tests.one_pair_config import one_pair_config
 from tests.scripted_smtp import Hang, Script, ScriptedSmtpServer
-
-SECRET = "service-test-secret-0123456789"
 
 
 def _config(tmp_path: Path, smtp_port: int, **probes: Any) -> Config:
-    data = {
-        "listen": "127.0.0.1:0",
-        "state_dir": str(tmp_path / "state"),
-        "secret": SECRET,
-        "routes": [
-            {
-                "name": "r",
-                "host": "127.0.0.1",
-                "port": smtp_port,
-                "tls": "none",
-                "ehlo_name": "client.test",
-                "from": "probe@client.test",
-                "timeouts": {"connect": "1s", "stage": "1s", "total": "1s"},
-            }
-        ],
-        "mailboxes": [
-            {
-                "name": "m",
-                "host": "127.0.0.1",
-                "port": 1,  # nothing listens: the watcher keeps retrying in the background
-                "tls": "none",
-                "allow_plaintext_auth": True,
-                "auth": {"username": "u", "password": "imap-password-1"},
-                "address": "seed@seed.test",
-                "folders": {"junk": "Junk"},
-            }
-        ],
-        "probes": {"interval": "1m", "jitter": "0s", "deadline": "1m", **probes},
-    }
-    return validate_config(data, base_dir=tmp_path, environ={})
+    return one_pair_config(
+        tmp_path,
+        smtp_port=smtp_port,
+        route={"timeouts": {"connect": "1s", "stage": "1s", "total": "1s"}},
+        probes=probes,
+    )
 
 
 async def test_a_pair_never_has_two_probes_sending_at_once(tmp_path: Path) -> None:

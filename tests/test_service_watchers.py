@@ -13,13 +13,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.app.service import Agent
-from agent.config import Config, validate_config
+from agent.config import Config
 from agent.model import ErrorKind, ImapHealth, Outcome, SendResult, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder, Result
 from agent.probing.probe_message import build_probe_message
 from agent.reading.probe_token import new_probe_id
 from agent.store.ledger import Ledger
+from tests.one_pair_config import SECRET, one_pair_config
 from tests.scripted_imap import (
     LOGGED_IN,
     Expect,
@@ -32,7 +33,6 @@ from tests.scripted_imap import (
 )
 
 WAIT = 30.0  # generous bound on anything awaited; tests pass far sooner
-SECRET = "service-watchers-secret-0123456789"
 SEED = "seed@seed.test"
 
 # The agent's first connection lists the folders: only INBOX, so one watcher, one connection.
@@ -46,36 +46,17 @@ LISTING: tuple[Step, ...] = (
 
 
 def _config(tmp_path: Path, imap_port: int, *, command_timeout: str) -> Config:
-    data = {
-        "listen": "127.0.0.1:0",
-        "state_dir": str(tmp_path / "state"),
-        "secret": SECRET,
-        "routes": [
-            {
-                "name": "r",
-                "host": "127.0.0.1",
-                "port": 1,  # never used: these tests send nothing
-                "tls": "none",
-                "ehlo_name": "client.test",
-                "from": "probe@client.test",
-            }
-        ],
-        "mailboxes": [
-            {
-                "name": "m",
-                "host": "127.0.0.1",
-                "port": imap_port,
-                "tls": "none",
-                "allow_plaintext_auth": True,
-                "auth": {"username": "u", "password": "imap-password-1"},
-                "address": SEED,
-                "idle_check_interval": "1s",  # the smallest allowed
-                "timeouts": {"connect": "5s", "command": command_timeout},
-            }
-        ],
-        "probes": {"interval": "1m", "jitter": "0s", "deadline": "10m"},
-    }
-    return validate_config(data, base_dir=tmp_path, environ={})
+    return one_pair_config(  # the route is never used: these tests send nothing
+        tmp_path,
+        imap_port=imap_port,
+        mailbox={
+            "address": SEED,
+            "folders": {},
+            "idle_check_interval": "1s",  # the smallest allowed
+            "timeouts": {"connect": "5s", "command": command_timeout},
+        },
+        probes={"deadline": "10m"},
+    )
 
 
 def _probe() -> tuple[str, bytes]:

@@ -1,0 +1,58 @@
+"""A config with one route `r` and one seed mailbox `m` on loopback ports, for tests that drive the
+agent against scripted servers (or against nothing: port 1, where nobody listens)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, validate_config
+
+__all__ = ["SECRET", "one_pair_config"]
+
+SECRET = "one-pair-test-secret-0123456789"
+
+
+def one_pair_config(
+    tmp_path: Path,
+    *,
+    smtp_port: int = 1,
+    imap_port: int = 1,
+    route: Mapping[str, Any] | None = None,
+    mailbox: Mapping[str, Any] | None = None,
+    probes: Mapping[str, Any] | None = None,
+) -> Config:
+    """Route `r` on `smtp_port`, mailbox `m` on `imap_port`, both plain TCP; the keys of `route`,
+    `mailbox` and `probes` are merged over the defaults."""
+    data = {
+        "listen": "127.0.0.1:0",
+        "state_dir": str(tmp_path / "state"),
+        "secret": SECRET,
+        "routes": [
+            {
+                "name": "r",
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "tls": "none",
+                "ehlo_name": "client.test",
+                "from": "probe@client.test",
+                **(route or {}),
+            }
+        ],
+        "mailboxes": [
+            {
+                "name": "m",
+                "host": "127.0.0.1",
+                "port": imap_port,
+                "tls": "none",
+                "allow_plaintext_auth": True,
+                "auth": {"username": "u", "password": "imap-password-1"},
+                "address": "seed@seed.test",
+                "folders": {"junk": "Junk"},
+                **(mailbox or {}),
+            }
+        ],
+        "probes": {"interval": "1m", "jitter": "0s", "deadline": "1m", **(probes or {})},
+    }
+    return validate_config(data, base_dir=tmp_path, environ={})
