@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
+from agent.app.inspection import (
+    InspectOptions,
+    inspect_message,
+    read_inputs,
+    render_json,
+    render_text,
+)
 from agent.app.logs import LogFormat, SecretRedactingFilter, configure_logging
 from agent.app.service import Agent
 from agent.config import Config, ConfigError, load_config
@@ -26,6 +33,7 @@ from agent.errors import AgentError
 from agent.model import ConfigLoaded, Outcome
 from agent.monitoring.catalog import IMAP_UP, new_registry
 from agent.monitoring.recorder import Recorder
+from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
 from agent.secrets import secret_values
 from agent.smtp.replies import deciding_reply
@@ -80,11 +88,33 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="no progress line while waiting (it is shown only on a terminal anyway)",
             )
+    text = "read saved messages or header blocks and print what the agent concludes from them"
+    sub = commands.add_parser("inspect", help=text, description=text)
+    sub.add_argument("files", nargs="+", type=Path, metavar="FILE", help="raw message (LF or CRLF)")
+    sub.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="verify probe tokens with this configuration's secret (and, with --mailbox, apply "
+        "that mailbox's trust rules)",
+    )
+    sub.add_argument("--mailbox", help="the configured mailbox the messages were found in")
+    sub.add_argument(
+        "--trusted-authserv-id",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="trust Authentication-Results fields with this authserv-id (repeatable; overrides "
+        "the mailbox's)",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object per file and line")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "inspect":
+        return _inspect(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -119,6 +149,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """The `inspect` command: exit 0 when every file was read, 2 otherwise (or on bad options)."""
+    keys: KeyRing | None = None
+    trusted: tuple[str, ...] = tuple(args.trusted_authserv_id)
+    recipient: str | None = None
+    if args.mailbox is not None and args.config is None:
+        print("deliverability-agent: inspect: --mailbox needs --config", file=sys.stderr)
+        return EXIT_USAGE
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"deliverability-agent: invalid configuration:\n{exc}", file=sys.stderr)
+            return EXIT_USAGE
+        keys = KeyRing(config.secret.get_secret_value().encode())
+        if args.mailbox is not None:
+            try:
+                mailbox = config.mailbox(args.mailbox)
+            except KeyError:
+                try:
+                    mailbox = config.bounce_mailbox(args.mailbox)
+                except KeyError:
+                    known = [m.name for m in (*config.mailboxes, *config.bounce_mailboxes)]
+                    print(
+                        f"deliverability-agent: inspect: no mailbox {args.mailbox!r} in "
+                        f"{args.config} (known: {', '.join(known) or 'none'})",
+                        file=sys.stderr,
+                    )
+                    return EXIT_USAGE
+            recipient = mailbox.address
+            trusted = trusted or mailbox.trusted_authserv_ids
+    options = InspectOptions(keys=keys, trusted_authserv_ids=trusted, recipient=recipient)
+    status = EXIT_OK
+    for path, content in read_inputs(args.files):
+        if isinstance(content, OSError):
+            print(f"deliverability-agent: {path}: {content.strerror or content}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        report = inspect_message(content, options)
+        print(render_json(str(path), report) if args.json else render_text(str(path), report))
+    return status
 
 
 def _state_dir_problem(state_dir: Path) -> str | None:
@@ -157,7 +230,7 @@ async def _sandbox(config: Config) -> AsyncIterator[SandboxServer | None]:
 
 
 def probe_json(record: ProbeRecord) -> dict[str, Any]:
-    """The `once --json` object of one probe (a public format: see docs/cli.md)."""
+    """The `once --json` object of one probe (a public format: see the README's "Commands")."""
     error = record.send_error
     auth = record.auth
     return {
