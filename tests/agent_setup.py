@@ -27,7 +27,12 @@ class AgentSetup:
     routes: list[dict[str, Any]] = field(default_factory=list)
     mailboxes: list[dict[str, Any]] = field(default_factory=list)
     probes: dict[str, Any] = field(
-        default_factory=lambda: {"interval": "1m", "jitter": "0s", "deadline": "60s"}
+        default_factory=lambda: {
+            "interval": "1m",
+            "jitter": "0s",
+            "start": "immediate",  # tests wait for the first probe, not for the pair's phase
+            "deadline": "60s",
+        }
     )
 
     def route(

@@ -53,6 +53,12 @@ def one_pair_config(
                 **(mailbox or {}),
             }
         ],
-        "probes": {"interval": "1m", "jitter": "0s", "deadline": "1m", **(probes or {})},
+        "probes": {
+            "interval": "1m",
+            "jitter": "0s",
+            "start": "immediate",  # tests await the first probe, not the pair's phase
+            "deadline": "1m",
+            **(probes or {}),
+        },
     }
     return validate_config(data, base_dir=tmp_path, environ={})

@@ -247,6 +247,7 @@ def _scenario(mail_system: MailSystem, directory: Path, port: int) -> Path:
         # of the agent, so the increase it sees may be the second round's, 10 s later.
         "interval": "10s",
         "jitter": "0s",
+        "start": "immediate",
         "deadline": "60s",
         "pairs": [{"route": route, "mailbox": mailbox} for route, mailbox in PAIRS],
     }

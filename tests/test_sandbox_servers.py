@@ -127,7 +127,7 @@ def _config(sandbox: SandboxServer, tmp_path: Path, routes: list[tuple[str, str,
             mailbox("junk-seed", "junk", JUNK_SEED, PASSWORDS["seed"]),
         ],
         "bounce_mailboxes": [mailbox("bounces", "bounces", BOUNCES, PASSWORDS["bounces"])],
-        "probes": {"interval": "1m", "jitter": "0s", "deadline": "3s"},
+        "probes": {"interval": "1m", "jitter": "0s", "start": "immediate", "deadline": "3s"},
     }
     return validate_config(data, base_dir=tmp_path, environ={})
 

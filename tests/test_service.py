@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.app.service import Agent
+from agent.app.service import Agent, pair_phase
 from agent.config import Config
 from agent.model import Arrival, ErrorKind, Outcome, SendResult, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
@@ -65,6 +65,39 @@ async def test_schedule_creates_one_non_overlapping_job_per_pair(tmp_path: Path)
         assert jobs[0].trigger.jitter == 30
     finally:
         await agent.stop()
+
+
+async def test_spread_start_gives_each_pair_a_fixed_phase_spread_over_the_interval(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, 25, interval="10m", jitter="0s", start="spread")
+    agent = Agent(config, recorder=Recorder(new_registry()))
+    await agent.start()
+    try:
+        before = time.time()
+        agent.schedule()
+        (job,) = agent.scheduled_jobs()
+        first = job.next_run_time.timestamp()
+        # The pair's phase of the interval, from now on: within one interval, at its phase.
+        assert before <= first < before + 600
+        assert (first - pair_phase("r", "m") * 600) % 600 == pytest.approx(0, abs=1e-3)
+        agent.schedule()  # a reload schedules again: the same instant, no herd
+        (again,) = agent.scheduled_jobs()
+        assert again.next_run_time.timestamp() == pytest.approx(first, abs=1e-3)
+    finally:
+        await agent.stop()
+
+
+def test_pair_phases_are_stable_and_spread_evenly() -> None:
+    assert pair_phase("r", "m") == pair_phase("r", "m")
+    assert pair_phase("r", "m") != pair_phase("m", "r")
+    # 10,000 pairs over ten slices of the interval: each slice holds close to a tenth. (The
+    # hash is fixed, so this is a property of the function, not a chance outcome.)
+    slices = [0] * 10
+    for route in range(100):
+        for mailbox in range(100):
+            slices[int(pair_phase(f"r{route:03d}", f"m{mailbox:03d}") * 10)] += 1
+    assert min(slices) > 900 and max(slices) < 1100, slices
 
 
 async def test_start_gives_probes_interrupted_mid_send_their_one_outcome(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ through `Outcomes`, which writes the ledger first and the metrics second.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -20,7 +21,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from agent.config import Config, Mailbox
+from agent.config import Config, Mailbox, StartMode
 from agent.dns.checks import declare_dns_series, run_dns_checks
 from agent.imap import (
     Disposition,
@@ -232,21 +233,36 @@ class Agent:
         return list(await asyncio.gather(*(self.outcomes.wait(pid) for pid in probe_ids)))
 
     def schedule(self) -> None:
-        """Start the APScheduler jobs: one per pair, each on its own interval with jitter."""
+        """Start the APScheduler jobs: one per pair, each on its own interval with jitter, at the
+        pair's own phase (`probes.start: spread`) or first right away (`immediate`)."""
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         probes = self.config.probes
         now = self._clock()
         for route, mailbox in self.config.pairs():
-            first = now + random.uniform(0.0, min(probes.jitter, probes.interval) or 1.0)
+            if probes.start is StartMode.SPREAD:
+                # Runs at origin + k * interval: the same instants after every restart and
+                # reload, and pairs spread evenly over the interval, so no herd at start.
+                origin = pair_phase(route.name, mailbox.name) * probes.interval
+                trigger = IntervalTrigger(
+                    seconds=probes.interval,
+                    jitter=probes.jitter or None,
+                    start_date=_datetime(origin),
+                )
+                first = trigger.get_next_fire_time(None, _datetime(now))
+            else:
+                trigger = IntervalTrigger(seconds=probes.interval, jitter=probes.jitter or None)
+                first = _datetime(
+                    now + random.uniform(0.0, min(probes.jitter, probes.interval) or 1.0)
+                )
             scheduler.add_job(
                 self.probe_pair,
-                IntervalTrigger(seconds=probes.interval, jitter=probes.jitter or None),
+                trigger,
                 args=(route.name, mailbox.name),
                 id=f"probe:{route.name}:{mailbox.name}",
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=int(probes.interval),
-                next_run_time=_datetime(first),
+                next_run_time=first,
             )
         self._schedule_dns_checks(scheduler, now)
         scheduler.start()
@@ -478,6 +494,13 @@ def _watched_mailboxes(config: Config) -> dict[str, tuple[Mailbox, bool]]:
     watched = {mailbox.name: (mailbox, False) for mailbox in config.mailboxes}
     watched.update((mailbox.name, (mailbox, True)) for mailbox in config.bounce_mailboxes)
     return watched
+
+
+def pair_phase(route: str, mailbox: str) -> float:
+    """Where in its interval a pair is probed, in [0, 1): a stable hash of the pair (the same in
+    every process and release), so phases are spread evenly and do not move on a restart."""
+    digest = hashlib.blake2b(f"{route}\0{mailbox}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def _datetime(epoch: float) -> datetime:

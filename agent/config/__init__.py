@@ -44,6 +44,7 @@ from agent.config.scalars import (
     ListenAddress,
     LogLevel,
     Nameserver,
+    StartMode,
     format_duration,
     parse_duration,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "SandboxReply",
     "SandboxRule",
     "SandboxVerdicts",
+    "StartMode",
     "Timeouts",
     "format_duration",
     "load_config",

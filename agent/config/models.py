@@ -38,6 +38,7 @@ from agent.config.scalars import (
     Nameserver,
     Port,
     PositiveDuration,
+    StartMode,
     Text,
     Word,
     _duration,
@@ -267,6 +268,7 @@ class Probes(_Model):
 
     interval: Annotated[float, _duration(minimum=10.0)] = _DEFAULT_INTERVAL
     jitter: Annotated[float, _duration()] = _DEFAULT_INTERVAL / 10  # default: 10% of interval
+    start: StartMode = StartMode.SPREAD
     deadline: PositiveDuration = 600.0
     cleanup: Cleanup = Cleanup.DELETE
     pairs: tuple[PairRef, ...] | None = None  # None: every route to every mailbox

@@ -241,6 +241,13 @@ class LogLevel(enum.StrEnum):
         return logging.getLevelNamesMapping()[self.name]
 
 
+class StartMode(enum.StrEnum):
+    """When each pair's probes are sent within their interval."""
+
+    SPREAD = "spread"  # at a fixed phase from a stable hash of the pair: a constant send rate
+    IMMEDIATE = "immediate"  # the first right after start (within the jitter), then every interval
+
+
 class Cleanup(enum.StrEnum):
     """What happens to a probe message in the seed mailbox once it has been read."""
 
