@@ -128,10 +128,14 @@ async def test_a_server_silent_in_idle_sets_imap_up_to_0_and_the_watcher_reconne
         await agent.start()
         try:
             assert await recorder.next_health() == (False, None)  # declared at start
+            assert agent.mailboxes_up() == {"m": False}
             assert await recorder.next_health() == (True, None)  # selected, then in IDLE
             assert _metric(registry, "deliverability_imap_up", mailbox="m") == 1
+            # The status page reads the agent's own state, which says what the metric says.
+            assert agent.mailboxes_up() == {"m": True}
             assert await recorder.next_health() == (False, ErrorKind.TIMEOUT)
             assert _metric(registry, "deliverability_imap_up", mailbox="m") == 0
+            assert agent.mailboxes_up() == {"m": False}
             errors = "deliverability_imap_errors_total"
             assert _metric(registry, errors, mailbox="m", kind="timeout") == 1
             assert await recorder.next_health() == (True, None)  # a new connection, with backoff

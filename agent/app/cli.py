@@ -31,7 +31,7 @@ from agent.app.service import Agent
 from agent.config import Config, ConfigError, load_config
 from agent.errors import AgentError
 from agent.model import ConfigLoaded, Outcome
-from agent.monitoring.catalog import IMAP_UP, new_registry
+from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
@@ -42,7 +42,7 @@ from agent.web.http_server import BasicAuth, HttpServer, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    pass
 
 __all__ = ["main", "probe_json", "readiness_of"]
 
@@ -402,15 +402,6 @@ class _RunState:
     sandbox: str | None = None
 
 
-def _mailboxes_up(registry: CollectorRegistry, config: Config) -> dict[str, bool | None]:
-    """Each seed mailbox's IMAP state, as /metrics shows it (deliverability_imap_up)."""
-    states: dict[str, bool | None] = {}
-    for mailbox in config.mailboxes:
-        value = registry.get_sample_value(IMAP_UP.name, {"mailbox": mailbox.name})
-        states[mailbox.name] = None if value is None else value == 1.0
-    return states
-
-
 def _url(scheme: str, host: str, port: int, path: str) -> str:
     shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
     return f"{scheme}://{shown}:{port}{path}"
@@ -456,7 +447,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
             started_at=state.started_at,
             config_ok=state.config_ok,
             config_loaded_at=state.config_loaded_at,
-            mailboxes_up=_mailboxes_up(registry, agent.config),
+            mailboxes_up=dict(agent.mailboxes_up()),
             sandbox=state.sandbox,
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time())

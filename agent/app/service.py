@@ -289,6 +289,17 @@ class Agent:
         if report is not None:
             self.recorder.record(report)
 
+    def mailboxes_up(self) -> dict[str, bool]:
+        """Each seed mailbox's IMAP state, as deliverability_imap_up shows it (up only while
+        every watched folder's connection is), from the agent's own state: O(mailboxes), where
+        asking the registry would collect every series once per mailbox."""
+        states: dict[str, bool] = {}
+        for mailbox in self.config.mailboxes:
+            watch = self._watches.get(mailbox.name)
+            folders = watch.folders_up if watch is not None else {}
+            states[mailbox.name] = bool(folders) and all(folders.values())
+        return states
+
     def scheduled_jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []
 
