@@ -27,6 +27,7 @@ __all__ = [
     "LedgerHealth",
     "MessageSkipped",
     "Outcome",
+    "PairInFlight",
     "ProbeError",
     "ProbeFinished",
     "ProbeLate",
@@ -326,9 +327,19 @@ class LedgerHealth:
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
-    """Probes without a final outcome, per (route, mailbox), as the ledger counts them."""
+    """Probes without a final outcome, per (route, mailbox), as the ledger counts them: every
+    pair at once (at start and after a reload)."""
 
     counts: Mapping[tuple[str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class PairInFlight:
+    """One pair's count of probes without a final outcome changed: O(1) per probe event."""
+
+    route: str
+    mailbox: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from agent.model import (
     LedgerHealth,
     MessageSkipped,
     Outcome,
+    PairInFlight,
     ProbeError,
     ProbeFinished,
     ProbeLate,
@@ -513,6 +514,22 @@ def test_metrics_set_in_flight_zeroes_declared_pairs_absent_from_counts(
     assert value(registry, in_flight, route=ROUTE, mailbox=GMAIL) == 0
     assert value(registry, in_flight, route=ROUTE, mailbox=OUTLOOK) == 3
     assert value(registry, in_flight, route="gone", mailbox=GMAIL) is None
+
+
+def test_metrics_pair_in_flight_sets_one_pair_and_drops_an_undeclared_pair_at_zero(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.record(InFlight({(ROUTE, OUTLOOK): 3, ("gone", GMAIL): 1}))
+    recorder.record(PairInFlight(ROUTE, GMAIL, 2))
+    recorder.record(PairInFlight("gone", GMAIL, 0))  # a removed pair's last probe finished
+
+    in_flight = "deliverability_probes_in_flight"
+    assert value(registry, in_flight, route=ROUTE, mailbox=GMAIL) == 2
+    assert value(registry, in_flight, route=ROUTE, mailbox=OUTLOOK) == 3  # untouched
+    assert value(registry, in_flight, route="gone", mailbox=GMAIL) is None
+    recorder.record(PairInFlight(ROUTE, GMAIL, 0))
+    assert value(registry, in_flight, route=ROUTE, mailbox=GMAIL) == 0  # declared: stays at 0
 
 
 def test_metrics_mailbox_watcher_events(recorder: Recorder, registry: CollectorRegistry) -> None:

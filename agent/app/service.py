@@ -350,6 +350,7 @@ class Agent:
                 await asyncio.gather(watch.task, return_exceptions=True)
                 del self._watches[name]
         self._declare()
+        self.outcomes.refresh_in_flight()  # pairs added or removed: recount every pair once
         for name, (mailbox, bounces) in new_mailboxes.items():
             if name not in self._watches:
                 self._start_watch(mailbox, bounces=bounces)

@@ -32,6 +32,7 @@ from agent.model import (
     LedgerHealth,
     MessageSkipped,
     Outcome,
+    PairInFlight,
     ProbeFinished,
     ProbeLate,
     ProbeSent,
@@ -87,6 +88,7 @@ Result = (
     | MessageSkipped
     | ImapHealth
     | InFlight
+    | PairInFlight
     | LedgerHealth
     | ConfigLoaded
     | DnsReport
@@ -132,6 +134,7 @@ class Recorder:
         # Every labelled child we created, per metric, so declare() can remove the stale ones.
         self._children: dict[str, set[tuple[str, ...]]] = {spec.name: set() for spec in CATALOG}
         self._pairs: tuple[tuple[str, str], ...] = ()
+        self._declared_pairs: frozenset[tuple[str, str]] = frozenset()
         self._tls_versions: dict[str, str] = {}
         self._g(BUILD_INFO, version).set(1)
         for ledger_kind in LedgerErrorKind:
@@ -226,6 +229,7 @@ class Recorder:
                 self._c(IMAP_ERRORS, mailbox, imap_kind.value)
             self._c(MALFORMED_MESSAGES, mailbox)
         self._pairs = ordered
+        self._declared_pairs = frozenset(ordered)
 
     def _bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
         """One bounce of one probe (the caller makes sure each is counted once)."""
@@ -270,6 +274,8 @@ class Recorder:
                 self._imap_state(mailbox, up)
             case InFlight(counts):
                 self._set_in_flight(counts)
+            case PairInFlight(route, mailbox, count):
+                self._set_pair_in_flight((route, mailbox), count)
             case LedgerHealth(writable, error):
                 self._ledger_health(writable, error)
             case ConfigLoaded(ok, at):
@@ -343,7 +349,7 @@ class Recorder:
     def _set_in_flight(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Set the in-flight gauge of every pair from `Ledger.in_flight_counts`: declared pairs
         absent from `counts` read 0; undeclared pairs that drop out are removed."""
-        declared = set(self._pairs)
+        declared = self._declared_pairs
         for pair in self._pairs:
             self._g(PROBES_IN_FLIGHT, *pair).set(counts.get(pair, 0))
         for pair, count in counts.items():
@@ -352,6 +358,15 @@ class Recorder:
         for values in sorted(self._children[PROBES_IN_FLIGHT.name]):
             if values not in declared and values not in counts:
                 self._remove(PROBES_IN_FLIGHT, values)
+
+    def _set_pair_in_flight(self, pair: tuple[str, str], count: int) -> None:
+        """One pair's in-flight gauge; an undeclared pair (removed by a reload, probes still in
+        flight) loses its series at 0."""
+        if count == 0 and pair not in self._declared_pairs:
+            if pair in self._children[PROBES_IN_FLIGHT.name]:
+                self._remove(PROBES_IN_FLIGHT, pair)
+            return
+        self._g(PROBES_IN_FLIGHT, *pair).set(count)
 
     # -- the ledger -------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ probe and finalized from there (`settle_arrival`), never kept in memory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from agent.model import (
     InFlight,
     MessageSkipped,
     Outcome,
+    PairInFlight,
     ProbeFinished,
     ProbeLate,
     ProbeSent,
@@ -66,6 +68,9 @@ class Outcomes:
         self._ledger = ledger
         self._recorder = recorder
         self._waiters: dict[str, asyncio.Future[FinalOutcome]] = {}
+        # Open probes per pair, kept in step with the ledger by the writes below, so each probe
+        # event updates one gauge child instead of recounting every pair.
+        self._in_flight: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- the sender's side ------------------------------------------------------------------------
 
@@ -81,7 +86,7 @@ class Outcomes:
             deadline_at=deadline_at,
         )
         self._recorder.record(ProbeSent(route, mailbox))
-        self.refresh_in_flight()
+        self._in_flight_changed((route, mailbox), +1)
 
     def sent(self, probe_id: str, result: SendResult) -> ProbeRecord:
         """The SMTP transaction ended: store and record its result; the probe as stored now."""
@@ -250,7 +255,7 @@ class Outcomes:
                 route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
             ),
         )
-        self.refresh_in_flight()
+        self._in_flight_changed((record.route, record.mailbox), -1)
         waiter = self._waiters.pop(record.probe_id, None)
         if waiter is not None and not waiter.done():
             folder = arrival.folder if arrival is not None else None
@@ -316,7 +321,18 @@ class Outcomes:
         return True
 
     def refresh_in_flight(self) -> None:
-        self._recorder.record(InFlight(self._ledger.in_flight_counts()))
+        """Recount open probes from the ledger (at start and after a reload), every pair."""
+        counts = self._ledger.in_flight_counts()
+        self._in_flight = collections.Counter(counts)
+        self._recorder.record(InFlight(counts))
+
+    def _in_flight_changed(self, pair: tuple[str, str], change: int) -> None:
+        count = max(0, self._in_flight[pair] + change)
+        if count:
+            self._in_flight[pair] = count
+        else:
+            self._in_flight.pop(pair, None)
+        self._recorder.record(PairInFlight(*pair, count))
 
     def wait(self, probe_id: str) -> asyncio.Future[FinalOutcome]:
         """A future resolved when the probe is finalized (at once if it already is)."""
