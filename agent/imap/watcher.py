@@ -328,6 +328,8 @@ class FolderWatcher:
     ) -> None:
         fetched = await conn.fetch(uid, self._max_bytes)
         seen_at = time.time() if seen_at is None else seen_at
+        # Asked before the UID counts as handed over: a cancellation here loses nothing.
+        category, broken = (None, None) if fetched is None else await self._category(conn, uid)
         self._last_uid = max(self._last_uid, uid)
         self._retries.pop(uid, None)  # fetched (or gone): handed over now, or not at all
         if fetched is None:
@@ -336,7 +338,6 @@ class FolderWatcher:
             )
             return
         raw, size = fetched
-        category, broken = await self._category(conn, uid)
         message = FetchedMessage(
             mailbox=self._target.mailbox,
             folder=self._folder,
