@@ -1,15 +1,25 @@
 """Gmail inbox categories: the inbox watcher asks a server that advertises X-GM-EXT-1 which tab a
 message is in (`UID SEARCH UID <uid> X-GM-RAW "category:<tab>"`), against scripted servers that
-answer as Google documents, and the real Dovecot (no X-GM-EXT-1: nothing changes)."""
+answer as Google documents, and the real Dovecot (no X-GM-EXT-1: nothing changes); the matcher
+keeps a category for inbox placements only."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from agent.imap import Disposition
 from agent.model import ErrorKind, InboxCategory
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder as MetricsRecorder
+from agent.probing.matcher import Matcher
+from agent.probing.outcomes import Outcomes
+from agent.probing.probe_message import build_probe_message
+from agent.reading.probe_token import KeyRing, new_probe_id
+from agent.store.ledger import Ledger
 from tests.imap_helpers import (
     WAIT,
     Recorder,
@@ -21,6 +31,7 @@ from tests.imap_helpers import (
     unique,
 )
 from tests.mailsystem import MailSystem
+from tests.one_pair_config import SECRET, one_pair_config
 from tests.scripted_imap import (
     CAPABILITIES,
     Expect,
@@ -210,3 +221,44 @@ async def test_dovecot_without_the_extension_hands_inbox_messages_over_without_a
         message = await recorder.next_message()
     assert (subject_of(message), message.category) == (subject, None)
     assert recorder.states.empty()  # no search was refused: none was sent
+
+
+@pytest.mark.parametrize(
+    ("folder", "kept"), [("INBOX", InboxCategory.SOCIAL), ("Junk", None), ("Archive", None)]
+)
+def test_the_matcher_keeps_a_category_for_an_inbox_placement_only(
+    tmp_path: Path, folder: str, kept: InboxCategory | None
+) -> None:
+    config = one_pair_config(tmp_path, imap_port=1, mailbox={"address": "seed@seed.test"})
+    mailbox = config.mailbox("m")
+    probe_id = new_probe_id()
+    message = build_probe_message(
+        probe_id=probe_id,
+        secret=SECRET.encode(),
+        header_from="probe@client.test",
+        to="seed@seed.test",
+        route="r",
+        mailbox="m",
+        sent_at=datetime.now(UTC),
+    )
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        ledger.record_sending(
+            probe_id=probe_id, route="r", mailbox="m", created_at=1.0, deadline_at=601.0
+        )
+        matcher = Matcher(
+            ledger=ledger,
+            outcomes=Outcomes(ledger, MetricsRecorder(new_registry())),
+            keys=KeyRing(SECRET.encode()),
+            cleanup=config.probes.cleanup,
+        )
+        matcher.handle(
+            mailbox,
+            folder,
+            message.as_bytes(),
+            seen_at=2.0,
+            junk="Junk",
+            category=InboxCategory.SOCIAL,  # as a watcher would never send it outside INBOX
+        )
+        stored = ledger.get(probe_id)
+    assert stored is not None and stored.arrival is not None
+    assert (stored.arrival.folder, stored.arrival.category) == (folder, kept)
