@@ -23,6 +23,7 @@ __all__ = [
     "FoundBy",
     "ImapHealth",
     "InFlight",
+    "InboxCategory",
     "LedgerErrorKind",
     "LedgerHealth",
     "MessageSkipped",
@@ -129,6 +130,16 @@ class FoundBy(enum.StrEnum):
     POLL = "poll"  # a poll (the server has no IDLE, or IDLE is off)
 
 
+class InboxCategory(enum.StrEnum):
+    """The Gmail inbox tab of a probe delivered to the inbox (read with X-GM-RAW `category:`)."""
+
+    PRIMARY = "primary"
+    PROMOTIONS = "promotions"
+    SOCIAL = "social"
+    UPDATES = "updates"
+    FORUMS = "forums"
+
+
 class AuthMethod(enum.StrEnum):
     """Authentication-Results methods the agent reports."""
 
@@ -229,6 +240,8 @@ class Arrival:
     seen_at: float  # wall-clock time the watcher saw the message
     auth: AuthVerdicts = field(default_factory=AuthVerdicts)
     found_by: FoundBy | None = None  # None: not recorded (an arrival stored by an older version)
+    # The Gmail tab, for inbox placements on servers with X-GM-EXT-1; None: not known or asked
+    category: InboxCategory | None = None
 
 
 # --- what the recorder is handed: one frozen result per thing that happened ---------------------

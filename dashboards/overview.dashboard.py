@@ -267,6 +267,26 @@ grid.add(
     )
 )
 
+grid.add(
+    timeseries(
+        "Gmail inbox tabs",
+        shows="Probes delivered to the inbox per seed mailbox over a sliding hour, stacked by "
+        "Gmail tab (primary, promotions, social, updates, forums). Only mailboxes whose IMAP "
+        "server advertises X-GM-EXT-1 (Gmail) have these series; others stay empty.",
+        when_bad="Probes moving from primary to promotions or updates: Gmail reads them as bulk "
+        "or automated mail. Compare with the content and sending pattern of your real mail; the "
+        "tab is not spam, but fewer people open it.",
+        targets=[
+            target(
+                "sum by (mailbox, category) (increase(deliverability_inbox_category_total"
+                f"{{{PAIR}}}[1h]))",
+                "{{mailbox}} {{category}}",
+            )
+        ],
+        stacked=True,
+    )
+)
+
 # --- latency --------------------------------------------------------------------------------------
 grid.row("Delivery latency")
 grid.add(

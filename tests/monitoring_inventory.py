@@ -195,6 +195,7 @@ def vocabulary() -> Vocabulary:
     }
     metric_values = {
         (metrics.LEDGER_ERRORS.name, "kind"): enum_values(model.LedgerErrorKind),
+        (metrics.INBOX_CATEGORIES.name, "category"): enum_values(model.InboxCategory),
         (metrics.BOUNCES.name, "type"): enum_values(model.BounceType),
         (metrics.BOUNCES.name, "source"): enum_values(model.BounceSource),
         (metrics.DNS_CHECK_OK.name, "check"): enum_values(DnsCheck),

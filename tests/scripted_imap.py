@@ -27,6 +27,8 @@ __all__ = [
     "Send",
     "Step",
     "fetch_response",
+    "gmail_category_search",
+    "logged_in",
 ]
 
 
@@ -76,18 +78,27 @@ class Close:
 Step = Send | Raw | Expect | Pause | Hang | Close
 
 GREETING = Send("* OK scripted IMAP server ready")
+CAPABILITIES = "IMAP4rev1 IDLE UIDPLUS"
 CAPABILITY_EXCHANGE: tuple[Step, ...] = (
     Expect("CAPABILITY"),
-    Send("* CAPABILITY IMAP4rev1 IDLE UIDPLUS\n{tag} OK CAPABILITY completed"),
+    Send(f"* CAPABILITY {CAPABILITIES}\n{{tag}} OK CAPABILITY completed"),
 )
-# Greeting, capabilities, LOGIN accepted, capabilities again: what precedes SELECT or LIST.
-LOGGED_IN: tuple[Step, ...] = (
-    GREETING,
-    *CAPABILITY_EXCHANGE,
-    Expect("LOGIN"),
-    Send("{tag} OK Logged in"),
-    *CAPABILITY_EXCHANGE,
-)
+
+
+def logged_in(capabilities: str = CAPABILITIES) -> tuple[Step, ...]:
+    """Greeting, capabilities, LOGIN accepted, capabilities again: what precedes SELECT or LIST.
+    A server that advertises more once logged in (Gmail's X-GM-EXT-1) passes `capabilities`."""
+    return (
+        GREETING,
+        *CAPABILITY_EXCHANGE,
+        Expect("LOGIN"),
+        Send("{tag} OK Logged in"),
+        Expect("CAPABILITY"),
+        Send(f"* CAPABILITY {capabilities}\n{{tag}} OK CAPABILITY completed"),
+    )
+
+
+LOGGED_IN: tuple[Step, ...] = logged_in()
 
 
 def fetch_response(uid: int, body: bytes) -> Raw:
@@ -95,6 +106,16 @@ def fetch_response(uid: int, body: bytes) -> Raw:
     return Raw(
         b"* %d FETCH (UID %d RFC822.SIZE %d BODY[]<0> {%d}\r\n%s)\r\n"
         % (uid, uid, len(body), len(body), body)
+    )
+
+
+def gmail_category_search(uid: int, category: str, *, found: bool) -> tuple[Step, Step]:
+    """Gmail's answer to the search for one inbox tab of message `uid`: the UID when the message
+    is in that tab, an empty SEARCH when not (Google's IMAP extensions document, X-GM-RAW)."""
+    answer = f"* SEARCH {uid}" if found else "* SEARCH"
+    return (
+        Expect(f'UID SEARCH UID {uid} X-GM-RAW "category:{category}"'),
+        Send(f"{answer}\n{{tag}} OK SEARCH completed (Success)"),
     )
 
 

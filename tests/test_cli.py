@@ -34,6 +34,7 @@ ONCE_KEYS = [
     "probe_id",
     "outcome",
     "folder",
+    "category",
     "latency_seconds",
     "smtp",
     "auth",

@@ -19,6 +19,7 @@ from agent.model import (
     AuthVerdicts,
     ErrorKind,
     FoundBy,
+    InboxCategory,
     Outcome,
     ProbeError,
     SendResult,
@@ -592,3 +593,28 @@ def test_ledger_marks_only_a_probe_still_being_sent_as_interrupted(ledger: Ledge
     assert record(ledger, "p1").state is ProbeState.AWAITING
     with pytest.raises(UnknownProbeError):
         ledger.mark_interrupted("nope", at=T0)
+
+
+def test_ledger_keeps_the_gmail_tab_of_an_arrival_and_reads_arrivals_stored_without_one(
+    ledger: Ledger,
+) -> None:
+    send(ledger, "tabbed")
+    send(ledger, "older")
+    tabbed = Arrival(
+        "tabbed", "seed", "INBOX", Outcome.INBOX, T0 + 1.0, category=InboxCategory.UPDATES
+    )
+    assert ledger.record_arrival(tabbed)
+    assert ledger.record_arrival(Arrival("older", "seed", "INBOX", Outcome.INBOX, T0 + 1.0))
+    # An arrival written before the category was recorded has no such key at all.
+    conn = sqlite3.connect(ledger.path)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE probes SET arrival = json_remove(arrival, '$.category')"
+                " WHERE probe_id = 'older'"
+            )
+    finally:
+        conn.close()
+    assert record(ledger, "tabbed").arrival == tabbed
+    older = record(ledger, "older").arrival
+    assert older is not None and older.category is None

@@ -8,6 +8,7 @@ byte for byte. After an intended change, regenerate it and review the diff:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ from agent.model import (
     ErrorKind,
     FoundBy,
     ImapHealth,
+    InboxCategory,
     InFlight,
     LedgerErrorKind,
     LedgerHealth,
@@ -189,10 +191,13 @@ def play_fixed_sequence(recorder: Recorder) -> None:
             Outcome.INBOX,
             finished_at=T0 + 5.0,
             latency_seconds=4.6,
-            arrival=_arrival(
-                GMAIL,
-                Outcome.INBOX,
-                AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS),
+            arrival=dataclasses.replace(
+                _arrival(
+                    GMAIL,
+                    Outcome.INBOX,
+                    AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS),
+                ),
+                category=InboxCategory.PROMOTIONS,
             ),
         )
     )
@@ -299,6 +304,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
         | {str(m) for m in LedgerErrorKind}
+        | {str(m) for m in InboxCategory}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -435,6 +441,36 @@ def test_metrics_counts_how_each_found_probe_was_found_once_per_probe(
         if name == "deliverability_probes_found_total"
     }
     assert found == {"select": 0, "push": 0, "check": 2, "poll": 0}
+
+
+def test_metrics_counts_gmail_tabs_of_inbox_probes_with_series_only_for_categorised_pairs(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    tabs = "deliverability_inbox_category_total"
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    assert not [name for name, _, _ in samples(registry) if name == tabs]  # none at start
+
+    def finish(mailbox: str, outcome: Outcome, category: InboxCategory | None) -> None:
+        arrival = dataclasses.replace(_arrival(mailbox, outcome, AuthVerdicts()), category=category)
+        recorder.record(ProbeFinished(ROUTE, mailbox, outcome, finished_at=T0, arrival=arrival))
+
+    finish(GMAIL, Outcome.INBOX, InboxCategory.SOCIAL)
+    finish(GMAIL, Outcome.INBOX, InboxCategory.SOCIAL)
+    finish(OUTLOOK, Outcome.INBOX, None)  # no X-GM-EXT-1: no series for this pair
+    finish(GMAIL, Outcome.SPAM, InboxCategory.PRIMARY)  # a tab means nothing outside the inbox
+
+    counted = {
+        (labels["mailbox"], labels["category"]): count
+        for name, labels, count in samples(registry)
+        if name == tabs
+    }
+    # The pair's first categorised probe creates its five series at once.
+    assert counted == {
+        (GMAIL, category.value): 2.0 if category is InboxCategory.SOCIAL else 0.0
+        for category in InboxCategory
+    }
+    recorder.declare([(ROUTE, OUTLOOK)])  # a pair no longer configured loses its series
+    assert not [name for name, _, _ in samples(registry) if name == tabs]
 
 
 def test_metrics_smtp_result_counts_replies_errors_duration_and_tls(

@@ -12,9 +12,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.app.cli import probe_json
 from agent.app.service import Agent
 from agent.config import Config
-from agent.model import ErrorKind, ImapHealth, Outcome, SendResult, SmtpReply, Stage
+from agent.model import (
+    ErrorKind,
+    ImapHealth,
+    InboxCategory,
+    Outcome,
+    SendResult,
+    SmtpReply,
+    Stage,
+)
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder, Result
 from agent.probing.probe_message import build_probe_message
@@ -22,6 +31,7 @@ from agent.reading.probe_token import new_probe_id
 from agent.store.ledger import Ledger
 from tests.one_pair_config import SECRET, one_pair_config
 from tests.scripted_imap import (
+    CAPABILITIES,
     LOGGED_IN,
     Expect,
     Hang,
@@ -30,6 +40,8 @@ from tests.scripted_imap import (
     Send,
     Step,
     fetch_response,
+    gmail_category_search,
+    logged_in,
 )
 
 WAIT = 30.0  # generous bound on anything awaited; tests pass far sooner
@@ -230,3 +242,47 @@ async def test_a_stop_during_a_hung_clean_up_returns_at_the_drain_timeout(
     # No LOGOUT after the unanswered STORE: a server that does not answer will not say goodbye.
     store = next(i for i, line in enumerate(server.received) if b"UID STORE" in line)
     assert not any(b"LOGOUT" in line for line in server.received[store:])
+
+
+async def test_a_probe_in_a_gmail_tab_is_stored_reported_and_counted_with_its_category(
+    tmp_path: Path,
+) -> None:
+    probe_id, raw = _probe()
+    gmail = (
+        *logged_in(f"{CAPABILITIES} X-GM-EXT-1"),
+        Expect("SELECT"),
+        Send("* 1 EXISTS\n* OK [UIDVALIDITY 7] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, raw),
+        Send("{tag} OK Fetched"),
+        *gmail_category_search(1, "primary", found=False),
+        *gmail_category_search(1, "promotions", found=True),
+        Expect("UID STORE"),
+        Send("{tag} OK Stored"),
+        Expect("UID EXPUNGE"),
+        Send("* 1 EXPUNGE\n{tag} OK Expunged"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    registry = new_registry()
+    async with ScriptedImapServer(*LISTING, then=gmail) as server:
+        config = _config(tmp_path, server.port, command_timeout="30s")
+        _in_flight(config, probe_id)
+        agent = Agent(config, recorder=Recorder(registry))
+        await agent.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                final = await agent.outcomes.wait(probe_id)
+        finally:
+            await agent.stop(drain_timeout=WAIT)
+    assert final.outcome is Outcome.INBOX
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        record = ledger.get(probe_id)
+    assert record is not None and record.arrival is not None
+    assert record.arrival.category is InboxCategory.PROMOTIONS
+    assert probe_json(record)["category"] == "promotions"
+    tabs = "deliverability_inbox_category_total"
+    assert _metric(registry, tabs, route="r", mailbox="m", category="promotions") == 1
+    assert _metric(registry, tabs, route="r", mailbox="m", category="primary") == 0

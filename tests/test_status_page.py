@@ -19,6 +19,7 @@ from agent.model import (
     AuthResult,
     AuthVerdicts,
     ErrorKind,
+    InboxCategory,
     Outcome,
     ProbeError,
     SendResult,
@@ -333,3 +334,23 @@ def test_status_page_shows_a_probe_cut_by_a_restart_waiting_then_its_error(
     ended = render(collect(ledger, config, HEALTH, now=NOW + 10))
     assert _cells(ended)[("primary", "gmail")] == "error"
     assert "interrupted by a restart mid-transaction" in ended
+
+
+def test_status_page_and_once_json_show_the_gmail_tab_of_an_inbox_probe(
+    ledger: Ledger, config: Config
+) -> None:
+    _probe(ledger, "tabbed", "primary", "gmail", at=NOW - 60, transcript=ACCEPTED)
+    arrival = Arrival(
+        "tabbed", "gmail", "INBOX", Outcome.INBOX, NOW - 55, category=InboxCategory.PROMOTIONS
+    )
+    ledger.finalize(
+        "tabbed", outcome=Outcome.INBOX, finished_at=NOW - 55, latency_seconds=4.0, arrival=arrival
+    )
+    page = render(collect(ledger, config, HEALTH, now=NOW))
+    assert _cells(page)[("primary", "gmail")] == "inbox"  # the outcome itself is unchanged
+    matrix = page[page.index('id="matrix"') : page.index("Recent probes")]
+    assert '<span class="badge o-inbox">inbox (promotions)</span>' in matrix
+    row = page[page.index('data-probe="tabbed"') :].split("</tr>", 1)[0]
+    assert "inbox (promotions)" in row
+    record = ledger.get("tabbed")
+    assert record is not None and probe_json(record)["category"] == "promotions"

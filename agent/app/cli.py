@@ -239,6 +239,8 @@ def probe_json(record: ProbeRecord) -> dict[str, Any]:
         "probe_id": record.probe_id,
         "outcome": str(record.outcome) if record.outcome else None,
         "folder": record.folder,
+        # The Gmail inbox tab, for an inbox placement on a server with X-GM-EXT-1; else null.
+        "category": _str(record.arrival.category) if record.arrival else None,
         "latency_seconds": record.latency_seconds,
         "smtp": [
             {

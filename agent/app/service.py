@@ -421,6 +421,8 @@ class Agent:
                 use_idle=self._use_idle,
                 poll_interval=self._poll_interval,
                 idle_check_interval=mailbox.idle_check_interval,
+                # Gmail tabs exist in the inbox only, and mean nothing for bounces.
+                inbox_categories=folder == mailbox.folders.inbox and not watch.bounces,
             )
             for folder in names
         ]
@@ -444,6 +446,7 @@ class Agent:
                         seen_at=message.seen_at,
                         junk=watch.junk,
                         found_by=message.found_by,
+                        category=message.category,
                     )
             except LedgerError as exc:
                 if exc.kind is None:

@@ -21,6 +21,8 @@ here, and nothing above sees an aioimaplib type. Choices worth knowing:
   one read fails as `protocol`.
 * Every error message and log line masks the target's secrets (`redactor_for`), and aioimaplib's
   own DEBUG line for LOGIN is dropped.
+* On a server advertising X-GM-EXT-1 (Gmail), `inbox_category` asks which inbox tab a message
+  is in with one `UID SEARCH UID <uid> X-GM-RAW "category:<tab>"` per tab, primary first.
 * Where aioimaplib has no public API, its private names are used in one place only: the section
   "aioimaplib gaps" below.
 """
@@ -50,17 +52,29 @@ from agent.imap.responses import (
     printable,
 )
 from agent.imap.target import ImapTarget
-from agent.model import ErrorKind, TlsMode
+from agent.model import ErrorKind, InboxCategory, TlsMode
 from agent.secrets import Redactor, credential_forms
 from agent.tls_sniff import answers_tls
 
-__all__ = ["Connection", "redactor_for"]
+__all__ = ["GMAIL_EXTENSIONS", "Connection", "redactor_for"]
 
 T = TypeVar("T")
 
 _LOGOUT_TIMEOUT: Final = 2.0  # a polite goodbye, never a reason to hang on shutdown
 _TLS_SNIFF_AFTER: Final = 2.0  # seconds without a byte on a plain connection before the TLS check
 _TLS_SNIFF_TIMEOUT: Final = 3.0
+# Gmail's IMAP extensions (X-GM-RAW among them) are there when this capability is advertised.
+GMAIL_EXTENSIONS: Final = "X-GM-EXT-1"
+# The order the tabs are asked in: primary first, where a probe should land, so the usual case
+# costs one command. Primary is asked, not inferred from four misses: a server that advertises
+# X-GM-EXT-1 but knows no categories then yields no category rather than a made-up "primary".
+_CATEGORY_ORDER: Final = (
+    InboxCategory.PRIMARY,
+    InboxCategory.PROMOTIONS,
+    InboxCategory.SOCIAL,
+    InboxCategory.UPDATES,
+    InboxCategory.FORUMS,
+)
 
 
 class _HideLoginCommand(logging.Filter):
@@ -261,6 +275,16 @@ class Connection:
     def has_capability(self, name: str) -> bool:
         return bool(self._client.has_capability(name))
 
+    @property
+    def gmail_extensions(self) -> bool:
+        """The server advertises X-GM-EXT-1 (capability names are case-insensitive)."""
+        return any(name.upper() == GMAIL_EXTENSIONS for name in self._protocol.capabilities)
+
+    @property
+    def failed(self) -> bool:
+        """The connection is gone (closed, lost, or an unparseable response): no command will do."""
+        return self._protocol.failure.done()
+
     async def login(self) -> None:
         target = self._target
         response = await self._call(
@@ -304,6 +328,26 @@ class Connection:
             raise self._error(ErrorKind.PROTOCOL, f"UID SEARCH: {exc}") from None
         # `n:*` always matches the highest UID, even one below n.
         return sorted({uid for uid in found if uid > last_uid})
+
+    async def inbox_category(self, uid: int) -> InboxCategory | None:
+        """The Gmail inbox tab of message `uid` of the selected folder (X-GM-EXT-1 servers only);
+        None when no tab matches. NO/BAD and timeouts raise `ImapError` like any command."""
+        for category in _CATEGORY_ORDER:
+            # Gmail's search syntax in one quoted string, ANDed with the UID: the answer is the
+            # UID when the message is in that tab, an empty SEARCH otherwise.
+            query = quote(f"category:{category.value}")
+            response = await self._call(
+                "UID SEARCH X-GM-RAW",
+                self._client.uid_search("UID", str(uid), "X-GM-RAW", query, charset=None),
+            )
+            self._check("UID SEARCH X-GM-RAW", response)
+            try:
+                found = parse_search(response.lines[:-1])
+            except ValueError as exc:
+                raise self._error(ErrorKind.PROTOCOL, f"UID SEARCH X-GM-RAW: {exc}") from None
+            if uid in found:
+                return category
+        return None
 
     async def fetch(self, uid: int, max_bytes: int) -> tuple[bytes, int] | None:
         """The first `max_bytes` of message `uid` and its full size; None if it is gone."""

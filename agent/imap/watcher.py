@@ -21,6 +21,11 @@ Choices worth knowing:
   message flagged but in the folder. Cancelling `run()` ends it at once: the caller's bound.
 * Handed-over UIDs are remembered per watcher with UIDVALIDITY, not on disk: after an agent restart
   the folder is handed over again, so the consumer must be idempotent.
+* A watcher of an inbox (`inbox_categories`) on a server with X-GM-EXT-1 asks each message's
+  Gmail tab before handing it over (`FetchedMessage.category`; one to five searches). A refused
+  search costs the message its category only (counted as an error, the session goes on); a search
+  left unanswered, or a lost connection, ends the session as any command would, but only after
+  the message was handed over without a category (a delete it asked for waits for the next one).
 * Every log line masks the mailbox's secrets (`ImapTarget.password` and `ImapTarget.secrets`).
 """
 
@@ -37,7 +42,7 @@ from agent.imap.connection import Connection, redactor_for
 from agent.imap.errors import ImapError
 from agent.imap.log import MaskedLog
 from agent.imap.target import ImapTarget
-from agent.model import ErrorKind, FoundBy
+from agent.model import ErrorKind, FoundBy, InboxCategory
 
 __all__ = [
     "Disposition",
@@ -60,6 +65,7 @@ class FetchedMessage:
     seen_at: float  # time.time() when the watcher got the message
     size: int  # the full size the server reports (RFC822.SIZE)
     found_by: FoundBy  # what started the pass that handed it over
+    category: InboxCategory | None = None  # the Gmail tab, when the watcher asked for it
 
     @property
     def truncated(self) -> bool:
@@ -100,12 +106,13 @@ class FolderWatcher:
     the backoff restarts after a session that stayed selected for `healthy_after` seconds.
     `on_state(True, None)` is called once each session is logged in and selected,
     `on_state(False, kind)` on every failure, a command left unanswered past the target's
-    `command_timeout` included. When `on_message` returns `Disposition.DELETE` the message is
-    flagged \\Deleted and expunged; when it raises, the error is logged, the message is kept and
-    the watcher goes on. `Disposition.RETRY` keeps the message and hands it over again (with the
-    time it was first seen) at the start of every later pass, until the consumer returns
-    something else; meanwhile IDLE is left every `poll_interval` at the latest, so a pass comes
-    even when no new mail does.
+    `command_timeout` included, and `on_state(True, kind)` when a command was refused but the
+    session goes on (an inbox category search). When `on_message` returns `Disposition.DELETE`
+    the message is flagged \\Deleted and expunged; when it raises, the error is logged, the
+    message is kept and the watcher goes on.
+    `Disposition.RETRY` keeps the message and hands it over again (with the time it was first seen)
+    at the start of every later pass, until the consumer returns something else; meanwhile IDLE is
+    left every `poll_interval` at the latest, so a pass comes even when no new mail does.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class FolderWatcher:
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
         healthy_after: float = 60.0,
+        inbox_categories: bool = False,  # the folder is the inbox: ask Gmail's tab (X-GM-EXT-1)
     ) -> None:
         for name, value in (
             ("poll_interval", poll_interval),
@@ -143,6 +151,7 @@ class FolderWatcher:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._healthy_after = healthy_after
+        self._inbox_categories = inbox_categories
         self._uidvalidity: int | None = None
         self._last_uid = 0  # the highest UID handed over under `_uidvalidity`
         self._unfinished_deletes: set[int] = set()  # DELETE answered, expunge not confirmed
@@ -319,6 +328,8 @@ class FolderWatcher:
     ) -> None:
         fetched = await conn.fetch(uid, self._max_bytes)
         seen_at = time.time() if seen_at is None else seen_at
+        # Asked before the UID counts as handed over: a cancellation here loses nothing.
+        category, broken = (None, None) if fetched is None else await self._category(conn, uid)
         self._last_uid = max(self._last_uid, uid)
         self._retries.pop(uid, None)  # fetched (or gone): handed over now, or not at all
         if fetched is None:
@@ -335,6 +346,7 @@ class FolderWatcher:
             seen_at=seen_at,
             size=size,
             found_by=found_by,
+            category=category,
         )
         self._log.debug(
             "%s/%s: UID %d handed over (%d of %d bytes)",
@@ -359,10 +371,36 @@ class FolderWatcher:
             self._retries[uid] = (seen_at, found_by)
         elif disposition is Disposition.DELETE:
             self._unfinished_deletes.add(uid)
-            await conn.delete(uid)
-            self._unfinished_deletes.discard(uid)
+            if broken is None:  # else the next session deletes it (_finish_deletes)
+                await conn.delete(uid)
+                self._unfinished_deletes.discard(uid)
         self._handing_over = False
+        if broken is not None:
+            raise broken
         self._end_if_stopping()
+
+    async def _category(
+        self, conn: Connection, uid: int
+    ) -> tuple[InboxCategory | None, ImapError | None]:
+        """The Gmail tab of `uid` when this watcher asks for it, and the error that must end the
+        session once the message is handed over (a timeout or a lost connection), if any."""
+        if not self._inbox_categories or not conn.gmail_extensions:
+            return None, None
+        try:
+            return await conn.inbox_category(uid), None
+        except ImapError as exc:
+            if exc.kind is ErrorKind.TIMEOUT or conn.failed:
+                return None, exc
+            # Refused or unreadable: the connection itself is fine, only the category is lost.
+            self._log.warning(
+                "%s/%s: no inbox category for UID %d: %s",
+                self._target.mailbox,
+                self._folder,
+                uid,
+                exc,
+            )
+            self._notify(True, exc.kind)
+            return None, None
 
     async def _finish_deletes(self, conn: Connection) -> None:
         for uid in sorted(self._unfinished_deletes):

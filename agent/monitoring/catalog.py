@@ -37,6 +37,7 @@ __all__ = [
     "FORGED_MESSAGES",
     "IMAP_ERRORS",
     "IMAP_UP",
+    "INBOX_CATEGORIES",
     "LAST_OUTCOME_TIMESTAMP",
     "LATE_PROBES",
     "LEDGER_ERRORS",
@@ -189,6 +190,14 @@ PROBES_FOUND = MetricSpec(
     "check out of IDLE (no push came), a poll, or selecting the folder (at start or reconnect).",
     ("mailbox", "found_by"),
 )
+INBOX_CATEGORIES = MetricSpec(
+    "deliverability_inbox_category_total",
+    MetricKind.COUNTER,
+    "Probes delivered to the inbox, by Gmail inbox tab (primary, promotions, social, updates, "
+    "forums); only for mailboxes whose IMAP server advertises X-GM-EXT-1, from their first "
+    "categorised probe on.",
+    (*_PAIR, "category"),
+)
 MALFORMED_MESSAGES = MetricSpec(
     "deliverability_malformed_messages_total",
     MetricKind.COUNTER,
@@ -303,6 +312,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     IMAP_UP,
     IMAP_ERRORS,
     PROBES_FOUND,
+    INBOX_CATEGORIES,
     MALFORMED_MESSAGES,
     LEDGER_ERRORS,
     LEDGER_WRITABLE,

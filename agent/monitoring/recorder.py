@@ -27,6 +27,7 @@ from agent.model import (
     ErrorKind,
     FoundBy,
     ImapHealth,
+    InboxCategory,
     InFlight,
     LedgerErrorKind,
     LedgerHealth,
@@ -58,6 +59,7 @@ from agent.monitoring.catalog import (
     FORGED_MESSAGES,
     IMAP_ERRORS,
     IMAP_UP,
+    INBOX_CATEGORIES,
     LAST_OUTCOME_TIMESTAMP,
     LATE_PROBES,
     LEDGER_ERRORS,
@@ -260,6 +262,8 @@ class Recorder:
                     auth=result.arrival.auth if result.arrival is not None else None,
                     found_by=result.arrival.found_by if result.arrival is not None else None,
                 )
+                if result.outcome is Outcome.INBOX and result.arrival is not None:
+                    self._inbox_category(result.route, result.mailbox, result.arrival.category)
             case ProbeLate(route, mailbox):
                 self._probe_late(route, mailbox)
             case BounceCounted(route, bounce_type, source):
@@ -336,6 +340,16 @@ class Recorder:
                     self._c(AUTH_RESULTS, route, mailbox, method.value, result.value).inc()
         if found_by is not None:
             self._c(PROBES_FOUND, mailbox, found_by.value).inc()
+
+    def _inbox_category(self, route: str, mailbox: str, category: InboxCategory | None) -> None:
+        """Count the Gmail tab of an inbox probe. The pair's series are created with its first
+        categorised probe, all five at once, not declared at start: a pair whose server has no
+        X-GM-EXT-1 never gets any."""
+        if category is None:
+            return
+        for tab in InboxCategory:
+            self._c(INBOX_CATEGORIES, route, mailbox, tab.value)
+        self._c(INBOX_CATEGORIES, route, mailbox, category.value).inc()
 
     def restore_last_outcomes(self, times: Mapping[tuple[str, str, Outcome], float]) -> None:
         """Set the last-outcome gauges from the ledger after a restart (`Ledger.last_finished_at`),

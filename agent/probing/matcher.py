@@ -13,7 +13,15 @@ import logging
 
 from agent.config import Cleanup, Config, Mailbox
 from agent.log_fields import probe_fields
-from agent.model import Arrival, BounceSource, BounceType, FoundBy, Outcome, SkipReason
+from agent.model import (
+    Arrival,
+    BounceSource,
+    BounceType,
+    FoundBy,
+    InboxCategory,
+    Outcome,
+    SkipReason,
+)
 from agent.probing.outcomes import Outcomes
 from agent.reading.bounces import read_bounce
 from agent.reading.probe_token import KeyRing
@@ -50,9 +58,11 @@ class Matcher:
         seen_at: float,
         junk: str | None,
         found_by: FoundBy | None = None,
+        category: InboxCategory | None = None,
     ) -> bool:
         """Account for one message; True when the watcher should delete it. `found_by`: what
-        made the watcher find it, counted with the probe's outcome."""
+        made the watcher find it, counted with the probe's outcome; `category`: the Gmail tab
+        the watcher read, kept for an inbox placement only."""
         triage = triage_message(
             raw, keys=self._keys, trusted_authserv_ids=mailbox.trusted_authserv_ids
         )
@@ -102,14 +112,16 @@ class Matcher:
                 extra=fields,
             )
             return False
+        placement = placement_of(folder, inbox=mailbox.folders.inbox, junk=junk)
         arrival = Arrival(
             probe_id=record.probe_id,
             mailbox=mailbox.name,
             folder=folder,
-            placement=placement_of(folder, inbox=mailbox.folders.inbox, junk=junk),
+            placement=placement,
             seen_at=seen_at,
             auth=triage.auth,
             found_by=found_by,
+            category=category if placement is Outcome.INBOX else None,
         )
         self._outcomes.arrived(record, arrival)
         return self._cleanup is Cleanup.DELETE

@@ -59,6 +59,7 @@ from agent.model import (
     BounceType,
     ErrorKind,
     FoundBy,
+    InboxCategory,
     LedgerErrorKind,
     LedgerHealth,
     Outcome,
@@ -747,12 +748,14 @@ def _arrival_to_json(arrival: Arrival) -> dict[str, Any]:
         "seen_at": arrival.seen_at,
         "auth": _auth_to_json(arrival.auth),
         "found_by": None if arrival.found_by is None else arrival.found_by.value,
+        "category": None if arrival.category is None else arrival.category.value,
     }
 
 
 def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arrival:
     auth = data.get("auth")
     found_by = data.get("found_by")  # absent from arrivals stored before it was recorded
+    category = data.get("category")  # likewise
     return Arrival(
         probe_id=probe_id,
         mailbox=mailbox,
@@ -761,6 +764,7 @@ def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arr
         seen_at=float(data["seen_at"]),
         auth=AuthVerdicts() if auth is None else _auth_from_json(auth),
         found_by=None if found_by is None else FoundBy(found_by),
+        category=None if category is None else InboxCategory(category),
     )
 
 

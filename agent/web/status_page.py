@@ -216,6 +216,9 @@ def _why(record: ProbeRecord) -> str:
 
 def _badge(record: ProbeRecord) -> str:
     text, css = _status(record)
+    category = record.arrival.category if record.arrival is not None else None
+    if record.outcome is Outcome.INBOX and category is not None:
+        text = f"{text} ({category.value})"  # the Gmail tab: "inbox (promotions)"
     return f'<span class="badge {css}">{_e(text)}</span>'
 
 
