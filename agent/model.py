@@ -33,6 +33,7 @@ __all__ = [
     "ProbeFinished",
     "ProbeLate",
     "ProbeSent",
+    "ProbeStarted",
     "ReplyClass",
     "SendResult",
     "SkipReason",
@@ -344,6 +345,13 @@ class InFlight:
     pair at once (at start and after a reload)."""
 
     counts: Mapping[tuple[str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeStarted:
+    """A scheduled probe job started, `lag_seconds` after its planned time."""
+
+    lag_seconds: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from agent.app.service import Agent, pair_phase
 from agent.config import Config
-from agent.model import Arrival, ErrorKind, Outcome, SendResult, SmtpReply, Stage
+from agent.model import Arrival, ErrorKind, Outcome, ProbeStarted, SendResult, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
-from agent.monitoring.recorder import Recorder
+from agent.monitoring.recorder import Recorder, Result
 from agent.probing.reaper import reap
 from agent.store.ledger import Ledger, ProbeState
 from tests.agent_process import WAIT
@@ -84,6 +85,36 @@ async def test_spread_start_gives_each_pair_a_fixed_phase_spread_over_the_interv
         agent.schedule()  # a reload schedules again: the same instant, no herd
         (again,) = agent.scheduled_jobs()
         assert again.next_run_time.timestamp() == pytest.approx(first, abs=1e-3)
+    finally:
+        await agent.stop()
+
+
+class StartedRecorder(Recorder):
+    """Sets `started` when a scheduled probe job reports its lag."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.started = asyncio.Event()
+
+    def record(self, result: Result) -> None:
+        super().record(result)
+        if isinstance(result, ProbeStarted):
+            self.started.set()
+
+
+async def test_scheduled_probe_jobs_report_how_late_they_started(tmp_path: Path) -> None:
+    registry = new_registry()
+    recorder = StartedRecorder(registry)
+    agent = Agent(_config(tmp_path, 1), recorder=recorder)  # port 1: the send fails at once
+    await agent.start()
+    try:
+        agent.schedule()  # start: immediate (the test config), so the job runs within a second
+        async with asyncio.timeout(WAIT):
+            await recorder.started.wait()
+        name = "deliverability_scheduler_lag_seconds"
+        assert registry.get_sample_value(f"{name}_count") == 1
+        lag = registry.get_sample_value(f"{name}_sum")
+        assert lag is not None and lag >= 0
     finally:
         await agent.stop()
 

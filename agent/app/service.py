@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -31,7 +32,7 @@ from agent.imap import (
     OnMessage,
     detect_folders,
 )
-from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome
+from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome, ProbeStarted
 from agent.monitoring.recorder import Recorder
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
@@ -265,8 +266,17 @@ class Agent:
                 next_run_time=first,
             )
         self._schedule_dns_checks(scheduler, now)
+        scheduler.add_listener(self._probe_job_submitted, EVENT_JOB_SUBMITTED)
         scheduler.start()
         self._scheduler = scheduler
+
+    def _probe_job_submitted(self, event: JobSubmissionEvent) -> None:
+        """Scheduler lag: how late a probe job starts against its planned (jittered) time. With
+        coalesced misfires the latest planned time counts: the one the run stands for."""
+        if not event.job_id.startswith("probe:") or not event.scheduled_run_times:
+            return
+        planned = max(event.scheduled_run_times).timestamp()
+        self.recorder.record(ProbeStarted(self._clock() - planned))
 
     def _schedule_dns_checks(self, scheduler: AsyncIOScheduler, now: float) -> None:
         """The DNS checks (`agent.dns.checks`), if configured: one run now, then every interval."""

@@ -48,6 +48,7 @@ __all__ = [
     "PROBES_FOUND",
     "PROBES_IN_FLIGHT",
     "PROBES_SENT",
+    "SCHEDULER_LAG_SECONDS",
     "SMTP_ERRORS",
     "SMTP_REPLIES",
     "SMTP_TRANSACTION_SECONDS",
@@ -297,6 +298,17 @@ DMARC_POLICY_INFO = MetricSpec(
     ("domain", "policy", "subdomain_policy", "adkim", "aspf"),
 )
 
+# From "on time" to "the scheduler is starved": a probe job waits for the event loop only.
+SCHEDULER_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+SCHEDULER_LAG_SECONDS = MetricSpec(
+    "deliverability_scheduler_lag_seconds",
+    MetricKind.HISTOGRAM,
+    "How late each scheduled probe started against its planned time (its pair's phase plus "
+    "jitter): the agent's own delay, not the mail system's.",
+    (),
+    SCHEDULER_LAG_BUCKETS,
+)
+
 CATALOG: tuple[MetricSpec, ...] = (
     PROBES,
     PROBES_SENT,
@@ -316,6 +328,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     MALFORMED_MESSAGES,
     LEDGER_ERRORS,
     LEDGER_WRITABLE,
+    SCHEDULER_LAG_SECONDS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,

@@ -37,6 +37,7 @@ from agent.model import (
     ProbeFinished,
     ProbeLate,
     ProbeSent,
+    ProbeStarted,
     SendResult,
     SkipReason,
     SmtpTransaction,
@@ -69,6 +70,7 @@ from agent.monitoring.catalog import (
     PROBES_FOUND,
     PROBES_IN_FLIGHT,
     PROBES_SENT,
+    SCHEDULER_LAG_SECONDS,
     SMTP_ERRORS,
     SMTP_REPLIES,
     SMTP_TRANSACTION_SECONDS,
@@ -93,6 +95,7 @@ Result = (
     | PairInFlight
     | LedgerHealth
     | ConfigLoaded
+    | ProbeStarted
     | DnsReport
 )
 
@@ -284,6 +287,8 @@ class Recorder:
                 self._ledger_health(writable, error)
             case ConfigLoaded(ok, at):
                 self._config_loaded(ok, at)
+            case ProbeStarted(lag_seconds):
+                self._histograms[SCHEDULER_LAG_SECONDS.name].observe(max(0.0, lag_seconds))
             case DnsReport():
                 self._dns_report(result)
 
