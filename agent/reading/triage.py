@@ -38,6 +38,7 @@ __all__ = [
     "Triage",
     "TriageKind",
     "classify_reply",
+    "own_parts",
     "placement_of",
     "triage_message",
 ]
@@ -157,7 +158,7 @@ def _report_type(message: Message) -> str:
     return _token(value or "")
 
 
-def _own_parts(message: Message) -> Iterator[Message]:
+def own_parts(message: Message) -> Iterator[Message]:
     """The message and its MIME parts, without descending into attached messages: a bounce
     forwarded as an attachment (message/rfc822) is a forward, not a bounce."""
     stack = [message]
@@ -180,7 +181,7 @@ def _dsn_reason(message: Message) -> str | None:
         "global-delivery-status",
     ):
         return "bounce: multipart/report delivery-status"
-    if any(part.get_content_type() in _DSN_TYPES for part in _own_parts(message)):
+    if any(part.get_content_type() in _DSN_TYPES for part in own_parts(message)):
         return "bounce: delivery-status part"
     return None
 
