@@ -21,6 +21,7 @@ from agent.model import (
     AuthResult,
     AuthVerdicts,
     BounceCounted,
+    BounceReason,
     BounceSource,
     BounceType,
     ConfigLoaded,
@@ -203,7 +204,8 @@ class Recorder:
             self._h(SMTP_TRANSACTION_SECONDS, route)
             for bounce_type in BounceType:
                 for source in BounceSource:
-                    self._c(BOUNCES, route, bounce_type.value, source.value)
+                    for reason in BounceReason:
+                        self._c(BOUNCES, route, bounce_type.value, source.value, reason.value)
         for route, mailbox in ordered:
             for outcome in Outcome:
                 self._c(PROBES, route, mailbox, outcome.value)
@@ -227,9 +229,11 @@ class Recorder:
             self._c(MALFORMED_MESSAGES, mailbox)
         self._pairs = ordered
 
-    def _bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
+    def _bounce(
+        self, route: str, bounce_type: BounceType, source: BounceSource, reason: BounceReason
+    ) -> None:
         """One bounce of one probe (the caller makes sure each is counted once)."""
-        self._c(BOUNCES, route, bounce_type.value, source.value).inc()
+        self._c(BOUNCES, route, bounce_type.value, source.value, reason.value).inc()
 
     def _config_loaded(self, ok: bool, at: float) -> None:
         """A configuration load or reload finished; `at` is its wall-clock time."""
@@ -258,8 +262,8 @@ class Recorder:
                 )
             case ProbeLate(route, mailbox):
                 self._probe_late(route, mailbox)
-            case BounceCounted(route, bounce_type, source):
-                self._bounce(route, bounce_type, source)
+            case BounceCounted(route, bounce_type, source, reason):
+                self._bounce(route, bounce_type, source, reason)
             case MessageSkipped(mailbox, SkipReason.MALFORMED):
                 self._malformed_message(mailbox)
             case MessageSkipped(mailbox, SkipReason.FORGED):
