@@ -409,3 +409,20 @@ def test_bounce_reason_tells_invalid_recipient_policy_and_full_mailbox_apart(
     status: str | None, code: str | None, text: str, reason: BounceReason
 ) -> None:
     assert bounce_reason(status, code, text) is reason
+
+
+def test_a_text_bounce_about_two_recipients_gives_each_its_own_codes() -> None:
+    raw = _text_bounce(to=UNTAGGED, quoted="").replace(
+        b"<seed@seed.test>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n",
+        b"<other@seed.test>:\r\nRemote host said: 552 5.2.2 Mailbox full\r\n\r\n"
+        b"<seed@seed.test>:\r\nRemote host said: 550 5.7.1 Access denied\r\n",
+    )
+    seed = read_bounce_fields(raw, recipient="seed@seed.test").bounce
+    other = read_bounce_fields(raw, recipient="other@seed.test").bounce
+    assert seed is not None and other is not None
+    assert (seed.smtp_code, seed.status, seed.reason) == ("550", "5.7.1", BounceReason.POLICY)
+    assert (other.smtp_code, other.status, other.reason) == (
+        "552",
+        "5.2.2",
+        BounceReason.MAILBOX_FULL,
+    )

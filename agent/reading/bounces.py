@@ -76,6 +76,8 @@ _QUOTE_START = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _QUOTED_MESSAGE_ID_LINE = re.compile(r"^message-id:\s*<?([^\s<>]+)>?", re.IGNORECASE | re.MULTILINE)
+_MAX_WINDOWS = 8  # mentions of one recipient looked at for its codes
+_MAX_WINDOW_CHARS = 4096  # of text read after one mention
 _MAX_TEXT_CHARS = 64 * 1024  # of a text bounce's own words; the quoted original follows them
 _DELAY_WORDS = re.compile(
     r"has not yet been delivered|will (?:keep|continue) trying|still trying|will be retried"
@@ -333,7 +335,9 @@ def _line_start(text: str, position: int) -> int:
 def _windows(text: str, recipients: list[str]) -> list[tuple[str | None, str]]:
     """(recipient, the text about it) for each recipient a text bounce names: from the line of
     one of its mentions to the line of the next other recipient's mention, preferring the first
-    mention followed by a code (Sendmail lists the addresses first, the transcript after)."""
+    mention followed by a code (Sendmail lists the addresses first, the transcript after). A
+    recipient the text never mentions gets the whole text."""
+    recipients = recipients[:_MAX_FIELDS]
     lowered = text.lower()
     mentions = sorted(
         (m.start(), r) for r in recipients for m in re.finditer(re.escape(r), lowered)
@@ -341,18 +345,32 @@ def _windows(text: str, recipients: list[str]) -> list[tuple[str | None, str]]:
     if not mentions:
         only = recipients[0] if len(recipients) == 1 else None
         return [(only, text)]
-    found: list[tuple[str | None, str]] = []
+    # One pass from the end: where the next mention of another recipient starts, per mention.
+    ends = [len(text)] * len(mentions)
+    nearest: tuple[int, str] | None = None  # the next mention
+    nearest_other = len(text)  # the next mention of a recipient other than nearest's
+    for index in range(len(mentions) - 1, -1, -1):
+        position, who = mentions[index]
+        if nearest is not None:
+            ends[index] = nearest[0] if nearest[1] != who else nearest_other
+            if nearest[1] != who:
+                nearest_other = nearest[0]
+        nearest = (position, who)
+    windows: dict[str, list[str]] = {}
+    for (position, who), end in zip(mentions, ends, strict=True):
+        start = _line_start(text, position)
+        found = windows.setdefault(who, [])
+        if len(found) < _MAX_WINDOWS:
+            found.append(text[start : max(start, _line_start(text, end))][:_MAX_WINDOW_CHARS])
+    result: list[tuple[str | None, str]] = []
     for recipient in recipients:
-        windows = []
-        for index, (position, who) in enumerate(mentions):
-            if who != recipient:
-                continue
-            end = next((p for p, other in mentions[index:] if other != recipient), len(text))
-            windows.append(text[_line_start(text, position) : _line_start(text, end)])
-        if windows:
-            coded = (w for w in windows if _STATUS_IN_TEXT.search(w) or _SMTP_CODE.search(w))
-            found.append((recipient, next(coded, windows[0])))
-    return found
+        mentioned = windows.get(recipient)
+        if not mentioned:
+            result.append((recipient, text))
+            continue
+        coded = (w for w in mentioned if _STATUS_IN_TEXT.search(w) or _SMTP_CODE.search(w))
+        result.append((recipient, next(coded, mentioned[0])))
+    return result
 
 
 def _text_fields(
