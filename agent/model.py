@@ -16,6 +16,7 @@ __all__ = [
     "AuthResult",
     "AuthVerdicts",
     "BounceCounted",
+    "BounceReason",
     "BounceSource",
     "BounceType",
     "ConfigLoaded",
@@ -71,6 +72,15 @@ class BounceType(enum.StrEnum):
 
     HARD = "hard"
     SOFT = "soft"
+
+
+class BounceReason(enum.StrEnum):
+    """Why a bounce failed, in the few classes an operator acts on differently."""
+
+    RECIPIENT_INVALID = "recipient_invalid"  # the address or its domain does not exist
+    POLICY = "policy"  # refused by the receiver's policy (5.7.x): reputation, SPF/DMARC, spam
+    MAILBOX_FULL = "mailbox_full"  # x.2.2, over quota
+    OTHER = "other"
 
 
 class BounceSource(enum.StrEnum):
@@ -291,6 +301,7 @@ class BounceCounted:
     route: str
     bounce_type: BounceType
     source: BounceSource
+    reason: BounceReason = BounceReason.OTHER
 
 
 class SkipReason(enum.StrEnum):

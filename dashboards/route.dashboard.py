@@ -238,16 +238,17 @@ grid.add(
 )
 grid.add(
     timeseries(
-        "Bounces by type and source",
-        shows="Bounces of this route's probes over time, by type and by how the agent learned "
-        "of them.",
-        when_bad="Read the bounce messages' reasons in the agent's log or the seed's bounce "
-        "mailbox; follow the bounce rate runbook.",
+        "Bounces by type, source and reason",
+        shows="Bounces of this route's probes over time, by type, by how the agent learned "
+        "of them and by reason (recipient_invalid, policy, mailbox_full, other).",
+        when_bad="policy: the receiver refuses this route (reputation, SPF/DKIM/DMARC). "
+        "recipient_invalid: the seed address or its domain is gone, fix the config. "
+        "mailbox_full: empty the seed mailbox. Follow the bounce rate runbook.",
         targets=[
             target(
-                "sum by (type, source) (increase(deliverability_bounces_total"
+                "sum by (type, source, reason) (increase(deliverability_bounces_total"
                 f"{{{ROUTE}}}[$__rate_interval]))",
-                "{{type}} {{source}}",
+                "{{type}} {{source}} {{reason}}",
             )
         ],
         bars=True,

@@ -198,6 +198,7 @@ def vocabulary() -> Vocabulary:
         (metrics.INBOX_CATEGORIES.name, "category"): enum_values(model.InboxCategory),
         (metrics.BOUNCES.name, "type"): enum_values(model.BounceType),
         (metrics.BOUNCES.name, "source"): enum_values(model.BounceSource),
+        (metrics.BOUNCES.name, "reason"): enum_values(model.BounceReason),
         (metrics.DNS_CHECK_OK.name, "check"): enum_values(DnsCheck),
         (metrics.DNS_CHECK_ERRORS.name, "check"): enum_values(DnsCheck),
         (metrics.DMARC_POLICY_INFO.name, "policy"): enum_values(DmarcPolicy),

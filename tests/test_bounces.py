@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config, ConfigError, validate_config
-from agent.model import BounceType
-from agent.reading.bounces import BounceProof, BounceReport, read_bounce
+from agent.model import BounceReason, BounceType
+from agent.reading.bounces import (
+    BounceKind,
+    BounceProof,
+    BounceReport,
+    bounce_reason,
+    read_bounce,
+    read_bounce_fields,
+)
 from agent.reading.probe_token import KeyRing, sign_probe_id, verp_address
 from tests.agent_setup import TEST_SECRET
 
@@ -358,3 +365,64 @@ def test_envelope_sender_without_verp_is_the_bounce_mailbox_address() -> None:
 def test_envelope_sender_without_a_bounce_mailbox_is_envelope_from() -> None:
     config = _config({"envelope_from": "rp@example.com"})
     assert config.envelope_from(config.routes[0], PROBE_ID) == "rp@example.com"
+
+
+def test_a_proven_bounce_keeps_what_the_dsn_says_about_the_probe_recipient() -> None:
+    report = read_bounce(HARD, keys=KeyRing(SECRET))
+    fields = report.fields_for("Nobody-132a2d3e@seed.test")
+    assert fields is not None
+    assert (fields.status, fields.smtp_code, fields.action, fields.reason) == (
+        "5.1.1",
+        "550",
+        "failed",
+        BounceReason.RECIPIENT_INVALID,
+    )
+    assert fields.recipient_invalid
+    assert fields.reporting_mta == "mail.good.test"
+    assert fields.original_message_id is not None
+    assert fields.original_message_id.startswith(PROBE_ID)
+
+
+def test_a_bounce_of_an_automatic_reply_is_still_a_bounce() -> None:
+    # Its subject quotes the auto-reply's; the bounce subject and sender come first.
+    raw = _text_bounce(to=UNTAGGED, quoted="").replace(
+        b"Subject: failure notice", b"Subject: Undeliverable: Automatic reply: hello"
+    )
+    assert read_bounce_fields(raw).kind is BounceKind.BOUNCE
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "text", "reason"),
+    [
+        ("5.1.1", "550", "", BounceReason.RECIPIENT_INVALID),
+        ("5.1.10", "550", "", BounceReason.RECIPIENT_INVALID),  # null MX (RFC 7505)
+        ("4.1.2", "450", "Domain not found", BounceReason.OTHER),  # a DNS hiccup, not invalid
+        (None, "550", "Unknown user kijitora@example.net", BounceReason.RECIPIENT_INVALID),
+        ("5.7.1", "550", "User unknown", BounceReason.POLICY),  # a specific status decides
+        ("4.2.2", "450", "", BounceReason.MAILBOX_FULL),
+        ("5.0.0", "552", "Quota exceeded", BounceReason.MAILBOX_FULL),
+        (None, "554", "Client host blocked using a DNSBL", BounceReason.POLICY),
+        ("5.3.4", "552", "Message size exceeds fixed maximum", BounceReason.OTHER),
+    ],
+)
+def test_bounce_reason_tells_invalid_recipient_policy_and_full_mailbox_apart(
+    status: str | None, code: str | None, text: str, reason: BounceReason
+) -> None:
+    assert bounce_reason(status, code, text) is reason
+
+
+def test_a_text_bounce_about_two_recipients_gives_each_its_own_codes() -> None:
+    raw = _text_bounce(to=UNTAGGED, quoted="").replace(
+        b"<seed@seed.test>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n",
+        b"<other@seed.test>:\r\nRemote host said: 552 5.2.2 Mailbox full\r\n\r\n"
+        b"<seed@seed.test>:\r\nRemote host said: 550 5.7.1 Access denied\r\n",
+    )
+    seed = read_bounce_fields(raw, recipient="seed@seed.test").bounce
+    other = read_bounce_fields(raw, recipient="other@seed.test").bounce
+    assert seed is not None and other is not None
+    assert (seed.smtp_code, seed.status, seed.reason) == ("550", "5.7.1", BounceReason.POLICY)
+    assert (other.smtp_code, other.status, other.reason) == (
+        "552",
+        "5.2.2",
+        BounceReason.MAILBOX_FULL,
+    )

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.app.service import Agent
 from agent.config import Config, load_config
-from agent.model import BounceSource, BounceType, Outcome
+from agent.model import BounceReason, BounceSource, BounceType, Outcome
 from agent.monitoring.catalog import new_registry
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem
@@ -55,6 +55,14 @@ def with_bounces(setup: AgentSetup, bounce_box: Account, *, to: str) -> Config:
     return load_config(path)
 
 
+def bounce_count(registry: CollectorRegistry, **labels: str) -> float:
+    """Bounces with these labels, whatever their reason."""
+    return sum(
+        metric(registry, "deliverability_bounces_total", reason=reason.value, **labels)
+        for reason in BounceReason
+    )
+
+
 async def test_a_dsn_for_an_unknown_recipient_bounces_the_probe_hard(
     setup: AgentSetup, mail_system: MailSystem
 ) -> None:
@@ -72,13 +80,28 @@ async def test_a_dsn_for_an_unknown_recipient_bounces_the_probe_hard(
         (BounceType.HARD, BounceSource.DSN, "5.1.1")
     ]
     assert bounces[0].reporting_mta == "mail.good.test"
+    # Everything else the DSN says about the probe's recipient is kept as well.
+    assert (bounces[0].reason, bounces[0].smtp_code, bounces[0].action) == (
+        BounceReason.RECIPIENT_INVALID,
+        "550",
+        "failed",
+    )
+    assert bounces[0].recipient == config.mailbox("seed").address.lower()
+    assert bounces[0].original_message_id is not None
+    assert bounces[0].original_message_id.startswith(record.probe_id)
     labels = {"route": "good"}
     assert (
-        metric(registry, "deliverability_bounces_total", type="hard", source="dsn", **labels) == 1
+        metric(
+            registry,
+            "deliverability_bounces_total",
+            type="hard",
+            source="dsn",
+            reason="recipient_invalid",
+            **labels,
+        )
+        == 1
     )
-    assert (
-        metric(registry, "deliverability_bounces_total", type="hard", source="smtp", **labels) == 0
-    )
+    assert bounce_count(registry, type="hard", source="smtp", **labels) == 0
     assert (
         metric(registry, "deliverability_probes_total", mailbox="seed", outcome="bounced", **labels)
         == 1
@@ -103,10 +126,7 @@ async def test_a_delay_notice_counts_a_soft_bounce_and_the_probe_keeps_waiting(
     assert [(b.bounce_type, b.source, b.status) for b in bounces] == [
         (BounceType.SOFT, BounceSource.DSN, "4.7.1")
     ]
-    assert (
-        metric(registry, "deliverability_bounces_total", route="good", type="soft", source="dsn")
-        == 1
-    )
+    assert bounce_count(registry, route="good", type="soft", source="dsn") == 1
 
 
 async def test_a_forged_bounce_is_counted_and_changes_no_outcome(
@@ -131,10 +151,7 @@ async def test_a_forged_bounce_is_counted_and_changes_no_outcome(
     assert record is not None and record.outcome is None
     assert bounces == []
     assert metric(registry, "deliverability_forged_messages_total", mailbox="bounces") == 1
-    assert (
-        metric(registry, "deliverability_bounces_total", route="good", type="hard", source="dsn")
-        == 0
-    )
+    assert bounce_count(registry, route="good", type="hard", source="dsn") == 0
 
 
 async def test_auto_replies_and_foreign_bounces_are_never_counted(
@@ -164,10 +181,7 @@ async def test_auto_replies_and_foreign_bounces_are_never_counted(
             await recorder_of(agent).event("bounce").wait()
         record = agent.ledger.get(probe_id)
     assert record is not None and record.outcome is Outcome.BOUNCED
-    assert (
-        metric(registry, "deliverability_bounces_total", route="good", type="hard", source="dsn")
-        == 1
-    )
+    assert bounce_count(registry, route="good", type="hard", source="dsn") == 1
 
 
 def _dsn_for(probe_id: str, verp: str, recipient: str) -> bytes:

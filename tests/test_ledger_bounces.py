@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from agent.model import BounceSource, BounceType, Outcome
-from agent.store.ledger import Ledger
+from agent.model import BounceReason, BounceSource, BounceType, Outcome
+from agent.store.ledger import (
+    _MIGRATIONS,
+    _SCHEMA_V1,
+    LEDGER_FILENAME,
+    SCHEMA_VERSION,
+    BounceRecord,
+    Ledger,
+)
 
 PROBE = "01m8h9j127ya08stfwvwzdepnt"
 
@@ -78,3 +86,79 @@ def test_bounces_survive_a_reopen_and_go_with_their_pruned_probe(tmp_path: Path)
         assert ledger.finalize(PROBE, outcome=Outcome.REJECTED, finished_at=1001.0)
         assert ledger.prune(older_than=2000.0) == 1
         assert ledger.bounces(PROBE) == []
+
+
+def test_a_bounce_keeps_its_reason_code_action_recipient_and_returned_message_id(
+    tmp_path: Path,
+) -> None:
+    with _ledger(tmp_path) as ledger:
+        assert ledger.record_bounce(
+            PROBE,
+            bounce_type=BounceType.HARD,
+            source=BounceSource.DSN,
+            status="5.1.1",
+            reporting_mta="mta.test",
+            seen_at=1010.0,
+            reason=BounceReason.RECIPIENT_INVALID,
+            smtp_code="550",
+            action="failed",
+            recipient="seed@seed.test",
+            original_message_id="x@good.test",
+        )
+        (stored,) = ledger.bounces(PROBE)
+    assert stored == BounceRecord(
+        BounceType.HARD,
+        BounceSource.DSN,
+        "5.1.1",
+        "mta.test",
+        1010.0,
+        BounceReason.RECIPIENT_INVALID,
+        "550",
+        "failed",
+        "seed@seed.test",
+        "x@good.test",
+    )
+    assert stored.recipient_invalid
+
+
+def test_migrating_to_version_4_reads_each_stored_bounces_reason_from_its_status(
+    tmp_path: Path,
+) -> None:
+    conn = sqlite3.connect(tmp_path / LEDGER_FILENAME)
+    for statement in (*_SCHEMA_V1, *_MIGRATIONS[1], *_MIGRATIONS[2]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=3")
+    conn.execute(
+        "INSERT INTO probes (probe_id, route, mailbox, created_at, deadline_at)"
+        " VALUES (?, 'r', 'm', 1000.0, 1600.0)",
+        (PROBE,),
+    )
+    statuses = {
+        ("hard", "dsn"): "5.1.1",
+        ("soft", "dsn"): "4.2.2",
+        ("hard", "smtp"): "5.7.26",
+        ("soft", "smtp"): None,
+    }
+    for seen, ((bounce_type, source), status) in enumerate(statuses.items()):
+        conn.execute(
+            "INSERT INTO bounces (probe_id, type, source, status, reporting_mta, seen_at)"
+            " VALUES (?, ?, ?, ?, NULL, ?)",
+            (PROBE, bounce_type, source, status, 1001.0 + seen),
+        )
+    conn.commit()
+    conn.close()
+
+    with Ledger.in_state_dir(tmp_path) as ledger:
+        stored = ledger.bounces(PROBE)
+    assert [(b.status, b.reason) for b in stored] == [
+        ("5.1.1", BounceReason.RECIPIENT_INVALID),
+        ("4.2.2", BounceReason.MAILBOX_FULL),
+        ("5.7.26", BounceReason.POLICY),
+        (None, BounceReason.OTHER),
+    ]
+    assert all(b.smtp_code is None and b.original_message_id is None for b in stored)
+    conn = sqlite3.connect(tmp_path / LEDGER_FILENAME)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    finally:
+        conn.close()

@@ -34,6 +34,7 @@ from agent.model import (
     AuthResult,
     AuthVerdicts,
     BounceCounted,
+    BounceReason,
     BounceSource,
     BounceType,
     ConfigLoaded,
@@ -177,7 +178,9 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     """The results the golden file shows: one route, two seed mailboxes, every kind of event."""
     recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
     recorder.record(ConfigLoaded(True, T0))
-    recorder.record(BounceCounted(ROUTE, BounceType.HARD, BounceSource.DSN))
+    recorder.record(
+        BounceCounted(ROUTE, BounceType.HARD, BounceSource.DSN, BounceReason.RECIPIENT_INVALID)
+    )
     for mailbox in (GMAIL, OUTLOOK, GMAIL, OUTLOOK):
         recorder.record(ProbeSent(ROUTE, mailbox))
     recorder.record(SmtpTransaction(ROUTE, ACCEPTED))
@@ -300,6 +303,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         {ROUTE, GMAIL, OUTLOOK, "1.2.3", "TLSv1.3", ""}
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource, *FoundBy)}
+        | {str(m) for m in BounceReason}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}

@@ -17,6 +17,7 @@ from agent.config import Config, validate_config
 from agent.model import (
     AuthResult,
     BounceCounted,
+    BounceReason,
     BounceSource,
     BounceType,
     ErrorKind,
@@ -229,11 +230,19 @@ async def test_rcpt_5xx_is_rejected_with_its_enhanced_code(
     rcpt = [reply for reply in record.transcript if reply.stage is Stage.RCPT]
     assert [(r.code, r.enhanced_code) for r in rcpt] == [(550, "5.7.1")]
     assert (
-        metric(registry, "deliverability_bounces_total", route="good", type="hard", source="smtp")
+        metric(
+            registry,
+            "deliverability_bounces_total",
+            route="good",
+            type="hard",
+            source="smtp",
+            reason="policy",
+        )
         == 1
     )
-    assert [(b.bounce_type, b.source, b.status) for b in bounces] == [
-        (BounceType.HARD, BounceSource.SMTP, "5.7.1")
+    # A 5.7.1 refusal is a policy block, with the reply code kept beside the status.
+    assert [(b.bounce_type, b.source, b.status, b.reason, b.smtp_code) for b in bounces] == [
+        (BounceType.HARD, BounceSource.SMTP, "5.7.1", BounceReason.POLICY, "550")
     ]
     assert (
         metric(
@@ -260,7 +269,14 @@ async def test_rcpt_4xx_is_deferred(setup: AgentSetup, mail_system: MailSystem) 
         record = await probe_once(agent, "good", "seed")
     assert record.outcome is Outcome.DEFERRED
     assert (
-        metric(registry, "deliverability_bounces_total", route="good", type="soft", source="smtp")
+        metric(
+            registry,
+            "deliverability_bounces_total",
+            route="good",
+            type="soft",
+            source="smtp",
+            reason="policy",  # 451 4.7.1
+        )
         == 1
     )
     assert record.transcript[-2].code == 451 or any(

@@ -212,7 +212,7 @@ def test_a_probe_header_smuggled_behind_a_bare_cr_is_malformed() -> None:
         ("postfix_bounce.eml", "bounce: multipart/report delivery-status"),
         ("gmail_dsn_headers_only.eml", "bounce: multipart/report delivery-status"),
         ("exchange_ndr_base64.eml", "bounce: From mailer-daemon/postmaster"),
-        ("qmail_failure_notice.eml", "bounce: empty Return-Path"),
+        ("qmail_failure_notice.eml", "bounce: subject"),
     ],
 )
 def test_bounces_are_bounces_and_name_the_signed_probe_they_quote(
@@ -252,7 +252,7 @@ def test_a_quoted_message_id_with_a_bad_signature_is_not_taken_as_signed() -> No
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("outlook_automatic_reply.eml", "auto-reply: Auto-Submitted auto-generated"),
+        ("outlook_automatic_reply.eml", "auto-reply: subject"),
         ("vacation_copies_headers.eml", "auto-reply: X-Autoreply"),
     ],
 )

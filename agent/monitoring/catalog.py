@@ -243,9 +243,10 @@ TLS_CERT_EXPIRY = MetricSpec(
 BOUNCES = MetricSpec(
     "deliverability_bounces_total",
     MetricKind.COUNTER,
-    "Bounces of probes by type (hard 5.x.x, soft 4.x.x) and source (SMTP reply or later DSN); "
-    "bounce rate is this over deliverability_probes_sent_total.",
-    ("route", "type", "source"),
+    "Bounces of probes by type (hard 5.x.x, soft 4.x.x), source (SMTP reply or later DSN) and "
+    "reason (recipient_invalid, policy, mailbox_full, other); bounce rate is this over "
+    "deliverability_probes_sent_total.",
+    ("route", "type", "source", "reason"),
 )
 TLS_VERSION_INFO = MetricSpec(
     "deliverability_tls_version_info",

@@ -21,6 +21,7 @@ from agent.model import (
     AuthResult,
     AuthVerdicts,
     BounceCounted,
+    BounceReason,
     BounceSource,
     BounceType,
     ConfigLoaded,
@@ -211,7 +212,8 @@ class Recorder:
             self._h(SMTP_TRANSACTION_SECONDS, route)
             for bounce_type in BounceType:
                 for source in BounceSource:
-                    self._c(BOUNCES, route, bounce_type.value, source.value)
+                    for reason in BounceReason:
+                        self._c(BOUNCES, route, bounce_type.value, source.value, reason.value)
         for route, mailbox in ordered:
             for outcome in Outcome:
                 self._c(PROBES, route, mailbox, outcome.value)
@@ -236,9 +238,11 @@ class Recorder:
         self._pairs = ordered
         self._declared_pairs = frozenset(ordered)
 
-    def _bounce(self, route: str, bounce_type: BounceType, source: BounceSource) -> None:
+    def _bounce(
+        self, route: str, bounce_type: BounceType, source: BounceSource, reason: BounceReason
+    ) -> None:
         """One bounce of one probe (the caller makes sure each is counted once)."""
-        self._c(BOUNCES, route, bounce_type.value, source.value).inc()
+        self._c(BOUNCES, route, bounce_type.value, source.value, reason.value).inc()
 
     def _config_loaded(self, ok: bool, at: float) -> None:
         """A configuration load or reload finished; `at` is its wall-clock time."""
@@ -269,8 +273,8 @@ class Recorder:
                     self._inbox_category(result.route, result.mailbox, result.arrival.category)
             case ProbeLate(route, mailbox):
                 self._probe_late(route, mailbox)
-            case BounceCounted(route, bounce_type, source):
-                self._bounce(route, bounce_type, source)
+            case BounceCounted(route, bounce_type, source, reason):
+                self._bounce(route, bounce_type, source, reason)
             case MessageSkipped(mailbox, SkipReason.MALFORMED):
                 self._malformed_message(mailbox)
             case MessageSkipped(mailbox, SkipReason.FORGED):

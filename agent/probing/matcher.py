@@ -15,6 +15,7 @@ from agent.config import Cleanup, Config, Mailbox
 from agent.log_fields import probe_fields
 from agent.model import (
     Arrival,
+    BounceReason,
     BounceSource,
     BounceType,
     FoundBy,
@@ -158,15 +159,25 @@ class Matcher:
                 f"it reports {', '.join(report.recipients)}, not the probe's recipient {recipient}",
             )
             return False
+        # A DSN about several recipients: the probe recipient's block, not the first one.
+        fields = report.fields_for(recipient)
+        bounce_type = fields.bounce_type if fields is not None else report.bounce_type
         self._outcomes.bounce(
             record,
-            report.bounce_type,
+            bounce_type,
             BounceSource.DSN,
-            status=report.status,
+            status=fields.status if fields is not None else report.status,
             reporting_mta=report.reporting_mta,
             seen_at=seen_at,
+            reason=fields.reason if fields is not None else BounceReason.OTHER,
+            smtp_code=fields.smtp_code if fields is not None else None,
+            action=fields.action if fields is not None else None,
+            recipient=fields.recipient if fields is not None else None,
+            original_message_id=fields.original_message_id if fields is not None else None,
         )
-        if report.bounce_type is BounceType.HARD and record.outcome is None:
+        # Every hard bounce ends the probe as `bounced`, a policy block (5.7.x) included: the
+        # probe was not delivered, which is what the outcome says; `reason` says why.
+        if bounce_type is BounceType.HARD and record.outcome is None:
             self._outcomes.finalize(record, Outcome.BOUNCED, finished_at=seen_at)
         return self._cleanup is Cleanup.DELETE
 

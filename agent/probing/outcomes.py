@@ -19,6 +19,7 @@ from agent.log_fields import probe_fields
 from agent.model import (
     Arrival,
     BounceCounted,
+    BounceReason,
     BounceSource,
     BounceType,
     InFlight,
@@ -34,6 +35,7 @@ from agent.model import (
     SmtpTransaction,
 )
 from agent.monitoring.recorder import Recorder
+from agent.reading.bounces import bounce_reason
 from agent.smtp.replies import deciding_reply, verdict_of
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
@@ -121,6 +123,8 @@ class Outcomes:
                     status=reply.enhanced_code,
                     reporting_mta=None,
                     seen_at=finished_at,
+                    reason=bounce_reason(reply.enhanced_code, str(reply.code), reply.text),
+                    smtp_code=str(reply.code),
                 )
         self.finalize(record, verdict, finished_at=finished_at)
 
@@ -293,6 +297,11 @@ class Outcomes:
         status: str | None,
         reporting_mta: str | None,
         seen_at: float,
+        reason: BounceReason = BounceReason.OTHER,
+        smtp_code: str | None = None,
+        action: str | None = None,
+        recipient: str | None = None,
+        original_message_id: str | None = None,
     ) -> bool:
         """Count a bounce of the probe once per type and source; True when this call counted it."""
         if not self._ledger.record_bounce(
@@ -302,16 +311,22 @@ class Outcomes:
             status=status,
             reporting_mta=reporting_mta,
             seen_at=seen_at,
+            reason=reason,
+            smtp_code=smtp_code,
+            action=action,
+            recipient=recipient,
+            original_message_id=original_message_id,
         ):
             return False
-        self._recorder.record(BounceCounted(record.route, bounce_type, source))
+        self._recorder.record(BounceCounted(record.route, bounce_type, source, reason))
         log.info(
-            "probe %s %s -> %s: %s bounce (%s) %s from %s",
+            "probe %s %s -> %s: %s bounce (%s, %s) %s from %s",
             record.probe_id,
             record.route,
             record.mailbox,
             bounce_type,
             source,
+            reason,
             status or "no status code",
             reporting_mta or "unknown MTA",
             extra=probe_fields(

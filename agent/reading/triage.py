@@ -37,6 +37,8 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "Triage",
     "TriageKind",
+    "classify_reply",
+    "own_parts",
     "placement_of",
     "triage_message",
 ]
@@ -78,6 +80,7 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FOLD = re.compile(r"\r\n|\r|\n")
 _COMMENT = re.compile(r"\([^()]*\)")  # no "(" inside: linear even on "((((..."
 _MAX_TOKEN_CHARS = 1024
+_MAX_OWN_PARTS = 256  # MIME parts looked at for a DSN part; real bounces have a handful
 
 _BOUNCE_SUBJECT = re.compile(
     r"\s*(?:undeliver(?:ed|able)|delivery status notification|returned mail"
@@ -87,7 +90,9 @@ _BOUNCE_SUBJECT = re.compile(
 )
 _AUTO_REPLY_SUBJECT = re.compile(
     r"\s*(?:automatic reply|auto[- ]?reply|auto[- ]?response|auto:|autosvar|abwesenheitsnotiz"
-    r"|r[ée]ponse automatique|.*\bout of (?:the )?office\b)",
+    r"|automatische antwort|r[ée]ponse automatique|respuesta autom[áa]tica"
+    r"|risposta automatica|resposta autom[áa]tica|automatisch antwoord"
+    r"|.*\bout of (?:the )?office\b)",
     re.IGNORECASE,
 )
 _BOUNCE_SENDERS = frozenset({"mailer-daemon", "postmaster"})
@@ -153,24 +158,57 @@ def _report_type(message: Message) -> str:
     return _token(value or "")
 
 
-def _bounce_reason(message: Message, subject: str) -> str | None:
+def own_parts(message: Message) -> Iterator[Message]:
+    """The message and its MIME parts, without descending into attached messages: a bounce
+    forwarded as an attachment (message/rfc822) is a forward, not a bounce."""
+    stack = [message]
+    seen = 0
+    while stack and seen < _MAX_OWN_PARTS:
+        part = stack.pop()
+        seen += 1
+        yield part
+        if part.get_content_maintype() == "message" or not part.is_multipart():
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend(p for p in reversed(payload) if isinstance(p, Message))
+
+
+def _dsn_reason(message: Message) -> str | None:
+    """A delivery-status report of this message itself (RFC 3464), not of one attached to it."""
     if message.get_content_type() == "multipart/report" and _report_type(message) in (
         "delivery-status",
         "global-delivery-status",
     ):
         return "bounce: multipart/report delivery-status"
-    if any(part.get_content_type() in _DSN_TYPES for part in message.walk()):
+    if any(part.get_content_type() in _DSN_TYPES for part in own_parts(message)):
         return "bounce: delivery-status part"
+    return None
+
+
+def _auto_reply_marker(message: Message, subject: str) -> str | None:
+    """What only auto-responders write. A bounce's subject can quote an auto-reply's
+    ("Undeliverable: Automatic reply: ..."), so the subject counts only without a bounce one."""
+    for name in _AUTO_REPLY_HEADERS:
+        if _headers(message, name):
+            return f"auto-reply: {name}"
+    if any(_token(value) == "auto_reply" for value in _headers(message, "Precedence")):
+        return "auto-reply: Precedence auto_reply"
+    if _AUTO_REPLY_SUBJECT.match(subject) and not _BOUNCE_SUBJECT.match(subject):
+        return "auto-reply: subject"
+    return None
+
+
+def _text_bounce_marker(message: Message, subject: str) -> str | None:
+    """A bounce without a DSN part: sent by the mail system, or titled like one."""
     if _sender_local_part(message) in _BOUNCE_SENDERS:
         return "bounce: From mailer-daemon/postmaster"
-    if any(re.sub(r"\s", "", value) == "<>" for value in _headers(message, "Return-Path")):
-        return "bounce: empty Return-Path"
     if _BOUNCE_SUBJECT.match(subject):
         return "bounce: subject"
     return None
 
 
-def _auto_reply_reason(message: Message, subject: str, looks_ours: bool) -> str | None:
+def _auto_submitted(message: Message, looks_ours: bool) -> str | None:
     if message.get_content_type() == "multipart/report":
         report_type = _report_type(message)
         shown = report_type if report_type in _REPORT_TYPES else "other"
@@ -182,13 +220,31 @@ def _auto_reply_reason(message: Message, subject: str, looks_ours: bool) -> str 
             continue
         shown = token if token in _AUTO_SUBMITTED else "other"
         return f"auto-reply: Auto-Submitted {shown}"
-    for name in _AUTO_REPLY_HEADERS:
-        if _headers(message, name):
-            return f"auto-reply: {name}"
-    if any(_token(value) == "auto_reply" for value in _headers(message, "Precedence")):
-        return "auto-reply: Precedence auto_reply"
-    if _AUTO_REPLY_SUBJECT.match(subject):
-        return "auto-reply: subject"
+    if _headers(message, "X-MS-Exchange-Inbox-Rules-Loop"):
+        return "auto-reply: X-MS-Exchange-Inbox-Rules-Loop"  # sent by an Exchange inbox rule
+    return None
+
+
+def classify_reply(
+    message: Message, subject: str, looks_ours: bool
+) -> tuple[TriageKind, str] | None:
+    """BOUNCE or AUTO_REPLY with the reason, or None for anything else.
+
+    Order matters, strongest evidence first: a DSN part of the message itself; what only
+    auto-responders write (X-Autoreply, an "Automatic reply:" subject: Exchange sends these
+    with an empty Return-Path, like a bounce); a text bounce (mailer-daemon, a bounce subject;
+    Exim and Postfix bounces also say Auto-Submitted); Auto-Submitted and other reports; last,
+    an empty Return-Path alone."""
+    if reason := _dsn_reason(message):
+        return TriageKind.BOUNCE, reason
+    if reason := _auto_reply_marker(message, subject):
+        return TriageKind.AUTO_REPLY, reason
+    if reason := _text_bounce_marker(message, subject):
+        return TriageKind.BOUNCE, reason
+    if reason := _auto_submitted(message, looks_ours):
+        return TriageKind.AUTO_REPLY, reason
+    if any(re.sub(r"\s", "", value) == "<>" for value in _headers(message, "Return-Path")):
+        return TriageKind.BOUNCE, "bounce: empty Return-Path"
     return None
 
 
@@ -260,12 +316,9 @@ def _triage(raw: bytes, keys: KeyRing, trusted_authserv_ids: Sequence[str]) -> T
     # ours, not an auto-responder's.
     ours_by_id = _QUOTED_MESSAGE_ID.search(_first(message, "Message-ID")) is not None
 
-    reason = _bounce_reason(message, subject)
-    kind = TriageKind.BOUNCE
-    if reason is None:
-        reason = _auto_reply_reason(message, subject, bool(probe_headers) or ours_by_id)
-        kind = TriageKind.AUTO_REPLY
-    if reason is not None:
+    replied = classify_reply(message, subject, bool(probe_headers) or ours_by_id)
+    if replied is not None:
+        kind, reason = replied
         probe_id, signed = _quoted_probe(message, raw, subject, keys)
         return Triage(kind, probe_id or None, auth, reason, signed, unparseable)
 

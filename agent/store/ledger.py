@@ -55,6 +55,7 @@ from agent.model import (
     Arrival,
     AuthResult,
     AuthVerdicts,
+    BounceReason,
     BounceSource,
     BounceType,
     ErrorKind,
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 LEDGER_FILENAME = "ledger.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Seconds a writer waits for another connection's write lock before failing; writes are tiny, so
 # hitting this means something is badly wrong, not that the other side is slow.
@@ -166,9 +167,31 @@ WHERE outcome IN ('inbox', 'spam', 'other') AND folder IS NOT NULL
 # Version 3: when a restart found a probe cut mid-transaction (it stays open until its deadline).
 _MIGRATE_V2_TO_V3 = ("ALTER TABLE probes ADD COLUMN interrupted_at REAL",)
 
+# Version 4: what a bounce said beyond its type and status: why it failed (a bounded reason, set
+# from the stored status for older rows), the reply code, the DSN's action, the recipient it was
+# about and the returned message's Message-ID.
+_MIGRATE_V3_TO_V4 = (
+    "ALTER TABLE bounces ADD COLUMN reason TEXT NOT NULL DEFAULT 'other'",
+    "ALTER TABLE bounces ADD COLUMN smtp_code TEXT",
+    "ALTER TABLE bounces ADD COLUMN action TEXT",
+    "ALTER TABLE bounces ADD COLUMN recipient TEXT",
+    "ALTER TABLE bounces ADD COLUMN original_message_id TEXT",
+    """
+UPDATE bounces SET reason = CASE
+    WHEN status GLOB '[45].2.2' THEN 'mailbox_full'
+    WHEN status IN ('5.1.1', '5.1.2', '5.1.3', '5.1.6', '5.1.10') THEN 'recipient_invalid'
+    WHEN status GLOB '[45].7.*' THEN 'policy'
+    ELSE 'other' END
+""",
+)
+
 # Each step takes the schema from version N to N + 1; a new file runs v1, then every step, so the
 # migrations are exercised on every start of a fresh agent.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _MIGRATE_V1_TO_V2, 2: _MIGRATE_V2_TO_V3}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: _MIGRATE_V1_TO_V2,
+    2: _MIGRATE_V2_TO_V3,
+    3: _MIGRATE_V3_TO_V4,
+}
 
 _COLUMNS = (
     "probe_id, route, mailbox, created_at, deadline_at, accepted, accepted_at,"
@@ -176,6 +199,14 @@ _COLUMNS = (
     " outcome, finished_at, folder, latency_seconds, arrival,"
     " late_seen_at, late_folder, late_latency_seconds, interrupted_at"
 )
+
+
+def _bounce_reason(value: str) -> BounceReason:
+    """A stored reason; one this agent does not know (a newer agent wrote it) reads as other."""
+    try:
+        return BounceReason(value)
+    except ValueError:
+        return BounceReason.OTHER
 
 
 class LedgerError(AgentError):
@@ -203,6 +234,16 @@ class BounceRecord:
     status: str | None
     reporting_mta: str | None
     seen_at: float
+    reason: BounceReason = BounceReason.OTHER
+    smtp_code: str | None = None
+    action: str | None = None
+    recipient: str | None = None
+    original_message_id: str | None = None
+
+    @property
+    def recipient_invalid(self) -> bool:
+        """The address or its domain does not exist."""
+        return self.reason is BounceReason.RECIPIENT_INVALID
 
 
 class ProbeState(enum.StrEnum):
@@ -521,13 +562,19 @@ class Ledger:
         status: str | None,
         reporting_mta: str | None,
         seen_at: float,
+        reason: BounceReason = BounceReason.OTHER,
+        smtp_code: str | None = None,
+        action: str | None = None,
+        recipient: str | None = None,
+        original_message_id: str | None = None,
     ) -> bool:
         """Record a bounce of the probe; True only the first time for this type and source, so a
         DSN seen again (after a restart, or sent twice) is counted once."""
         with self._translate("record a bounce", write=True):
             cursor = self._conn.execute(
                 "INSERT OR IGNORE INTO bounces (probe_id, type, source, status, reporting_mta,"
-                " seen_at) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS"
+                " seen_at, reason, smtp_code, action, recipient, original_message_id)"
+                " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
                 " (SELECT 1 FROM probes WHERE probe_id = ?)",
                 (
                     probe_id,
@@ -536,6 +583,11 @@ class Ledger:
                     status,
                     reporting_mta,
                     seen_at,
+                    reason.value,
+                    smtp_code,
+                    action,
+                    recipient,
+                    original_message_id,
                     probe_id,
                 ),
             )
@@ -545,13 +597,24 @@ class Ledger:
         """The bounces recorded for a probe, in the order they were seen."""
         with self._translate("read bounces"):
             rows = self._conn.execute(
-                "SELECT type, source, status, reporting_mta, seen_at FROM bounces"
-                " WHERE probe_id = ? ORDER BY seen_at",
+                "SELECT type, source, status, reporting_mta, seen_at, reason, smtp_code, action,"
+                " recipient, original_message_id FROM bounces WHERE probe_id = ? ORDER BY seen_at",
                 (probe_id,),
             ).fetchall()
         return [
-            BounceRecord(BounceType(t), BounceSource(src), status, mta, seen_at)
-            for t, src, status, mta, seen_at in rows
+            BounceRecord(
+                BounceType(row[0]),
+                BounceSource(row[1]),
+                status=row[2],
+                reporting_mta=row[3],
+                seen_at=row[4],
+                reason=_bounce_reason(row[5]),
+                smtp_code=row[6],
+                action=row[7],
+                recipient=row[8],
+                original_message_id=row[9],
+            )
+            for row in rows
         ]
 
     def prune(self, older_than: float) -> int:
