@@ -110,6 +110,7 @@ class Matcher:
             seen_at=seen_at,
             auth=triage.auth,
             found_by=found_by,
+            spam=triage.spam,
         )
         self._outcomes.arrived(record, arrival)
         return self._cleanup is Cleanup.DELETE
