@@ -185,8 +185,10 @@ def verdicts_of_fields(fields: Sequence[tuple[str, str]]) -> tuple[SpamVerdict, 
     chosen: dict[str, str] = {}
     for name, value in fields:
         key = name.strip().lower()
-        if key in _NAMES and len(value) <= _MAX_VALUE_CHARS:
-            chosen.setdefault(key, _FOLD.sub("", value).strip())
+        if key in _NAMES:
+            # An oversized field still takes its name's place (as empty): never a lower one's.
+            text = _FOLD.sub("", value).strip() if len(value) <= _MAX_VALUE_CHARS else ""
+            chosen.setdefault(key, text)
     # X-Spam-Status is written by both: SpamAssassin's form always says `required=`, rspamd's never.
     status = chosen.get(_STATUS)
     by_spamassassin = status is not None and _REQUIRED.search(status) is not None
