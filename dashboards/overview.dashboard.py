@@ -496,7 +496,7 @@ grid.add(
         shows="Verdicts the receiver's spam filters (rspamd, SpamAssassin, Microsoft) wrote into "
         "delivered probes, by category (ham, spam, bulk, phish, ...). Only fields the receiving "
         "hop wrote count (docs/monitoring.md, spam-filter verdicts). No data: the receivers write "
-        "none (Gmail never does).",
+        "none that the agent reads (Gmail's verdict is the folder).",
         when_bad="Anything but ham growing: the per-pair share panel names the pair; the "
         "probe's fields on the status page or `once --json` give the score and threshold.",
         targets=[
