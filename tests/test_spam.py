@@ -98,6 +98,40 @@ def test_forefront_report_gives_scl_against_microsofts_threshold_and_the_filter_
     )
 
 
+# Minimal values in the fields' formats, not samples of any site (none with a clear licence was
+# found): SpamAssassin's own spamd tests expect `X-Spam-Flag: YES` on spam; the SCL scale (-1 to
+# 9, 5 and up spam) is Microsoft's anti-spam documentation's.
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            [("X-Spam-Flag", "YES"), ("X-Spam-Score", "8.0")],
+            SpamVerdict(SpamSource.SPAMASSASSIN, 8.0, None, True, SpamCategory.SPAM),
+        ),
+        (
+            [("X-Spam-Score", "-0.9")],
+            SpamVerdict(SpamSource.SPAMASSASSIN, -0.9, None, None, SpamCategory.UNKNOWN),
+        ),
+        (
+            [("X-Rspamd-Score", "3.84")],
+            SpamVerdict(SpamSource.RSPAMD, 3.84, None, None, SpamCategory.UNKNOWN),
+        ),
+        (
+            [("X-MS-Exchange-Organization-SCL", "6")],
+            SpamVerdict(SpamSource.MICROSOFT, 6.0, 5.0, True, SpamCategory.SPAM),
+        ),
+        (
+            [("X-MS-Exchange-Organization-SCL", "-1")],
+            SpamVerdict(SpamSource.MICROSOFT, -1.0, 5.0, False, SpamCategory.HAM),
+        ),
+    ],
+)
+def test_score_only_and_flag_fields_normalise_by_their_documented_meaning(
+    fields: list[tuple[str, str]], expected: SpamVerdict
+) -> None:
+    assert verdicts_of_fields(fields) == (expected,)
+
+
 # --- which fields are the receiver's --------------------------------------------------------------
 
 
