@@ -40,6 +40,9 @@ __all__ = [
     "SkipReason",
     "SmtpReply",
     "SmtpTransaction",
+    "SpamCategory",
+    "SpamSource",
+    "SpamVerdict",
     "Stage",
     "TlsMode",
 ]
@@ -235,6 +238,44 @@ class AuthVerdicts:
         )
 
 
+class SpamSource(enum.StrEnum):
+    """The spam filter a verdict came from (agent.reading.spam says which fields each writes)."""
+
+    RSPAMD = "rspamd"
+    SPAMASSASSIN = "spamassassin"
+    MICROSOFT = "microsoft"  # Exchange Online Protection / Outlook.com
+
+
+class SpamCategory(enum.StrEnum):
+    """What a spam filter said the message is, folded into one small set across filters."""
+
+    HAM = "ham"
+    SPAM = "spam"
+    BULK = "bulk"
+    PHISH = "phish"
+    MALWARE = "malware"
+    SPOOF = "spoof"
+    IMPERSONATION = "impersonation"
+    OTHER = "other"  # a category the filter names that is none of the above
+    UNKNOWN = "unknown"  # the filter gave a score but no verdict
+
+
+@dataclass(frozen=True, slots=True)
+class SpamVerdict:
+    """One receiving spam filter's verdict on a probe, normalised across filters.
+
+    `score` and `threshold` are on the filter's own scale (rspamd and SpamAssassin points,
+    Microsoft's SCL -1..9); None where the filter did not write them.
+    """
+
+    source: SpamSource
+    score: float | None
+    threshold: float | None
+    is_spam: bool | None
+    category: SpamCategory
+    bulk_level: int | None = None  # Microsoft's bulk complaint level (BCL 0..9)
+
+
 @dataclass(frozen=True, slots=True)
 class Arrival:
     """A probe found in a seed mailbox: where it landed and every verdict read from the message.
@@ -253,6 +294,7 @@ class Arrival:
     found_by: FoundBy | None = None  # None: not recorded (an arrival stored by an older version)
     # The Gmail tab, for inbox placements on servers with X-GM-EXT-1; None: not known or asked
     category: InboxCategory | None = None
+    spam: tuple[SpamVerdict, ...] = ()  # the receiving hop's spam filters, one per source
 
 
 # --- what the recorder is handed: one frozen result per thing that happened ---------------------

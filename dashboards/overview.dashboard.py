@@ -508,6 +508,68 @@ grid.add(
     )
 )
 
+# --- spam filters ---------------------------------------------------------------------------------
+grid.row("Spam filters (the receiving hop's verdicts)")
+grid.add(
+    timeseries(
+        "Spam-filter verdicts by filter and category",
+        shows="Verdicts the receiver's spam filters (rspamd, SpamAssassin, Microsoft) wrote into "
+        "delivered probes, by category (ham, spam, bulk, phish, ...). Only fields the receiving "
+        "hop wrote count (docs/monitoring.md, spam-filter verdicts). No data: the receivers write "
+        "none that the agent reads (Gmail's verdict is the folder).",
+        when_bad="Anything but ham growing: the per-pair share panel names the pair; the "
+        "probe's fields on the status page or `once --json` give the score and threshold.",
+        targets=[
+            target(
+                "sum by (source, category) (increase(deliverability_spam_verdicts_total"
+                f"{{{PAIR}}}[$__rate_interval])) > 0",
+                "{{source}} {{category}}",
+            )
+        ],
+        bars=True,
+    )
+)
+grid.add(
+    timeseries(
+        "Share of probes a spam filter did not call ham",
+        shows="Per route, seed mailbox and filter, the share of verdicts over a sliding hour "
+        "that were anything but ham (spam, bulk, phish, ... or a score without a verdict).",
+        when_bad="Rising while placement still says inbox: the receiver is close to filing "
+        "probes as junk; compare the score panel with the filter's threshold.",
+        targets=[
+            target(
+                "sum by (route, mailbox, source) (increase(deliverability_spam_verdicts_total"
+                f'{{{PAIR}, category!="ham"}}[1h])) / sum by (route, mailbox, source) '
+                f"(increase(deliverability_spam_verdicts_total{{{PAIR}}}[1h]))",
+                "{{route}} → {{mailbox}} {{source}}",
+            )
+        ],
+        ratio=True,
+    )
+)
+grid.add(
+    timeseries(
+        "Spam-filter score (p50, p95) per filter",
+        shows="Scores of delivered probes on each filter's own scale (rspamd and SpamAssassin "
+        "points, Microsoft SCL -1..9), from a six-bucket histogram (0, 2, 4, 6, 10, 15): read "
+        "it as a band, not an exact value.",
+        when_bad="Above 4-6: near rspamd's add-header (6) and SpamAssassin's default (5) "
+        "thresholds, or Microsoft's spam SCL (5); the probe's filter fields say which rules hit.",
+        targets=[
+            target(
+                "histogram_quantile(0.5, sum by (source, le) (rate(deliverability_spam_score_bucket"
+                f"{{{PAIR}}}[$__rate_interval])))",
+                "{{source}} p50",
+            ),
+            target(
+                "histogram_quantile(0.95, sum by (source, le) "
+                f"(rate(deliverability_spam_score_bucket{{{PAIR}}}[$__rate_interval])))",
+                "{{source}} p95",
+            ),
+        ],
+    )
+)
+
 # --- DNS and reputation ---------------------------------------------------------------------------
 # The DNS checks are per sending domain, seed domain and sending IP, not per route: these panels
 # ignore the route and mailbox variables.

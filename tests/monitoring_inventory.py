@@ -205,5 +205,11 @@ def vocabulary() -> Vocabulary:
         (metrics.DMARC_POLICY_INFO.name, "subdomain_policy"): enum_values(DmarcPolicy),
         (metrics.DMARC_POLICY_INFO.name, "adkim"): enum_values(Alignment),
         (metrics.DMARC_POLICY_INFO.name, "aspf"): enum_values(Alignment),
+        (metrics.SPAM_VERDICTS.name, "source"): enum_values(model.SpamSource),
+        (metrics.SPAM_VERDICTS.name, "category"): enum_values(model.SpamCategory),
+        **{
+            (f"{metrics.SPAM_SCORE.name}{suffix}", "source"): enum_values(model.SpamSource)
+            for suffix in ("_bucket", "_sum", "_count")
+        },
     }
     return Vocabulary(labels, values, metric_values)

@@ -38,6 +38,7 @@ ONCE_KEYS = [
     "latency_seconds",
     "smtp",
     "auth",
+    "spam",
     "error",
 ]
 
@@ -97,6 +98,16 @@ def test_once_json_prints_one_object_per_probe_and_exits_0_when_all_in_inbox(
     assert probe["outcome"] == "inbox"
     assert probe["folder"] == "INBOX"
     assert probe["auth"] == {"spf": "pass", "dkim": "pass", "dmarc": "pass", "arc": None}
+    # The test mail system's rspamd: not spam, its score against its reject threshold.
+    (spam,) = probe["spam"]
+    assert isinstance(spam.pop("score"), float)
+    assert spam == {
+        "source": "rspamd",
+        "threshold": 50.0,
+        "is_spam": False,
+        "category": "ham",
+        "bulk_level": None,
+    }
     assert probe["error"] is None
     assert probe["smtp"][0] == {
         "stage": "banner",

@@ -24,6 +24,9 @@ from agent.model import (
     ProbeError,
     SendResult,
     SmtpReply,
+    SpamCategory,
+    SpamSource,
+    SpamVerdict,
     Stage,
 )
 from agent.store.ledger import (
@@ -530,6 +533,32 @@ def test_ledger_stores_an_arrival_seen_before_the_send_result(ledger: Ledger) ->
     assert ledger.finalize("p1", outcome=Outcome.ERROR, finished_at=T0 + 2.0)
     assert not ledger.record_arrival(Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 3.0))
     assert record(ledger, "p1").arrival == arrival
+
+
+def test_ledger_keeps_the_spam_verdicts_of_an_arrival(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    spam = (
+        SpamVerdict(SpamSource.RSPAMD, 2.0, 50.0, False, SpamCategory.HAM),
+        SpamVerdict(SpamSource.MICROSOFT, None, None, True, SpamCategory.BULK, bulk_level=7),
+    )
+    arrival = Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 1.0, spam=spam)
+    assert ledger.finalize("p1", outcome=Outcome.INBOX, finished_at=T0 + 2.0, arrival=arrival)
+    assert record(ledger, "p1").arrival == arrival
+    assert record(ledger, "p1").spam == spam
+
+
+def test_ledger_reads_an_arrival_stored_before_spam_verdicts_as_having_none(
+    ledger: Ledger,
+) -> None:
+    send(ledger, "p1")
+    assert ledger.record_arrival(Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 1.0))
+    # The form an older version wrote: no "spam" key at all.
+    ledger._conn.execute(
+        "UPDATE probes SET arrival = json_remove(arrival, '$.spam') WHERE probe_id = 'p1'"
+    )
+    stored = record(ledger, "p1")
+    assert stored.arrival is not None
+    assert (stored.arrival.spam, stored.spam) == ((), ())
 
 
 def test_ledger_migrates_a_version_1_file_keeping_every_verdict(tmp_path: Path) -> None:

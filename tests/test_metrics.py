@@ -56,6 +56,9 @@ from agent.model import (
     SkipReason,
     SmtpReply,
     SmtpTransaction,
+    SpamCategory,
+    SpamSource,
+    SpamVerdict,
     Stage,
 )
 from agent.monitoring.catalog import (
@@ -65,6 +68,7 @@ from agent.monitoring.catalog import (
     PREFIX,
     PROBES,
     SMTP_ERRORS,
+    SPAM_VERDICTS,
     MetricKind,
     MetricSpec,
     exposition,
@@ -170,8 +174,18 @@ def _arrival(
     placement: Outcome,
     auth: AuthVerdicts,
     found_by: FoundBy | None = FoundBy.PUSH,
+    spam: tuple[SpamVerdict, ...] = (),
 ) -> Arrival:
-    return Arrival("01hzjb7m8k0000000000000000", mailbox, "INBOX", placement, T0, auth, found_by)
+    return Arrival(
+        "01hzjb7m8k0000000000000000",
+        mailbox,
+        "INBOX",
+        placement,
+        T0,
+        auth,
+        found_by=found_by,
+        spam=spam,
+    )
 
 
 def play_fixed_sequence(recorder: Recorder) -> None:
@@ -199,6 +213,7 @@ def play_fixed_sequence(recorder: Recorder) -> None:
                     GMAIL,
                     Outcome.INBOX,
                     AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS),
+                    spam=(SpamVerdict(SpamSource.RSPAMD, 2.0, 50.0, False, SpamCategory.HAM),),
                 ),
                 category=InboxCategory.PROMOTIONS,
             ),
@@ -309,6 +324,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
         | {str(m) for m in LedgerErrorKind}
         | {str(m) for m in InboxCategory}
+        | {str(m) for m in (*SpamSource, *SpamCategory)}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -425,6 +441,42 @@ def test_metrics_probe_final_counts_outcome_latency_auth_and_time(
     found = "deliverability_probes_found_total"
     assert value(registry, found, mailbox=GMAIL, found_by="push") == 1
     assert value(registry, found, mailbox=GMAIL, found_by="check") == 0
+
+
+def test_metrics_spam_verdicts_are_counted_by_filter_and_category_with_their_scores(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    pair = {"route": ROUTE, "mailbox": GMAIL}
+    # Pre-created: each filter's possible categories, and no score histogram before a score.
+    assert value(registry, SPAM_VERDICTS.name, **pair, source="microsoft", category="bulk") == 0
+    assert value(registry, SPAM_VERDICTS.name, **pair, source="rspamd", category="spam") == 0
+    names = {name for name, _, _ in samples(registry)}
+    assert "deliverability_spam_score_count" not in names
+    assert (
+        registry.get_sample_value(
+            SPAM_VERDICTS.name, {**pair, "source": "rspamd", "category": "bulk"}
+        )
+        is None
+    )  # rspamd never says bulk: no series for it
+    spam = (
+        SpamVerdict(SpamSource.RSPAMD, 25.4, 50.0, True, SpamCategory.SPAM),
+        SpamVerdict(SpamSource.MICROSOFT, None, None, True, SpamCategory.BULK, bulk_level=7),
+    )
+    arrival = _arrival(GMAIL, Outcome.SPAM, AuthVerdicts(), spam=spam)
+    recorder.record(
+        ProbeFinished(ROUTE, GMAIL, Outcome.SPAM, finished_at=T0 + 1.0, arrival=arrival)
+    )
+
+    assert value(registry, SPAM_VERDICTS.name, **pair, source="rspamd", category="spam") == 1
+    assert value(registry, SPAM_VERDICTS.name, **pair, source="microsoft", category="bulk") == 1
+    rspamd = {**pair, "source": "rspamd"}
+    assert value(registry, "deliverability_spam_score_count", **rspamd) == 1
+    assert value(registry, "deliverability_spam_score_bucket", **rspamd, le="15.0") == 0
+    assert value(registry, "deliverability_spam_score_bucket", **rspamd, le="+Inf") == 1
+    # Microsoft wrote no SCL here: no score observed.
+    sources = {labels.get("source") for name, labels, _ in samples(registry) if "score" in name}
+    assert sources == {"rspamd"}
 
 
 def test_metrics_counts_how_each_found_probe_was_found_once_per_probe(

@@ -7,6 +7,7 @@ import smtplib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,10 @@ from agent.model import (
     MessageSkipped,
     Outcome,
     ProbeLate,
+    SendResult,
     SkipReason,
+    SpamCategory,
+    SpamSource,
     Stage,
 )
 from agent.monitoring.catalog import new_registry
@@ -33,7 +37,7 @@ from agent.monitoring.recorder import Recorder, Result
 from agent.probing.probe_message import build_probe_message
 from agent.reading.probe_token import new_probe_id
 from agent.store.ledger import Ledger, ProbeRecord
-from tests.agent_setup import BAD_SENDER, AgentSetup
+from tests.agent_setup import BAD_SENDER, TEST_SECRET, AgentSetup
 from tests.imap_helpers import watch_log
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SEED_DOMAIN, Account
@@ -212,6 +216,81 @@ async def test_probe_from_the_misconfigured_domain_lands_in_spam_with_dmarc_fail
     assert record.auth is not None
     assert record.auth.dmarc is AuthResult.FAIL
     assert record.auth.spf is AuthResult.FAIL
+    # rspamd's verdict, from the fields it appended below the probe's own: spam (add header).
+    (spam,) = record.spam
+    assert (spam.source, spam.is_spam, spam.category) == (
+        SpamSource.RSPAMD,
+        True,
+        SpamCategory.SPAM,
+    )
+
+
+async def test_a_probes_rspamd_verdict_is_read_stored_and_counted(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    config = setup.route("good").mailbox("seed", mail_system.new_mailbox()).load()
+    registry = new_registry()
+    async with running(config, registry) as agent:
+        record = await probe_once(agent, "good", "seed")
+        stored = agent.ledger.get(record.probe_id)
+    assert record.outcome is Outcome.INBOX
+    (spam,) = record.spam
+    assert (spam.source, spam.threshold, spam.is_spam, spam.category) == (
+        SpamSource.RSPAMD,
+        50.0,  # the reject action's score (tests/mailsystem/configs.py), as X-Spamd-Result says
+        False,
+        SpamCategory.HAM,
+    )
+    assert spam.score is not None and spam.score < 6.0  # under the add-header action
+    assert stored is not None and stored.spam == record.spam  # read back from the ledger
+    labels = {"route": "good", "mailbox": "seed", "source": "rspamd"}
+    assert metric(registry, "deliverability_spam_verdicts_total", category="ham", **labels) == 1
+    assert metric(registry, "deliverability_spam_verdicts_total", category="spam", **labels) == 0
+    assert metric(registry, "deliverability_spam_score_count", **labels) == 1
+    assert metric(registry, "deliverability_spam_score_sum", **labels) == spam.score
+
+
+async def test_spam_fields_a_sender_wrote_into_a_probe_are_not_its_verdict(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    # A probe whose own fields carry a forged "not spam" from SpamAssassin and Microsoft, sent
+    # straight to the real MX: unsigned for good.test, so DMARC fails and rspamd appends "spam"
+    # below it; the forged verdicts stay among the sender's fields and are not read.
+    box = mail_system.new_mailbox()
+    config = setup.route("good").mailbox("seed", box).load()
+    probe_id = new_probe_id()
+    message = build_probe_message(
+        probe_id=probe_id,
+        secret=TEST_SECRET.encode(),
+        header_from="sender@good.test",
+        to=box.address,
+        route="good",
+        mailbox="seed",
+        sent_at=datetime.now(UTC),
+    )
+    forged = (
+        b"X-Spam-Flag: NO\r\n"
+        b"X-Spam-Score: -5.0\r\n"
+        b"X-Forefront-Antispam-Report: CIP:192.0.2.1;SCL:-1;SFV:SKN;CAT:NONE;\r\n"
+    )
+    raw = message.as_bytes(policy=SMTP).replace(
+        b"X-Deliverability-Probe:", forged + b"X-Deliverability-Probe:", 1
+    )
+    async with running(config) as agent:
+        now = datetime.now(UTC).timestamp()
+        agent.ledger.record_sending(
+            probe_id=probe_id, route="good", mailbox="seed", created_at=now, deadline_at=now + WAIT
+        )
+        agent.outcomes.sent(
+            probe_id, SendResult((), accepted=True, accepted_at=now, duration_seconds=0.0)
+        )
+        _deliver_raw(mail_system, box.address, raw)
+        async with asyncio.timeout(WAIT):
+            await agent.outcomes.wait(probe_id)
+        record = agent.ledger.get(probe_id)
+    assert record is not None and record.outcome is Outcome.SPAM
+    (spam,) = record.spam
+    assert (spam.source, spam.is_spam) == (SpamSource.RSPAMD, True)
 
 
 async def test_rcpt_5xx_is_rejected_with_its_enhanced_code(

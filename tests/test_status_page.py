@@ -24,6 +24,9 @@ from agent.model import (
     ProbeError,
     SendResult,
     SmtpReply,
+    SpamCategory,
+    SpamSource,
+    SpamVerdict,
     Stage,
 )
 from agent.secrets import MASK
@@ -102,6 +105,7 @@ def _probe(
     outcome: Outcome | None = None,
     folder: str | None = None,
     auth: AuthVerdicts | None = None,
+    spam: tuple[SpamVerdict, ...] = (),
 ) -> None:
     ledger.record_sending(
         probe_id=probe_id, route=route, mailbox=mailbox, created_at=at, deadline_at=at + 600
@@ -119,7 +123,7 @@ def _probe(
     )
     if outcome is not None:
         arrival = (
-            Arrival(probe_id, mailbox, folder, outcome, at + 5, auth or AuthVerdicts())
+            Arrival(probe_id, mailbox, folder, outcome, at + 5, auth or AuthVerdicts(), spam=spam)
             if folder
             else None
         )
@@ -160,6 +164,7 @@ def page_data(ledger: Ledger, config: Config) -> PageData:
         outcome=Outcome.INBOX,
         folder="INBOX",
         auth=AuthVerdicts(spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.FAIL),
+        spam=(SpamVerdict(SpamSource.RSPAMD, 2.0, 15.0, False, SpamCategory.HAM),),
     )
     _probe(
         ledger,
@@ -230,6 +235,7 @@ def test_status_page_recent_probes_newest_first_with_transcript_and_verdicts(
     assert order == ["unconfigured", "in-flight", "hostile", "new-inbox", "old-inbox"]
     row = page[page.index('data-probe="new-inbox"') :].split("</tr>", 1)[0]
     assert "spf=pass dkim=pass dmarc=fail" in row
+    assert "<td>rspamd ham 2/15</td>" in row  # the receiver's spam filter
     assert "<details><summary>SMTP transcript</summary>" in row
     assert "end_of_data  250 2.0.0 Ok: queued" in row
     assert "TLS: TLSv1.3" in row

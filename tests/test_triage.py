@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import AuthResult, AuthVerdicts, Outcome
+from agent.model import (
+    AuthResult,
+    AuthVerdicts,
+    Outcome,
+    SpamCategory,
+    SpamSource,
+    SpamVerdict,
+)
 from agent.probing.probe_message import build_probe_message
 from agent.reading.probe_token import KeyRing, new_probe_id, sign_probe_id
 from agent.reading.triage import MAX_HEADER_BYTES, Triage, TriageKind, placement_of, triage_message
@@ -106,6 +113,17 @@ def test_a_probe_delivered_by_gmail_carries_its_trusted_verdicts(
     assert triage.auth == AuthVerdicts(
         spf=AuthResult.PASS, dkim=AuthResult.PASS, dmarc=AuthResult.PASS, arc=AuthResult.PASS
     )
+
+
+def test_a_probe_carries_the_spam_verdict_its_receiver_appended() -> None:
+    # rspamd's fields as the test mail system appends them (tests/corpus/spam), below the probe's.
+    sample = (Path(__file__).parent / "corpus" / "spam" / "mailsystem-rspamd-ham.eml").read_bytes()
+    head = sample.partition(b"\n\n")[0]
+    rspamd = head[head.index(b"X-Spam-Status:") :]
+    probe_head, _, body = _probe(linesep="\n").partition(b"\n\n")
+    triage = _triage(probe_head + b"\n" + rspamd + b"\n\n" + body)
+    assert triage.kind is TriageKind.PROBE
+    assert triage.spam == (SpamVerdict(SpamSource.RSPAMD, 2.0, 50.0, False, SpamCategory.HAM),)
 
 
 def test_auth_verdicts_and_unparseable_headers_are_reported_on_probes() -> None:

@@ -37,7 +37,7 @@ from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
 from agent.secrets import secret_values
 from agent.smtp.replies import deciding_reply
-from agent.store.ledger import STATE_DIR_MODE, ProbeRecord
+from agent.store.ledger import STATE_DIR_MODE, ProbeRecord, spam_verdict_json
 from agent.web.http_server import BasicAuth, HttpServer, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
 
@@ -258,6 +258,7 @@ def probe_json(record: ProbeRecord) -> dict[str, Any]:
             "dmarc": _str(auth.dmarc) if auth else None,
             "arc": _str(auth.arc) if auth else None,
         },
+        "spam": [spam_verdict_json(verdict) for verdict in record.spam],
         "error": (
             {"stage": str(error.stage), "kind": str(error.kind), "message": error.message}
             if error

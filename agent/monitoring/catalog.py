@@ -52,6 +52,9 @@ __all__ = [
     "SMTP_ERRORS",
     "SMTP_REPLIES",
     "SMTP_TRANSACTION_SECONDS",
+    "SPAM_SCORE",
+    "SPAM_SCORE_BUCKETS",
+    "SPAM_VERDICTS",
     "SPF_DNS_LOOKUPS",
     "TLS_CERT_EXPIRY",
     "TLS_VERSION_INFO",
@@ -102,6 +105,12 @@ _PAIR = ("route", "mailbox")
 DELIVERY_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 # One SMTP transaction: healthy ones take well under a second; greylisting or tarpits, far more.
 SMTP_TRANSACTION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+# Spam-filter scores, on each filter's own scale (rspamd and SpamAssassin points, Microsoft SCL).
+# Six bounds where the filters' defaults decide: <=0 trusted; rspamd greylists at 4, adds a header
+# at 6 and rejects at 15; SpamAssassin's required 5 falls in (4, 6]; Microsoft's SCL 5-6 (spam)
+# in (4, 6] and 9 (high confidence) in (6, 10]. Few buckets: 9 series per pair and filter.
+SPAM_SCORE_BUCKETS: tuple[float, ...] = (0, 2, 4, 6, 10, 15)
 
 PROBES = MetricSpec(
     "deliverability_probes_total",
@@ -165,6 +174,22 @@ AUTH_RESULTS = MetricSpec(
     MetricKind.COUNTER,
     "Authentication-Results verdicts of delivered probes, by method and result.",
     (*_PAIR, "method", "result"),
+)
+SPAM_VERDICTS = MetricSpec(
+    "deliverability_spam_verdicts_total",
+    MetricKind.COUNTER,
+    "Spam-filter verdicts the receiving hop wrote into delivered probes, by filter (rspamd, "
+    "spamassassin, microsoft) and category (ham, spam, bulk, phish, malware, spoof, "
+    "impersonation, other, unknown).",
+    (*_PAIR, "source", "category"),
+)
+SPAM_SCORE = MetricSpec(
+    "deliverability_spam_score",
+    MetricKind.HISTOGRAM,
+    "Spam-filter scores of delivered probes, on the filter's own scale (rspamd and SpamAssassin "
+    "points, Microsoft SCL -1..9); a filter's series appear with its first score.",
+    (*_PAIR, "source"),
+    SPAM_SCORE_BUCKETS,
 )
 LAST_OUTCOME_TIMESTAMP = MetricSpec(
     "deliverability_last_outcome_timestamp_seconds",
@@ -321,6 +346,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     LATE_PROBES,
     FORGED_MESSAGES,
     AUTH_RESULTS,
+    SPAM_VERDICTS,
+    SPAM_SCORE,
     LAST_OUTCOME_TIMESTAMP,
     IMAP_UP,
     IMAP_ERRORS,

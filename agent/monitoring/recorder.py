@@ -42,6 +42,9 @@ from agent.model import (
     SendResult,
     SkipReason,
     SmtpTransaction,
+    SpamCategory,
+    SpamSource,
+    SpamVerdict,
     Stage,
 )
 from agent.monitoring.catalog import (
@@ -75,6 +78,8 @@ from agent.monitoring.catalog import (
     SMTP_ERRORS,
     SMTP_REPLIES,
     SMTP_TRANSACTION_SECONDS,
+    SPAM_SCORE,
+    SPAM_VERDICTS,
     SPF_DNS_LOOKUPS,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
@@ -114,6 +119,15 @@ _DNS_SPECS = (
 # cannot mint series.
 _ENHANCED_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _INVALID_ENHANCED_CODE = "invalid"
+
+# The categories each filter can report (agent.reading.spam): rspamd and SpamAssassin say only
+# spam or not, so only Microsoft's series carry its richer categories (15, not 27, per pair).
+_YES_NO = (SpamCategory.HAM, SpamCategory.SPAM, SpamCategory.UNKNOWN)
+_SPAM_CATEGORIES: dict[SpamSource, tuple[SpamCategory, ...]] = {
+    SpamSource.RSPAMD: _YES_NO,
+    SpamSource.SPAMASSASSIN: _YES_NO,
+    SpamSource.MICROSOFT: tuple(SpamCategory),
+}
 
 
 class Recorder:
@@ -224,6 +238,9 @@ class Recorder:
             for method in AuthMethod:
                 for result in AuthResult:
                     self._c(AUTH_RESULTS, route, mailbox, method.value, result.value)
+            for spam_source, categories in _SPAM_CATEGORIES.items():
+                for category in categories:
+                    self._c(SPAM_VERDICTS, route, mailbox, spam_source.value, category.value)
             for outcome in Outcome:
                 self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value)
         for mailbox in dict.fromkeys(mailbox for _, mailbox in ordered):
@@ -271,6 +288,8 @@ class Recorder:
                 )
                 if result.outcome is Outcome.INBOX and result.arrival is not None:
                     self._inbox_category(result.route, result.mailbox, result.arrival.category)
+                if result.arrival is not None:
+                    self._spam(result.route, result.mailbox, result.arrival.spam)
             case ProbeLate(route, mailbox):
                 self._probe_late(route, mailbox)
             case BounceCounted(route, bounce_type, source, reason):
@@ -359,6 +378,16 @@ class Recorder:
         for tab in InboxCategory:
             self._c(INBOX_CATEGORIES, route, mailbox, tab.value)
         self._c(INBOX_CATEGORIES, route, mailbox, category.value).inc()
+
+    def _spam(self, route: str, mailbox: str, verdicts: tuple[SpamVerdict, ...]) -> None:
+        """Count each filter's verdict on a delivered probe and observe its score. The score
+        histogram of a filter is created with its first score, not at declare(): a receiver runs
+        one filter, and pre-creating all three would triple its series for nothing."""
+        for verdict in verdicts:
+            labels = (route, mailbox, verdict.source.value)
+            self._c(SPAM_VERDICTS, *labels, verdict.category.value).inc()
+            if verdict.score is not None:
+                self._h(SPAM_SCORE, *labels).observe(verdict.score)
 
     def restore_last_outcomes(self, times: Mapping[tuple[str, str, Outcome], float]) -> None:
         """Set the last-outcome gauges from the ledger after a restart (`Ledger.last_finished_at`),

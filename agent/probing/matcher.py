@@ -123,6 +123,7 @@ class Matcher:
             auth=triage.auth,
             found_by=found_by,
             category=category if placement is Outcome.INBOX else None,
+            spam=triage.spam,
         )
         self._outcomes.arrived(record, arrival)
         return self._cleanup is Cleanup.DELETE

@@ -22,7 +22,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import collapse_rfc2231_value, decode_rfc2231, parseaddr
 
-from agent.model import AuthVerdicts, Outcome
+from agent.model import AuthVerdicts, Outcome, SpamVerdict
 from agent.reading.authresults import read_auth_results
 from agent.reading.probe_token import (
     PROBE_HEADER,
@@ -32,6 +32,7 @@ from agent.reading.probe_token import (
     KeyRing,
     parse_probe_header,
 )
+from agent.reading.spam import read_spam_verdicts
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -69,6 +70,7 @@ class Triage:
     reason: str
     probe_id_signed: bool = False  # probe_id came with a valid signature (always for PROBE)
     auth_unparseable: int = 0  # Authentication-Results headers that could not be read
+    spam: tuple[SpamVerdict, ...] = ()  # PROBE: the receiving hop's spam-filter verdicts
 
 
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -332,7 +334,8 @@ def _triage(raw: bytes, keys: KeyRing, trusted_authserv_ids: Sequence[str]) -> T
         return Triage(TriageKind.FORGED, None, auth, "probe header malformed", False, unparseable)
     if not keys.verify(token.probe_id, token.signature):
         return Triage(TriageKind.FORGED, None, auth, "probe signature invalid", False, unparseable)
-    return Triage(TriageKind.PROBE, token.probe_id, auth, "signed probe", True, unparseable)
+    spam = read_spam_verdicts(message, trusted_auth_results=reading.trusted)
+    return Triage(TriageKind.PROBE, token.probe_id, auth, "signed probe", True, unparseable, spam)
 
 
 def triage_message(raw: bytes, *, keys: KeyRing, trusted_authserv_ids: Sequence[str]) -> Triage:

@@ -67,6 +67,9 @@ from agent.model import (
     ProbeError,
     SendResult,
     SmtpReply,
+    SpamCategory,
+    SpamSource,
+    SpamVerdict,
     Stage,
 )
 from agent.server_text import valid_text
@@ -82,6 +85,7 @@ __all__ = [
     "ProbeRecord",
     "ProbeState",
     "UnknownProbeError",
+    "spam_verdict_json",
 ]
 
 LEDGER_FILENAME = "ledger.sqlite3"
@@ -294,6 +298,11 @@ class ProbeRecord:
     def auth(self) -> AuthVerdicts | None:
         """The authentication verdicts of the probe's arrival, if it arrived."""
         return self.arrival.auth if self.arrival is not None else None
+
+    @property
+    def spam(self) -> tuple[SpamVerdict, ...]:
+        """The spam-filter verdicts of the probe's arrival; empty if none or not arrived."""
+        return self.arrival.spam if self.arrival is not None else ()
 
     @property
     def send_result(self) -> SendResult | None:
@@ -812,6 +821,7 @@ def _arrival_to_json(arrival: Arrival) -> dict[str, Any]:
         "auth": _auth_to_json(arrival.auth),
         "found_by": None if arrival.found_by is None else arrival.found_by.value,
         "category": None if arrival.category is None else arrival.category.value,
+        "spam": [spam_verdict_json(verdict) for verdict in arrival.spam],
     }
 
 
@@ -819,6 +829,7 @@ def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arr
     auth = data.get("auth")
     found_by = data.get("found_by")  # absent from arrivals stored before it was recorded
     category = data.get("category")  # likewise
+    spam = data.get("spam") or ()  # likewise
     return Arrival(
         probe_id=probe_id,
         mailbox=mailbox,
@@ -828,6 +839,36 @@ def _arrival_from_json(probe_id: str, mailbox: str, data: dict[str, Any]) -> Arr
         auth=AuthVerdicts() if auth is None else _auth_from_json(auth),
         found_by=None if found_by is None else FoundBy(found_by),
         category=None if category is None else InboxCategory(category),
+        spam=tuple(_spam_from_json(verdict) for verdict in spam),
+    )
+
+
+def spam_verdict_json(verdict: SpamVerdict) -> dict[str, Any]:
+    """One spam verdict as JSON: the ledger's form, also `once --json`'s (docs/cli.md)."""
+    return {
+        "source": verdict.source.value,
+        "score": verdict.score,
+        "threshold": verdict.threshold,
+        "is_spam": verdict.is_spam,
+        "category": verdict.category.value,
+        "bulk_level": verdict.bulk_level,
+    }
+
+
+def _spam_from_json(data: dict[str, Any]) -> SpamVerdict:
+    def number(key: str) -> float | None:
+        value = data.get(key)
+        return None if value is None else float(value)
+
+    is_spam = data.get("is_spam")
+    bulk_level = data.get("bulk_level")
+    return SpamVerdict(
+        source=SpamSource(data["source"]),
+        score=number("score"),
+        threshold=number("threshold"),
+        is_spam=None if is_spam is None else bool(is_spam),
+        category=SpamCategory(data["category"]),
+        bulk_level=None if bulk_level is None else int(bulk_level),
     )
 
 

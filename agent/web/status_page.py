@@ -229,6 +229,27 @@ def _auth(record: ProbeRecord) -> str:
     return _e(" ".join(parts)) if parts else '<span class="muted">none</span>'
 
 
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _spam(record: ProbeRecord) -> str:
+    """`rspamd spam 25.4/50`: each receiving filter's category and score against its threshold."""
+    if not record.spam:
+        return '<span class="muted">-</span>'
+    parts = []
+    for verdict in record.spam:
+        text = f"{verdict.source.value} {verdict.category.value}"
+        if verdict.score is not None:
+            text += f" {_number(verdict.score)}"
+            if verdict.threshold is not None:
+                text += f"/{_number(verdict.threshold)}"
+        if verdict.bulk_level is not None:
+            text += f" BCL {verdict.bulk_level}"
+        parts.append(text)
+    return _e("; ".join(parts))
+
+
 def _cell(data: PageData, route: str, mailbox: str) -> str:
     attributes = f'data-route="{_e(route)}" data-mailbox="{_e(mailbox)}"'
     if (route, mailbox) not in data.pairs:
@@ -293,7 +314,7 @@ def _recent(data: PageData, redact: Redactor) -> str:
             f"<td>{_e(_clock(record.created_at))}</td><td>{_e(record.route)}</td>"
             f"<td>{_e(record.mailbox)}</td><td>{_badge(record)}</td>"
             f"<td>{_e(record.folder or '-')}</td><td>{_latency(record)}</td>"
-            f"<td>{_auth(record)}</td>"
+            f"<td>{_auth(record)}</td><td>{_spam(record)}</td>"
             f"<td><details><summary>SMTP transcript</summary>"
             f"<pre>{_transcript(record, redact)}</pre>"
             f"<dl>{auth_lines}<dt>probe</dt><dd>{_e(record.probe_id)}</dd></dl>"
@@ -301,7 +322,8 @@ def _recent(data: PageData, redact: Redactor) -> str:
         )
     return (
         '<table id="recent"><thead><tr><th>sent</th><th>route</th><th>seed mailbox</th>'
-        "<th>outcome</th><th>folder</th><th>latency</th><th>auth</th><th>details</th></tr>"
+        "<th>outcome</th><th>folder</th><th>latency</th><th>auth</th><th>spam</th>"
+        "<th>details</th></tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
