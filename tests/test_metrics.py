@@ -408,9 +408,12 @@ def test_metrics_probe_final_counts_outcome_latency_auth_and_time(
     assert value(registry, "deliverability_delivery_seconds_bucket", **pair, le="15.0") == 1
     assert value(registry, AUTH_RESULTS.name, **pair, method="spf", result="pass") == 1
     assert value(registry, AUTH_RESULTS.name, **pair, method="dkim", result="fail") == 1
-    # Methods the receiver did not report are not counted as anything.
+    # Methods the trusted fields did not report count as absent, never as a result word.
     for result in AuthResult:
         assert value(registry, AUTH_RESULTS.name, **pair, method="dmarc", result=result) == 0
+    assert value(registry, AUTH_RESULTS.name, **pair, method="dmarc", result="absent") == 1
+    assert value(registry, AUTH_RESULTS.name, **pair, method="arc", result="absent") == 1
+    assert value(registry, AUTH_RESULTS.name, **pair, method="spf", result="absent") == 0
     found = "deliverability_probes_found_total"
     assert value(registry, found, mailbox=GMAIL, found_by="push") == 1
     assert value(registry, found, mailbox=GMAIL, found_by="check") == 0

@@ -53,9 +53,7 @@ class Matcher:
     ) -> bool:
         """Account for one message; True when the watcher should delete it. `found_by`: what
         made the watcher find it, counted with the probe's outcome."""
-        triage = triage_message(
-            raw, keys=self._keys, trusted_authserv_ids=mailbox.trusted_authserv_ids
-        )
+        triage = triage_message(raw, keys=self._keys, trusted_authserv_ids=mailbox.trust_rules)
         if triage.kind is TriageKind.MALFORMED:
             self._outcomes.skipped(mailbox.name, SkipReason.MALFORMED)
             log.warning(
