@@ -28,6 +28,7 @@ from agent.dns.records import (
     DnsReport,
 )
 from agent.model import (
+    AUTH_ABSENT,
     Arrival,
     AuthMethod,
     AuthResult,
@@ -294,6 +295,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         {ROUTE, GMAIL, OUTLOOK, "1.2.3", "TLSv1.3", ""}
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource, *FoundBy)}
+        | {AUTH_ABSENT}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
