@@ -76,10 +76,13 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _RESINFO_START = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9_-]*)\s*(?:/\s*\d+\s*)?=")
 _METHOD = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _RESULT = re.compile(r"[a-z][a-z-]*")
+_QUOTED_SPLIT = re.compile(r"(\"(?:[^\"\\]|\\.)*\")")
+_SPACED_DOT = re.compile(r"(?<=[A-Za-z0-9_-])\s*\.\s*(?=[A-Za-z])")
 _TENANT = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _AUTHSERV_ID = re.compile(r"[A-Za-z0-9_.-]+|\"(?:[^\"\\]|\\.)*\"")
-# key=value with the value a quoted string or a run of anything but space, ";" and quotes.
-_ASSIGNMENT = re.compile(r"([A-Za-z0-9_.-]+)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s\";]+)")
+# key=value with the value a quoted string or a run of anything but space, ";" and quotes;
+# possibly empty (Gmail once wrote "smtp.mail=" with nothing after it).
+_ASSIGNMENT = re.compile(r"([A-Za-z0-9_.-]+)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s\";]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,11 @@ def _resinfo(piece: str, comment: str, authserv_id: str | None) -> AuthDetail | 
         values[placeholder] = value
         return f" {key}={placeholder} "
 
+    # "policy . expired" (RFC 8601 B.7): CFWS is allowed around the dot of a property name.
+    tail = "".join(
+        part if part.startswith('"') else _SPACED_DOT.sub(".", part)
+        for part in _QUOTED_SPLIT.split(tail)
+    )
     if _ASSIGNMENT.sub("", tail).strip():  # words that are no key=value: not a resinfo
         return None
     tail = _ASSIGNMENT.sub(swap, tail)
