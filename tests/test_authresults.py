@@ -389,3 +389,17 @@ def test_look_alike_fields_are_never_read(parse: Parse) -> None:
     )
     verdicts = parse_auth_verdicts(parse(raw), trusted_authserv_ids=("mx.test",))
     assert _summary(verdicts) == AuthVerdicts(spf=FAIL)
+
+
+def test_an_empty_property_value_keeps_its_resinfo(parse: Parse) -> None:
+    # Gmail, 2010: "smtp.mail=" with nothing after it.
+    verdicts = _reading(parse, "mx.google.com; spf=neutral (best guess) smtp.mail=")
+    assert verdicts.spf is AuthResult.NEUTRAL
+    assert verdicts.details[0].properties == (("smtp.mail", ""),)
+
+
+def test_comments_around_the_dot_of_a_property_name_are_allowed(parse: Parse) -> None:
+    # RFC 8601 B.7 writes "policy (A dot can go here) . (like that) expired".
+    value = "mx.test; dkim (c) / 1 (c) = (c) fail policy (c) . (c) expired (c) = (c) 1362471462"
+    (detail,) = _reading(parse, value).details
+    assert (detail.result, detail.properties) == (FAIL, (("policy.expired", "1362471462"),))

@@ -82,7 +82,7 @@ class Matcher:
         fields = probe_fields(mailbox=mailbox.name, probe_id=triage.probe_id)
         if triage.auth_unparseable:
             log.info(
-                "%d unreadable Authentication-Results header(s) on probe %s",
+                "%d unreadable Authentication-Results field(s) or resinfo(s) on probe %s",
                 triage.auth_unparseable,
                 triage.probe_id,
                 extra=fields,
