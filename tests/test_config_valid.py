@@ -299,7 +299,7 @@ def test_config_folders_and_trusted_ids_are_kept() -> None:
 
 
 def test_config_trust_rules_come_from_the_provider_unless_listed() -> None:
-    def rules(**fields: object) -> tuple[str, ...]:
+    def rules(**fields: Any) -> tuple[str, ...]:
         return _load(mailboxes=[_mailbox(**fields)]).mailboxes[0].trust_rules
 
     assert rules(provider="yahoo") == ("*.yahoo.com", "*.aol.com")
