@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
+    "AUTH_ABSENT",
     "Arrival",
+    "AuthDetail",
     "AuthMethod",
     "AuthResult",
     "AuthVerdicts",
@@ -20,6 +22,7 @@ __all__ = [
     "BounceSource",
     "BounceType",
     "ConfigLoaded",
+    "DkimSignature",
     "ErrorKind",
     "FoundBy",
     "ImapHealth",
@@ -220,14 +223,49 @@ class SendResult:
     tls_cert_not_after: float | None = None  # peer certificate expiry, epoch seconds
 
 
+# The `result` label of a summary method the trusted fields did not report (no trusted field at
+# all, or the receiver left the method out): not an RFC 8601 word, so not an AuthResult.
+AUTH_ABSENT = "absent"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDetail:
+    """One resinfo of a trusted Authentication-Results field, as the receiver wrote it."""
+
+    method: str  # lowercase, as written: "spf", "compauth", "bimi", "x-ptr"
+    result: AuthResult  # in RFC 8601's words (tempfail -> temperror, ...)
+    raw_result: str  # lowercase, as written ("bestguesspass")
+    authserv_id: str | None  # of its field; None: the field had none (Microsoft)
+    reason: str | None = None  # reason= (compauth's code, a DKIM failure's text)
+    comment: str | None = None  # the resinfo's comments, joined
+    properties: tuple[tuple[str, str], ...] = ()  # ("header.d", "example.com"), in order
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSignature:
+    """One DKIM result of the trusted run: the signature's domain (d=, or i='s domain) and
+    selector when the receiver named them."""
+
+    domain: str | None
+    selector: str | None
+    result: AuthResult
+    raw_result: str
+
+
 @dataclass(frozen=True, slots=True)
 class AuthVerdicts:
-    """spf/dkim/dmarc/arc results read from trusted Authentication-Results headers."""
+    """Verdicts read from trusted Authentication-Results fields: the spf/dkim/dmarc/arc
+    summaries (None: not reported), every method's deciding result by name, each resinfo, and
+    each DKIM signature."""
 
     spf: AuthResult | None = None
     dkim: AuthResult | None = None
     dmarc: AuthResult | None = None
     arc: AuthResult | None = None
+    # hash=False: a mapping is not hashable; the verdicts are compared, never hashed.
+    methods: Mapping[str, AuthResult] = field(default_factory=dict, hash=False)
+    details: tuple[AuthDetail, ...] = ()
+    dkim_signatures: tuple[DkimSignature, ...] = ()
 
     def items(self) -> tuple[tuple[AuthMethod, AuthResult | None], ...]:
         return (

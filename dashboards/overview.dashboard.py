@@ -494,7 +494,7 @@ grid.add(
     timeseries(
         "Authentication results by method and result",
         shows="Verdicts over time by method (spf, dkim, dmarc, arc) and result (pass, fail, "
-        "softfail, none, ...).",
+        "softfail, none, ...; absent: not reported by the trusted fields).",
         when_bad="Any fail/softfail/none growing for spf, dkim or dmarc: see the pass-rate "
         "panel for the pair and the authentication runbook.",
         targets=[
@@ -505,6 +505,25 @@ grid.add(
             )
         ],
         bars=True,
+    )
+)
+
+grid.add(
+    timeseries(
+        "Probes without a trusted verdict",
+        shows="Share of SPF, DKIM and DMARC verdicts that the trusted Authentication-Results "
+        "fields did not report (`absent`), per route and seed mailbox, over a sliding hour. "
+        "1: no probe carried any trusted verdict.",
+        when_bad="At 1: the receiver stopped writing Authentication-Results, or the mailbox's "
+        "provider or trusted_authserv_ids no longer match its fields. Follow the runbook.",
+        targets=[
+            target(
+                f"route_mailbox:deliverability_auth_results_absent:ratio_rate1h{{{PAIR}}}",
+                "{{route}} → {{mailbox}}",
+            ),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityAuthResultsAbsent"],
     )
 )
 

@@ -190,7 +190,7 @@ def vocabulary() -> Vocabulary:
         "class": enum_values(model.ReplyClass),
         "kind": enum_values(model.ErrorKind, model.ErrorKind),
         "method": enum_values(model.AuthMethod),
-        "result": enum_values(model.AuthResult),
+        "result": enum_values(model.AuthResult) | {model.AUTH_ABSENT},
         "found_by": enum_values(model.FoundBy),
     }
     metric_values = {

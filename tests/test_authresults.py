@@ -71,8 +71,15 @@ def _raw(*values: str | bytes) -> bytes:
     return b"".join(lines) + b"From: a@good.test\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
+def _summary(verdicts: AuthVerdicts) -> AuthVerdicts:
+    """Only the four summaries, to compare with a literal AuthVerdicts."""
+    return AuthVerdicts(
+        spf=verdicts.spf, dkim=verdicts.dkim, dmarc=verdicts.dmarc, arc=verdicts.arc
+    )
+
+
 def _verdicts(parse: Parse, *values: str | bytes, trusted: tuple[str, ...] = ()) -> AuthVerdicts:
-    return parse_auth_verdicts(parse(_raw(*values)), trusted_authserv_ids=trusted)
+    return _summary(parse_auth_verdicts(parse(_raw(*values)), trusted_authserv_ids=trusted))
 
 
 def test_rspamd_header_gives_spf_dkim_dmarc(parse: Parse) -> None:
@@ -89,7 +96,7 @@ def test_microsoft_header_without_authserv_id_is_read_when_trusting_the_topmost(
     parse: Parse,
 ) -> None:
     reading = read_auth_results(parse(_raw(MICROSOFT)), trusted_authserv_ids=())
-    assert reading.verdicts == AuthVerdicts(spf=PASS, dkim=PASS, dmarc=PASS)
+    assert _summary(reading.verdicts) == AuthVerdicts(spf=PASS, dkim=PASS, dmarc=PASS)
     assert (reading.trusted, reading.unparseable) == (1, 0)
     assert _verdicts(parse, MICROSOFT_FAIL) == AuthVerdicts(
         spf=AuthResult.SOFTFAIL, dkim=AuthResult.NONE, dmarc=FAIL
@@ -98,7 +105,7 @@ def test_microsoft_header_without_authserv_id_is_read_when_trusting_the_topmost(
 
 def test_microsoft_header_without_authserv_id_never_matches_a_trusted_list(parse: Parse) -> None:
     reading = read_auth_results(parse(_raw(MICROSOFT)), trusted_authserv_ids=("mx.test",))
-    assert reading.verdicts == AuthVerdicts()
+    assert _summary(reading.verdicts) == AuthVerdicts()
     assert reading.trusted == 0
 
 
@@ -118,7 +125,7 @@ def test_undecodable_8bit_bytes_in_a_header_do_not_raise(parse: Parse) -> None:
     reading = read_auth_results(
         parse(_raw(b"mx.test; dkim=pass (\xff\xfe) header.d=x.test")), trusted_authserv_ids=()
     )
-    assert reading.verdicts == AuthVerdicts(dkim=PASS)
+    assert _summary(reading.verdicts) == AuthVerdicts(dkim=PASS)
 
 
 def test_a_pass_among_several_results_for_one_method_wins(parse: Parse) -> None:
@@ -138,7 +145,7 @@ def test_result_tokens_are_case_insensitive_and_unknown_ones_are_permerror(parse
 
 def test_none_header_and_missing_methods_give_none(parse: Parse) -> None:
     reading = read_auth_results(parse(_raw("mx.test; none")), trusted_authserv_ids=())
-    assert reading.verdicts == AuthVerdicts()
+    assert _summary(reading.verdicts) == AuthVerdicts()
     assert reading.trusted == 1
     assert _verdicts(parse) == AuthVerdicts()
 
@@ -189,9 +196,8 @@ def test_arc_authentication_results_are_not_read_as_the_receivers_verdict(parse:
     [
         "",
         ";",
-        "mx.test; dkim",
         "mx.test; dkim=pass (unterminated comment",
-        "mx.test; dkim=pass;; spf=pass",
+        'mx.test; dkim=fail reason="unterminated',
         "mx.test; dkim=pass (" + "(" * 5000 + ")" * 5000,  # authres recurses per nesting level
         "mx.test; dkim=pass header.d=" + "a" * MAX_HEADER_CHARS,
         "mx.test 2; dkim=pass",
@@ -200,18 +206,200 @@ def test_arc_authentication_results_are_not_read_as_the_receivers_verdict(parse:
 def test_an_unparseable_topmost_header_is_counted_not_raised(parse: Parse, value: str) -> None:
     forged_below = "mx.test; dkim=pass; spf=pass"
     reading = read_auth_results(parse(_raw(value, forged_below)), trusted_authserv_ids=())
-    assert reading.verdicts == AuthVerdicts()
+    assert _summary(reading.verdicts) == AuthVerdicts()
     assert (reading.trusted, reading.unparseable) == (0, 1)
 
 
-def test_an_unparseable_header_ends_the_trusted_run(parse: Parse) -> None:
-    values = ("mx.test; spf=pass", "mx.test; dkim=", "mx.test; dkim=pass")
+def test_an_unreadable_field_ends_the_trusted_run(parse: Parse) -> None:
+    values = ("mx.test; spf=pass", "mx.test; dkim=pass (open", "mx.test; dkim=pass")
     reading = read_auth_results(parse(_raw(*values)), trusted_authserv_ids=("mx.test",))
-    assert reading.verdicts == AuthVerdicts(spf=PASS)
+    assert _summary(reading.verdicts) == AuthVerdicts(spf=PASS)
     assert (reading.trusted, reading.unparseable) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["dkim", "dkim=", "dkim=pass header.d", "=pass", "spf=pass smtp.mailfrom=a@b stray words"],
+)
+def test_an_unreadable_resinfo_is_counted_and_its_neighbours_are_read(
+    parse: Parse, bad: str
+) -> None:
+    values = (f"mx.test; spf=fail smtp.mailfrom=a.test; {bad}; dmarc=pass", "mx.test; arc=pass")
+    reading = read_auth_results(parse(_raw(*values)), trusted_authserv_ids=("mx.test",))
+    assert _summary(reading.verdicts) == AuthVerdicts(spf=FAIL, dmarc=PASS, arc=PASS)
+    assert (reading.trusted, reading.unparseable) == (2, 1)
 
 
 def test_headers_past_the_limit_are_not_examined(parse: Parse) -> None:
     values = ["mx.test; none"] * MAX_HEADERS + ["mx.test; dkim=pass"]
     assert _verdicts(parse, *values, trusted=("mx.test",)) == AuthVerdicts()
     assert _verdicts(parse, *values[1:], trusted=("mx.test",)).dkim is PASS
+
+
+# --- real-world deviations, read resinfo by resinfo --------------------------------------------
+
+
+def _reading(parse: Parse, *values: str, trusted: tuple[str, ...] = ()) -> AuthVerdicts:
+    return parse_auth_verdicts(parse(_raw(*values)), trusted_authserv_ids=trusted)
+
+
+def test_microsofts_tenant_token_between_resinfos_is_skipped(parse: Parse) -> None:
+    value = (
+        "spf=pass (sender IP is 104.47.124.209) smtp.helo=example.outlook.com; outlook.com;"
+        " dkim=none (message not signed) header.d=none;outlook.com; dmarc=pass action=none"
+        " header.from=outlook.com;"
+    )
+    reading = read_auth_results(parse(_raw(value)), trusted_authserv_ids=("topmost",))
+    assert _summary(reading.verdicts) == AuthVerdicts(spf=PASS, dkim=AuthResult.NONE, dmarc=PASS)
+    assert reading.unparseable == 0
+    dmarc = reading.verdicts.details[2]
+    assert (dmarc.authserv_id, dmarc.properties) == (
+        None,
+        (("header.from", "outlook.com"), ("action", "none")),
+    )
+
+
+def test_empty_mailfrom_of_a_bounce_is_kept_as_a_property(parse: Parse) -> None:
+    verdicts = _reading(parse, "spf=none (sender IP is ) smtp.mailfrom=<>;")
+    assert verdicts.spf is AuthResult.NONE
+    assert verdicts.details[0].properties == (("smtp.mailfrom", "<>"),)
+
+
+def test_yahoos_legacy_domainkeys_field_gives_dkim(parse: Parse) -> None:
+    value = (
+        "mta4007.mail.ne1.yahoo.com  from=yahoo.com; domainkeys=neutral (no sig);"
+        "  from=yahoo.com; dkim=pass (ok)"
+    )
+    verdicts = _reading(parse, value, trusted=("*.yahoo.com",))
+    assert verdicts.dkim is PASS
+    assert verdicts.methods == {"domainkeys": AuthResult.NEUTRAL, "dkim": PASS}
+
+
+def test_url_valued_properties_nested_comments_and_folded_reasons_are_read(parse: Parse) -> None:
+    value = (
+        "mx.test; bimi=pass header.d=example.com header.selector=default"
+        " policy.authority=pass policy.authority-uri=https://example.com/vmc.pem"
+        ' header.l=https://example.com/logo.svg; dkim=fail reason="signature\r\n verification'
+        ' failed" (a (nested; with semicolon) comment)header.d=a.test;dmarc=pass'
+    )
+    verdicts = _reading(parse, value)
+    bimi, dkim, _ = verdicts.details
+    assert dict(bimi.properties)["header.l"] == "https://example.com/logo.svg"
+    assert dict(bimi.properties)["policy.authority-uri"] == "https://example.com/vmc.pem"
+    assert (dkim.result, dkim.reason, dkim.comment) == (
+        FAIL,
+        "signature verification failed",
+        "a (nested; with semicolon) comment",
+    )
+    assert verdicts.dmarc is PASS
+
+
+@pytest.mark.parametrize(
+    ("word", "result"),
+    [
+        ("tempfail", AuthResult.TEMPERROR),
+        ("unknown", AuthResult.PERMERROR),
+        ("bestguesspass", AuthResult.NONE),
+        ("softpass", AuthResult.NEUTRAL),
+        ("hardfail", FAIL),
+    ],
+)
+def test_result_words_outside_rfc_8601_are_normalised_and_the_raw_word_kept(
+    parse: Parse, word: str, result: AuthResult
+) -> None:
+    (detail,) = _reading(parse, f"mx.test; dmarc={word} header.from=a.test").details
+    assert (detail.result, detail.raw_result) == (result, word)
+
+
+def test_every_method_is_recorded_with_reason_comment_and_properties(parse: Parse) -> None:
+    value = (
+        "mx.test; compauth=pass reason=100; iprev=pass policy.iprev=192.0.2.1 (host.test);"
+        " dkim-atps=neutral; x-ptr=pass smtp.helo=host.test"
+    )
+    verdicts = _reading(parse, value)
+    assert verdicts.methods == {
+        "compauth": PASS,
+        "iprev": PASS,
+        "dkim-atps": AuthResult.NEUTRAL,
+        "x-ptr": PASS,
+    }
+    compauth, iprev, _, _ = verdicts.details
+    assert compauth.reason == "100"
+    assert (iprev.comment, iprev.properties) == ("host.test", (("policy.iprev", "192.0.2.1"),))
+
+
+def test_each_dkim_signature_is_kept_and_any_pass_makes_the_summary(parse: Parse) -> None:
+    value = (
+        "mx.test; dkim=fail header.d=a.test header.s=one; dkim=pass header.i=@b.test header.s=two"
+    )
+    verdicts = _reading(parse, value)
+    assert verdicts.dkim is PASS
+    assert [(s.domain, s.selector, s.result) for s in verdicts.dkim_signatures] == [
+        ("a.test", "one", FAIL),
+        ("b.test", "two", PASS),
+    ]
+
+
+def test_methods_split_over_several_trusted_fields_are_all_read(parse: Parse) -> None:
+    # iCloud's layout: one field per method, each from its own host.
+    values = (
+        'bimi.icloud.com; bimi=skipped reason="insufficient dmarc"',
+        "arc.icloud.com; arc=pass",
+        "dmarc.icloud.com; dmarc=none header.from=a.test",
+        "dkim-verifier.icloud.com; dkim=fail header.d=a.test",
+        "dkim-verifier.icloud.com; dkim=pass header.d=b.test",
+        "spf.icloud.com; spf=pass smtp.mailfrom=a@a.test",
+    )
+    verdicts = _reading(parse, *values, trusted=("*.icloud.com",))
+    assert _summary(verdicts) == AuthVerdicts(spf=PASS, dkim=PASS, dmarc=AuthResult.NONE, arc=PASS)
+    assert [s.domain for s in verdicts.dkim_signatures] == ["a.test", "b.test"]
+
+
+def test_a_lower_dkim_pass_for_a_domain_already_reported_above_changes_nothing(
+    parse: Parse,
+) -> None:
+    values = ("mx.test; dkim=fail header.d=a.test", "mx.test; dkim=pass header.d=a.test")
+    verdicts = _reading(parse, *values, trusted=("mx.test",))
+    assert verdicts.dkim is FAIL
+    assert len(verdicts.dkim_signatures) == 2
+
+
+def test_a_suffix_rule_trusts_per_host_ids_and_stops_at_another_host(parse: Parse) -> None:
+    values = (
+        "mta1.mail.gq1.yahoo.com; spf=fail smtp.mailfrom=a.test",
+        "mx.evil.test; dkim=pass",
+        "mta2.mail.gq1.yahoo.com; dkim=pass; dmarc=pass",
+    )
+    assert _verdicts(parse, *values, trusted=("*.yahoo.com",)) == AuthVerdicts(spf=FAIL)
+
+
+def test_topmost_with_an_exact_rule_trusts_the_top_field_and_matching_ones_below(
+    parse: Parse,
+) -> None:
+    values = ("spf=fail smtp.mailfrom=a.test", "mx.test; dkim=pass", "evil.test; dmarc=pass")
+    assert _verdicts(parse, *values, trusted=("topmost", "mx.test")) == AuthVerdicts(
+        spf=FAIL, dkim=PASS
+    )
+
+
+def test_look_alike_fields_are_never_read(parse: Parse) -> None:
+    raw = (
+        b"X-ME-Authentication-Results: mx.test; dkim=pass; spf=pass\r\n"
+        b"X-Original-Authentication-Results: mx.test; dmarc=pass\r\n" + _raw("mx.test; spf=fail")
+    )
+    verdicts = parse_auth_verdicts(parse(raw), trusted_authserv_ids=("mx.test",))
+    assert _summary(verdicts) == AuthVerdicts(spf=FAIL)
+
+
+def test_an_empty_property_value_keeps_its_resinfo(parse: Parse) -> None:
+    # Gmail, 2010: "smtp.mail=" with nothing after it.
+    verdicts = _reading(parse, "mx.google.com; spf=neutral (best guess) smtp.mail=")
+    assert verdicts.spf is AuthResult.NEUTRAL
+    assert verdicts.details[0].properties == (("smtp.mail", ""),)
+
+
+def test_comments_around_the_dot_of_a_property_name_are_allowed(parse: Parse) -> None:
+    # RFC 8601 B.7 writes "policy (A dot can go here) . (like that) expired".
+    value = "mx.test; dkim (c) / 1 (c) = (c) fail policy (c) . (c) expired (c) = (c) 1362471462"
+    (detail,) = _reading(parse, value).details
+    assert (detail.result, detail.properties) == (FAIL, (("policy.expired", "1362471462"),))

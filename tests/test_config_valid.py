@@ -99,6 +99,7 @@ def test_config_mailbox_defaults() -> None:
         (),
     )
     assert mailbox.trusted_authserv_ids == ()
+    assert mailbox.trust_rules == ("topmost",)
     assert mailbox.idle_check_interval == 60.0
     assert (mailbox.timeouts.connect, mailbox.timeouts.command) == (15.0, 30.0)
 
@@ -295,6 +296,19 @@ def test_config_folders_and_trusted_ids_are_kept() -> None:
     assert mailbox.folders.junk == "[Gmail]/Spam"
     assert mailbox.folders.extra == ("[Gmail]/All Mail",)
     assert mailbox.trusted_authserv_ids == ("mx.google.com",)
+
+
+def test_config_trust_rules_come_from_the_provider_unless_listed() -> None:
+    def rules(**fields: Any) -> tuple[str, ...]:
+        return _load(mailboxes=[_mailbox(**fields)]).mailboxes[0].trust_rules
+
+    assert rules(provider="yahoo") == ("*.yahoo.com", "*.aol.com")
+    assert rules(provider="microsoft") == ("topmost",)
+    assert rules(provider="someone-else") == ("topmost",)
+    assert rules(provider="yahoo", trusted_authserv_ids=["topmost", "*.Example.COM"]) == (
+        "topmost",
+        "*.example.com",
+    )
 
 
 def test_config_ipv6_hosts_are_accepted_without_brackets() -> None:

@@ -15,8 +15,10 @@ import pytest
 
 from agent.model import (
     Arrival,
+    AuthDetail,
     AuthResult,
     AuthVerdicts,
+    DkimSignature,
     ErrorKind,
     FoundBy,
     InboxCategory,
@@ -559,6 +561,47 @@ def test_ledger_reads_an_arrival_stored_before_spam_verdicts_as_having_none(
     stored = record(ledger, "p1")
     assert stored.arrival is not None
     assert (stored.arrival.spam, stored.spam) == ((), ())
+
+
+def test_ledger_keeps_every_auth_method_detail_and_dkim_signature(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    auth = AuthVerdicts(
+        spf=AuthResult.NONE,
+        dkim=AuthResult.PASS,
+        dmarc=AuthResult.NONE,
+        methods={"spf": AuthResult.NONE, "dkim": AuthResult.PASS, "dmarc": AuthResult.NONE},
+        details=(
+            AuthDetail(
+                "spf",
+                AuthResult.NONE,
+                "none",
+                None,
+                None,
+                "sender IP is",
+                (("smtp.mailfrom", "<>"),),
+            ),
+            AuthDetail("dkim", AuthResult.PASS, "pass", None, properties=(("header.d", "a.test"),)),
+            AuthDetail("dmarc", AuthResult.NONE, "bestguesspass", None, reason="x"),
+        ),
+        dkim_signatures=(DkimSignature("a.test", "s1", AuthResult.PASS, "pass"),),
+    )
+    arrival = Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 1.0, auth)
+    assert ledger.record_arrival(arrival)
+    assert record(ledger, "p1").arrival == arrival
+
+
+def test_ledger_reads_an_arrival_stored_with_only_the_four_summaries(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    assert ledger.record_arrival(Arrival("p1", "seed", "INBOX", Outcome.INBOX, T0 + 1.0))
+    old = (
+        '{"folder": "INBOX", "placement": "inbox", "seen_at": 1.0, "found_by": null,'
+        ' "auth": {"spf": "pass", "dkim": null, "dmarc": "fail", "arc": null}}'
+    )
+    with sqlite3.connect(ledger.path) as conn:
+        conn.execute("UPDATE probes SET arrival = ? WHERE probe_id = 'p1'", (old,))
+    stored = record(ledger, "p1").arrival
+    assert stored is not None
+    assert stored.auth == AuthVerdicts(spf=AuthResult.PASS, dmarc=AuthResult.FAIL)
 
 
 def test_ledger_migrates_a_version_1_file_keeping_every_verdict(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from agent.dns.records import (
     DnsReport,
 )
 from agent.model import (
+    AUTH_ABSENT,
     Arrival,
     AuthMethod,
     AuthResult,
@@ -319,6 +320,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource, *FoundBy)}
         | {str(m) for m in BounceReason}
+        | {AUTH_ABSENT}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}
         | {str(m) for m in (*DnsCheck, *DmarcPolicy, *Alignment)}
@@ -435,9 +437,12 @@ def test_metrics_probe_final_counts_outcome_latency_auth_and_time(
     assert value(registry, "deliverability_delivery_seconds_bucket", **pair, le="15.0") == 1
     assert value(registry, AUTH_RESULTS.name, **pair, method="spf", result="pass") == 1
     assert value(registry, AUTH_RESULTS.name, **pair, method="dkim", result="fail") == 1
-    # Methods the receiver did not report are not counted as anything.
+    # Methods the trusted fields did not report count as absent, never as a result word.
     for result in AuthResult:
         assert value(registry, AUTH_RESULTS.name, **pair, method="dmarc", result=result) == 0
+    assert value(registry, AUTH_RESULTS.name, **pair, method="dmarc", result="absent") == 1
+    assert value(registry, AUTH_RESULTS.name, **pair, method="arc", result="absent") == 1
+    assert value(registry, AUTH_RESULTS.name, **pair, method="spf", result="absent") == 0
     found = "deliverability_probes_found_total"
     assert value(registry, found, mailbox=GMAIL, found_by="push") == 1
     assert value(registry, found, mailbox=GMAIL, found_by="check") == 0

@@ -124,6 +124,25 @@ async def test_probe_from_the_good_domain_lands_in_inbox_with_spf_dkim_dmarc_pas
         AuthResult.PASS,
         AuthResult.PASS,
     )
+    # rspamd's own field, read resinfo by resinfo and kept in the ledger: each method with its
+    # properties, and the DKIM signature of the route's domain.
+    assert {"spf", "dkim", "dmarc"} <= set(record.auth.methods)
+    assert [(s.domain, s.selector, s.result) for s in record.auth.dkim_signatures] == [
+        ("good.test", "sel1", AuthResult.PASS)
+    ]
+    dmarc = next(detail for detail in record.auth.details if detail.method == "dmarc")
+    assert ("header.from", "good.test") in dmarc.properties
+    assert (
+        metric(
+            registry,
+            "deliverability_auth_results_total",
+            method="arc",
+            result="absent",
+            route="good",
+            mailbox="seed",
+        )
+        == 1
+    )
     stages = [reply.stage for reply in record.transcript]
     assert stages[:8] == [
         Stage.BANNER,

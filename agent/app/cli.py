@@ -181,7 +181,7 @@ def _inspect(args: argparse.Namespace) -> int:
                     )
                     return EXIT_USAGE
             recipient = mailbox.address
-            trusted = trusted or mailbox.trusted_authserv_ids
+            trusted = trusted or mailbox.trust_rules
     options = InspectOptions(keys=keys, trusted_authserv_ids=trusted, recipient=recipient)
     status = EXIT_OK
     for path, content in read_inputs(args.files):

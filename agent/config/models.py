@@ -40,6 +40,7 @@ from agent.config.scalars import (
     PositiveDuration,
     StartMode,
     Text,
+    TrustRuleText,
     Word,
     _duration,
     _header_addr_spec,
@@ -50,6 +51,7 @@ from agent.config.scalars import (
     parse_duration,
 )
 from agent.model import TlsMode
+from agent.providers import trust_rules_for
 from agent.reading.probe_token import VERP_LOCAL_PART_MAX, verp_address
 from agent.secrets import Secret
 
@@ -231,7 +233,8 @@ class Mailbox(_Model):
     allow_plaintext_auth: bool = False
     address: AddrSpec
     folders: Folders = Field(default_factory=Folders)
-    trusted_authserv_ids: tuple[Word, ...] = ()  # empty: trust only the topmost header
+    # Authentication-Results trust rules (agent.providers); empty: the provider's profile.
+    trusted_authserv_ids: tuple[TrustRuleText, ...] = ()
     timeouts: ImapTimeouts = Field(default_factory=ImapTimeouts)
     # How long a watcher waits in IDLE for a push before it checks the folder itself (NOOP, UID
     # SEARCH). 1 min: a server whose push is slow or absent (Cyrus without idled notifies once a
@@ -245,6 +248,14 @@ class Mailbox(_Model):
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:
         _tls_default(data, _IMAP_TLS_BY_PORT, 993)
+
+    @property
+    def trust_rules(self) -> tuple[str, ...]:
+        """The Authentication-Results trust rules in force: `trusted_authserv_ids` when given,
+        else the provider's profile (agent.providers), else `topmost`."""
+        return tuple(
+            str(rule) for rule in trust_rules_for(self.provider, self.trusted_authserv_ids)
+        )
 
     def _check(self, problems: _Problems) -> None:
         if not self.allow_plaintext_auth:

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 
 from agent.config.base import _base_dir, _resolve
 from agent.config.errors import _invalid
+from agent.providers import parse_trust_rule
 
 __all__ = [
     "AddrSpec",
@@ -39,6 +40,7 @@ __all__ = [
     "Port",
     "PositiveDuration",
     "Text",
+    "TrustRuleText",
     "Word",
     "format_duration",
     "parse_duration",
@@ -81,6 +83,18 @@ def _word(value: Any) -> str:
     if any(c.isspace() for c in text):
         raise _invalid("expected a string without spaces")
     return text
+
+
+def _trust_rule(value: Any) -> str:
+    text = _text(value)
+    try:
+        parse_trust_rule(text)
+    except ValueError:
+        raise _invalid(
+            "expected an authserv-id such as mx.google.com, '*.' and a domain such as "
+            "*.yahoo.com, or 'topmost'"
+        ) from None
+    return text.strip()
 
 
 def _text(value: Any) -> str:
@@ -128,6 +142,8 @@ Name = Annotated[str, BeforeValidator(_name)]
 Port = Annotated[int, BeforeValidator(_port)]
 Host = Annotated[str, BeforeValidator(_host)]
 Word = Annotated[str, BeforeValidator(_word)]
+# An Authentication-Results trust rule (agent.providers): "mx.google.com", "*.yahoo.com", "topmost".
+TrustRuleText = Annotated[str, BeforeValidator(_trust_rule)]
 Text = Annotated[str, BeforeValidator(_text)]
 AddrSpec = Annotated[str, BeforeValidator(_addr_spec)]
 HeaderAddress = Annotated[str, BeforeValidator(_header_address)]

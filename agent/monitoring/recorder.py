@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from agent import __version__
 from agent.dns.records import DnsCheck, DnsReport
 from agent.model import (
+    AUTH_ABSENT,
     AuthMethod,
     AuthResult,
     AuthVerdicts,
@@ -236,8 +237,8 @@ class Recorder:
             self._h(DELIVERY_SECONDS, route, mailbox)
             self._c(LATE_PROBES, route, mailbox)
             for method in AuthMethod:
-                for result in AuthResult:
-                    self._c(AUTH_RESULTS, route, mailbox, method.value, result.value)
+                for result_label in (*(result.value for result in AuthResult), AUTH_ABSENT):
+                    self._c(AUTH_RESULTS, route, mailbox, method.value, result_label)
             for spam_source, categories in _SPAM_CATEGORIES.items():
                 for category in categories:
                     self._c(SPAM_VERDICTS, route, mailbox, spam_source.value, category.value)
@@ -355,8 +356,9 @@ class Recorder:
         found_by: FoundBy | None,
     ) -> None:
         """Count the probe's one final outcome (recorded only when `Ledger.finalize` returned True).
-        Auth methods the receiver did not report (None) are not counted, nor is how a probe was
-        found when that was not recorded."""
+        A summary method the trusted fields did not report (None) counts as `absent`, so a
+        receiver that stops stamping, or trust rules that match nothing, show; how a probe was
+        found is not counted when that was not recorded."""
         self._c(PROBES, route, mailbox, outcome.value).inc()
         self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(finished_at)
         if latency_seconds is not None:
@@ -364,8 +366,8 @@ class Recorder:
             self._h(DELIVERY_SECONDS, route, mailbox).observe(max(latency_seconds, 0.0))
         if auth is not None:
             for method, result in auth.items():
-                if result is not None:
-                    self._c(AUTH_RESULTS, route, mailbox, method.value, result.value).inc()
+                label = AUTH_ABSENT if result is None else result.value
+                self._c(AUTH_RESULTS, route, mailbox, method.value, label).inc()
         if found_by is not None:
             self._c(PROBES_FOUND, mailbox, found_by.value).inc()
 

@@ -64,9 +64,7 @@ class Matcher:
         """Account for one message; True when the watcher should delete it. `found_by`: what
         made the watcher find it, counted with the probe's outcome; `category`: the Gmail tab
         the watcher read, kept for an inbox placement only."""
-        triage = triage_message(
-            raw, keys=self._keys, trusted_authserv_ids=mailbox.trusted_authserv_ids
-        )
+        triage = triage_message(raw, keys=self._keys, trusted_authserv_ids=mailbox.trust_rules)
         if triage.kind is TriageKind.MALFORMED:
             self._outcomes.skipped(mailbox.name, SkipReason.MALFORMED)
             log.warning(
@@ -95,7 +93,7 @@ class Matcher:
         fields = probe_fields(mailbox=mailbox.name, probe_id=triage.probe_id)
         if triage.auth_unparseable:
             log.info(
-                "%d unreadable Authentication-Results header(s) on probe %s",
+                "%d unreadable Authentication-Results field(s) or resinfo(s) on probe %s",
                 triage.auth_unparseable,
                 triage.probe_id,
                 extra=fields,

@@ -53,11 +53,13 @@ from typing import Any, Self
 from agent.errors import AgentError, ErrorCategory
 from agent.model import (
     Arrival,
+    AuthDetail,
     AuthResult,
     AuthVerdicts,
     BounceReason,
     BounceSource,
     BounceType,
+    DkimSignature,
     ErrorKind,
     FoundBy,
     InboxCategory,
@@ -872,19 +874,75 @@ def _spam_from_json(data: dict[str, Any]) -> SpamVerdict:
     )
 
 
-def _auth_to_json(auth: AuthVerdicts) -> dict[str, str | None]:
-    return {
+def _auth_to_json(auth: AuthVerdicts) -> dict[str, Any]:
+    data: dict[str, Any] = {
         method.value: None if result is None else result.value for method, result in auth.items()
     }
+    data["methods"] = {name: result.value for name, result in auth.methods.items()}
+    data["details"] = [
+        {
+            "method": detail.method,
+            "result": detail.result.value,
+            "raw_result": detail.raw_result,
+            "authserv_id": detail.authserv_id,
+            "reason": detail.reason,
+            "comment": detail.comment,
+            "properties": [list(pair) for pair in detail.properties],
+        }
+        for detail in auth.details
+    ]
+    data["dkim_signatures"] = [
+        {
+            "domain": signature.domain,
+            "selector": signature.selector,
+            "result": signature.result.value,
+            "raw_result": signature.raw_result,
+        }
+        for signature in auth.dkim_signatures
+    ]
+    return data
 
 
-def _auth_from_json(data: dict[str, str | None]) -> AuthVerdicts:
+def _auth_from_json(data: dict[str, Any]) -> AuthVerdicts:
+    """Arrivals stored before methods, details and signatures were recorded have only the four
+    summaries; they read back with the rest empty."""
+
     def result(key: str) -> AuthResult | None:
         value = data.get(key)
         return None if value is None else AuthResult(value)
 
+    def optional(value: object) -> str | None:
+        return None if value is None else str(value)
+
     return AuthVerdicts(
-        spf=result("spf"), dkim=result("dkim"), dmarc=result("dmarc"), arc=result("arc")
+        spf=result("spf"),
+        dkim=result("dkim"),
+        dmarc=result("dmarc"),
+        arc=result("arc"),
+        methods={
+            str(name): AuthResult(value) for name, value in (data.get("methods") or {}).items()
+        },
+        details=tuple(
+            AuthDetail(
+                method=str(item["method"]),
+                result=AuthResult(item["result"]),
+                raw_result=str(item["raw_result"]),
+                authserv_id=optional(item.get("authserv_id")),
+                reason=optional(item.get("reason")),
+                comment=optional(item.get("comment")),
+                properties=tuple((str(key), str(value)) for key, value in item["properties"]),
+            )
+            for item in data.get("details") or ()
+        ),
+        dkim_signatures=tuple(
+            DkimSignature(
+                domain=optional(item.get("domain")),
+                selector=optional(item.get("selector")),
+                result=AuthResult(item["result"]),
+                raw_result=str(item["raw_result"]),
+            )
+            for item in data.get("dkim_signatures") or ()
+        ),
     )
 
 
