@@ -12,6 +12,7 @@ import yaml
 from agent.app.cli import main
 from agent.probing.probe_message import build_probe_message
 from agent.reading.probe_token import new_probe_id
+from tests.agent_setup import TEST_SECRET
 
 SECRET = "inspect-test-secret-0123456789"
 MESSAGES = Path(__file__).parent / "messages"
@@ -40,7 +41,7 @@ def _probe(secret: str = SECRET) -> tuple[str, bytes]:
     return probe_id, GMAIL_STYLE_AR.encode() + message.as_bytes()
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, secret: str = SECRET) -> Path:
     path = tmp_path / "config.yaml"
     mailbox = {
         "host": "127.0.0.1",
@@ -49,7 +50,7 @@ def _config(tmp_path: Path) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
-                "secret": SECRET,
+                "secret": secret,
                 "state_dir": str(tmp_path / "state"),
                 "routes": [{"name": "r", "host": "127.0.0.1", "from": "probe@good.test"}],
                 "mailboxes": [
@@ -104,14 +105,16 @@ def test_inspect_applies_the_mailbox_trust_rules_or_those_given(
 
     assert main(["inspect", "--json", "-c", str(config), "--mailbox", "gmail", str(path)]) == 0
     (trusted,) = _json_lines(capsys)
-    assert trusted["auth"] == {  # the receiver's own field, trusted by its authserv-id
-        "spf": "pass",
-        "dkim": "pass",
-        "dmarc": "pass",
-        "arc": None,
-        "methods": {"spf": "pass", "dkim": "pass", "dmarc": "pass"},
-        "details": [],
-    }
+    auth = trusted["auth"]
+    assert isinstance(auth, dict)
+    # The receiver's own field, trusted by its authserv-id, with every resinfo as written.
+    assert (auth["spf"], auth["dkim"], auth["dmarc"], auth["arc"]) == ("pass", "pass", "pass", None)
+    assert auth["methods"] == {"dkim": "pass", "spf": "pass", "dmarc": "pass"}
+    assert auth["dkim_signatures"] == [{"domain": "good.test", "selector": "sel", "result": "pass"}]
+    spf = next(detail for detail in auth["details"] if detail["method"] == "spf")
+    assert spf["authserv_id"] == "mx.google.com"
+    assert spf["properties"] == {"smtp.mailfrom": "probe@good.test"}
+    assert spf["comment"].startswith("google.com: domain of probe@good.test")
     assert main(["inspect", "--json", "--trusted-authserv-id", "mx.example", str(path)]) == 0
     (untrusted,) = _json_lines(capsys)
     assert untrusted["auth"]["methods"] == {}  # type: ignore[index]
@@ -120,20 +123,31 @@ def test_inspect_applies_the_mailbox_trust_rules_or_those_given(
 def test_inspect_reads_a_bounce_and_bare_header_blocks_in_lf_or_crlf(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    headers = DSN.read_bytes().split(b"\n\n", 1)[0] + b"\n"
+    _, raw = _probe()
+    headers = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0] + b"\n"
     (tmp_path / "lf.txt").write_bytes(headers)
     (tmp_path / "crlf.txt").write_bytes(headers.replace(b"\n", b"\r\n"))
     files = [str(DSN), str(tmp_path / "lf.txt"), str(tmp_path / "crlf.txt")]
 
-    assert main(["inspect", "--json", *files]) == 0
+    assert main(["inspect", "--json", "--trusted-authserv-id", "mx.google.com", *files]) == 0
     dsn, lf, crlf = _json_lines(capsys)
     assert dsn["kind"] == "bounce"
-    assert dsn["bounce"] is not None
-    assert dsn["bounce"]["type"] == "hard" and dsn["bounce"]["status"] == "5.1.1"  # type: ignore[index]
+    assert dsn["bounce"] == {
+        "type": "hard",
+        "status": "5.1.1",
+        "smtp_code": "550",
+        "recipient": "nobody-132a2d3e@seed.test",
+        "recipient_invalid": True,
+        "reason": "recipient_invalid",
+        "action": "failed",
+        "reporting_mta": "mail.good.test",
+        "original_message_id": "01m8h9j127ya08stfwvwzdepnt.51x5p2dw49darx0h0tqj9kndv3@good.test",
+    }
     assert {key: value for key, value in lf.items() if key != "file"} == {
         key: value for key, value in crlf.items() if key != "file"
     }
-    assert lf["kind"] == "bounce"  # From MAILER-DAEMON, Subject "Undelivered Mail..."
+    assert lf["kind"] == "probe"
+    assert lf["auth"]["methods"] == {"dkim": "pass", "spf": "pass", "dmarc": "pass"}  # type: ignore[index]
 
 
 def test_inspect_prints_every_readable_file_and_exits_2_for_the_rest(
@@ -156,3 +170,21 @@ def test_inspect_refuses_a_mailbox_it_cannot_look_up(
     assert main(["inspect", "-c", str(config), "--mailbox", "nope", str(DSN)]) == 2
     err = capsys.readouterr().err
     assert "no mailbox 'nope'" in err and "(known: gmail, bounces)" in err
+
+
+def test_inspect_with_a_config_says_whether_a_bounce_proves_its_probe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The sample returns the probe it bounces, signed with the test mail system's secret.
+    ours = _config(tmp_path, TEST_SECRET)
+    assert main(["inspect", "--json", "-c", str(ours), str(DSN)]) == 0
+    (proven,) = _json_lines(capsys)
+    assert proven["bounce"]["probe"] == {  # type: ignore[index]
+        "id": "01m8h9j127ya08stfwvwzdepnt",
+        "proof": "signed token",
+        "forgery": None,
+    }
+    assert main(["inspect", "-c", str(_config(tmp_path)), str(DSN)]) == 0
+    assert "bounce of probe: id=01m8h9j127ya08stfwvwzdepnt forgery=it carries neither" in (
+        capsys.readouterr().out
+    )

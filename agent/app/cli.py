@@ -33,6 +33,7 @@ from agent.errors import AgentError
 from agent.model import ConfigLoaded, Outcome
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
+from agent.providers import parse_trust_rule, trust_rules_for
 from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
 from agent.secrets import secret_values
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--mailbox", help="the configured mailbox the messages were found in")
     sub.add_argument(
+        "--provider",
+        help="read Authentication-Results with this provider's trust rules (gmail, microsoft, "
+        "yahoo, icloud, fastmail, ...; others: the topmost field)",
+    )
+    sub.add_argument(
         "--trusted-authserv-id",
         action="append",
         default=[],
@@ -155,6 +161,14 @@ def _inspect(args: argparse.Namespace) -> int:
     """The `inspect` command: exit 0 when every file was read, 2 otherwise (or on bad options)."""
     keys: KeyRing | None = None
     trusted: tuple[str, ...] = tuple(args.trusted_authserv_id)
+    for rule in trusted:
+        try:
+            parse_trust_rule(rule)
+        except ValueError as exc:
+            print(f"deliverability-agent: inspect: --trusted-authserv-id {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.provider is not None and not trusted:
+        trusted = tuple(str(rule) for rule in trust_rules_for(args.provider))
     recipient: str | None = None
     if args.mailbox is not None and args.config is None:
         print("deliverability-agent: inspect: --mailbox needs --config", file=sys.stderr)
@@ -181,7 +195,8 @@ def _inspect(args: argparse.Namespace) -> int:
                     )
                     return EXIT_USAGE
             recipient = mailbox.address
-            trusted = trusted or mailbox.trust_rules
+            if not args.trusted_authserv_id and args.provider is None:
+                trusted = mailbox.trust_rules
     options = InspectOptions(keys=keys, trusted_authserv_ids=trusted, recipient=recipient)
     status = EXIT_OK
     for path, content in read_inputs(args.files):

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.model import AuthVerdicts
-from agent.reading.bounces import read_bounce
+from agent.reading.bounces import BounceFields, read_bounce, read_bounce_fields
 from agent.reading.probe_token import PROBE_HEADER, KeyRing, parse_probe_header
 from agent.reading.triage import TriageKind, triage_message
+from agent.store.ledger import spam_verdict_json
 
 __all__ = ["InspectOptions", "inspect_message", "read_inputs", "render_json", "render_text"]
 
@@ -58,8 +59,27 @@ def _auth(verdicts: AuthVerdicts) -> dict[str, Any]:
     summary = {method.value: _word(result) for method, result in verdicts.items()}
     return {
         **summary,
-        "methods": {name: result for name, result in summary.items() if result is not None},
-        "details": [],
+        "methods": {name: str(result) for name, result in verdicts.methods.items()},
+        "details": [
+            {
+                "method": detail.method,
+                "result": str(detail.result),
+                "raw_result": detail.raw_result,
+                "authserv_id": detail.authserv_id,
+                "reason": detail.reason,
+                "comment": detail.comment,
+                "properties": dict(detail.properties),
+            }
+            for detail in verdicts.details
+        ],
+        "dkim_signatures": [
+            {
+                "domain": signature.domain,
+                "selector": signature.selector,
+                "result": str(signature.result),
+            }
+            for signature in verdicts.dkim_signatures
+        ],
     }
 
 
@@ -76,24 +96,41 @@ def inspect_message(raw: bytes, options: InspectOptions) -> dict[str, Any]:
         "reason": triage.reason,
         "auth": _auth(triage.auth),
         "auth_unreadable_fields": triage.auth_unparseable,
-        "spam": [],
+        "spam": [spam_verdict_json(verdict) for verdict in triage.spam],
         "bounce": None,
         "probe": _probe(raw, triage.kind, triage.probe_id_signed, options),
     }
     if options.keys is None and triage.reason == "probe signature invalid":
         report["reason"] = "probe header (token not checked: no --config)"
-    if triage.kind is TriageKind.BOUNCE:
-        bounce = read_bounce(raw, keys=keys)
-        report["bounce"] = {
-            "type": _word(bounce.bounce_type),
-            "status": bounce.status,
-            "recipients": list(bounce.recipients),
-            "reporting_mta": bounce.reporting_mta,
-            "probe_id": bounce.probe_id,
-            "proof": _word(bounce.proof) if options.keys is not None else None,
-            "forgery": bounce.forgery if options.keys is not None else None,
-        }
+    if triage.kind in (TriageKind.PROBE, TriageKind.FORGED):
+        return report
+    # Bounce or not, and what it says about the recipient: the bounce watcher's own reading.
+    reading = read_bounce_fields(raw, recipient=options.recipient)
+    report["kind"], report["reason"] = str(reading.kind), reading.why
+    if reading.bounce is not None:
+        report["bounce"] = _bounce(reading.bounce)
+        if options.keys is not None:
+            proven = read_bounce(raw, keys=keys)
+            report["bounce"]["probe"] = {
+                "id": proven.probe_id,
+                "proof": _word(proven.proof),
+                "forgery": proven.forgery,
+            }
     return report
+
+
+def _bounce(fields: BounceFields) -> dict[str, Any]:
+    return {
+        "type": str(fields.bounce_type),
+        "status": fields.status,
+        "smtp_code": fields.smtp_code,
+        "recipient": fields.recipient,
+        "recipient_invalid": fields.recipient_invalid,
+        "reason": str(fields.reason),
+        "action": fields.action,
+        "reporting_mta": fields.reporting_mta,
+        "original_message_id": fields.original_message_id,
+    }
 
 
 def _probe(
@@ -126,6 +163,8 @@ def render_text(file: str, report: dict[str, Any]) -> str:
     lines.append(f"  authentication: {verdicts or 'no trusted verdict'}")
     for detail in auth["details"]:
         lines.append(f"    {_detail_line(detail)}")
+    for signature in auth["dkim_signatures"]:
+        lines.append(f"    dkim signature: {_pairs(signature)}")
     if report["auth_unreadable_fields"]:
         lines.append(
             f"  {report['auth_unreadable_fields']} Authentication-Results field(s) unreadable"
@@ -133,20 +172,35 @@ def render_text(file: str, report: dict[str, Any]) -> str:
     for verdict in report["spam"]:
         lines.append(f"  spam: {_pairs(verdict)}")
     if report["bounce"] is not None:
-        lines.append(f"  bounce: {_pairs(report['bounce'])}")
+        bounce = dict(report["bounce"])
+        proven = bounce.pop("probe", None)
+        lines.append(f"  bounce: {_pairs(bounce)}")
+        if proven is not None:
+            lines.append(f"  bounce of probe: {_pairs(proven)}")
     if report["probe"] is not None:
         lines.append(f"  probe: {report['probe']['id']}, token {report['probe']['token']}")
     return "\n".join(lines)
 
 
 def _detail_line(detail: dict[str, Any]) -> str:
-    return _pairs(detail)
+    """`spf=pass (as written: ...) [authserv-id] reason=... smtp.mailfrom=...`."""
+    text = f"{detail['method']}={detail['result']}"
+    if detail["raw_result"] != detail["result"]:
+        text += f" (written {detail['raw_result']})"
+    if detail["authserv_id"]:
+        text += f" by {detail['authserv_id']}"
+    if detail["comment"]:
+        text += f" ({detail['comment']})"
+    if detail["reason"]:
+        text += f' reason="{detail["reason"]}"'
+    rest = _pairs(detail["properties"])
+    return text if rest == "-" else f"{text} {rest}"
 
 
 def _pairs(values: dict[str, Any]) -> str:
     shown = []
     for key, value in values.items():
-        if value is None or value == [] or value == {}:
+        if value is None or value == [] or value == {} or value is False:
             continue
         text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         shown.append(f"{key}={text}")
