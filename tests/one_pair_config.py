@@ -4,12 +4,15 @@ agent against scripted servers (or against nothing: port 1, where nobody listens
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.config import Config, validate_config
+from agent.probing.probe_message import build_probe_message
+from agent.reading.probe_token import new_probe_id
 
-__all__ = ["SECRET", "one_pair_config"]
+__all__ = ["SECRET", "one_pair_config", "signed_probe"]
 
 SECRET = "one-pair-test-secret-0123456789"
 
@@ -62,3 +65,21 @@ def one_pair_config(
         },
     }
     return validate_config(data, base_dir=tmp_path, environ={})
+
+
+def signed_probe(
+    *, secret: str = SECRET, to: str = "seed@seed.test", sender: str = "probe@client.test"
+) -> tuple[str, bytes]:
+    """A new probe id, and the probe message (CRLF) of route `r` to mailbox `m` as it reaches
+    the seed mailbox, signed with `secret`."""
+    probe_id = new_probe_id()
+    message = build_probe_message(
+        probe_id=probe_id,
+        secret=secret.encode(),
+        header_from=sender,
+        to=to,
+        route="r",
+        mailbox="m",
+        sent_at=datetime.now(UTC),
+    )
+    return probe_id, message.as_bytes(policy=message.policy.clone(linesep="\r\n"))

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
 from agent.app.cli import main
-from agent.probing.probe_message import build_probe_message
-from agent.reading.probe_token import new_probe_id
 from tests.agent_setup import TEST_SECRET
+from tests.one_pair_config import signed_probe
 
 SECRET = "inspect-test-secret-0123456789"
 MESSAGES = Path(__file__).parent / "messages"
@@ -28,17 +26,9 @@ GMAIL_STYLE_AR = (
 
 
 def _probe(secret: str = SECRET) -> tuple[str, bytes]:
-    probe_id = new_probe_id()
-    message = build_probe_message(
-        probe_id=probe_id,
-        secret=secret.encode(),
-        header_from="probe@good.test",
-        to="seed@seed.test",
-        route="r",
-        mailbox="m",
-        sent_at=datetime(2026, 12, 6, tzinfo=UTC),
-    )
-    return probe_id, GMAIL_STYLE_AR.encode() + message.as_bytes()
+    """A probe signed with `secret`, as Gmail delivers it: its field on top."""
+    probe_id, message = signed_probe(secret=secret, sender="probe@good.test")
+    return probe_id, GMAIL_STYLE_AR.encode() + message
 
 
 def _config(tmp_path: Path, secret: str = SECRET) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,8 @@ from agent.model import (
 )
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder, Result
-from agent.probing.probe_message import build_probe_message
-from agent.reading.probe_token import new_probe_id
 from agent.store.ledger import Ledger
-from tests.one_pair_config import SECRET, one_pair_config
+from tests.one_pair_config import one_pair_config, signed_probe
 from tests.scripted_imap import (
     CAPABILITIES,
     LOGGED_IN,
@@ -73,17 +70,7 @@ def _config(tmp_path: Path, imap_port: int, *, command_timeout: str) -> Config:
 
 def _probe() -> tuple[str, bytes]:
     """A new probe id, and the probe message as it reaches the seed mailbox."""
-    probe_id = new_probe_id()
-    message = build_probe_message(
-        probe_id=probe_id,
-        secret=SECRET.encode(),
-        header_from="probe@client.test",
-        to=SEED,
-        route="r",
-        mailbox="m",
-        sent_at=datetime.now(UTC),
-    )
-    return probe_id, message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    return signed_probe(to=SEED)
 
 
 def _in_flight(config: Config, probe_id: str) -> None:
