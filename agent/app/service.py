@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REAP_INTERVAL = 5.0  # seconds between deadline sweeps
 PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
+PRUNE_BATCH = 2000  # rows a prune deletes before letting the event loop run (tens of ms)
 DETECT_BACKOFF_MAX = 300.0
 
 
@@ -323,7 +324,7 @@ class Agent:
                 reap(self.ledger, self.outcomes, now=now)
                 if now >= next_prune:
                     next_prune = now + PRUNE_INTERVAL  # a failed prune waits for the next one
-                    pruned = self.ledger.prune(older_than=now - self.config.probes.retention)
+                    pruned = await self._prune(older_than=now - self.config.probes.retention)
                     if pruned:
                         log.info(
                             "removed %d finished probe(s) past retention from the ledger", pruned
@@ -335,6 +336,18 @@ class Agent:
                 failing = True
             self.swept.set()
             await asyncio.sleep(interval)  # a periodic sweep: deadlines are clock events
+
+    async def _prune(self, *, older_than: float) -> int:
+        """Delete finished probes past retention in batches, yielding to the event loop between
+        them: the first prune after a long stop, or after retention was shortened, may have
+        millions of rows to delete."""
+        pruned = 0
+        while True:
+            deleted = self.ledger.prune(older_than=older_than, limit=PRUNE_BATCH)
+            pruned += deleted
+            if deleted < PRUNE_BATCH:
+                return pruned
+            await asyncio.sleep(0)
 
     # --- reload ---------------------------------------------------------------------------------
 
