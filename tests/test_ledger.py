@@ -287,6 +287,13 @@ def test_ledger_last_finished_at_is_latest_per_pair_and_outcome(ledger: Ledger) 
         ("submission", "seed", Outcome.INBOX): T0 + 3.0,
         ("submission", "seed", Outcome.SPAM): T0 + 2.0,
     }
+    send(ledger, "other", route="relay")
+    ledger.finalize("other", outcome=Outcome.MISSING, finished_at=T0 + 4.0)
+    # For the configured pairs only (the start's path), by index seeks: the same answer.
+    assert ledger.last_finished_at([("submission", "seed"), ("gone", "seed")]) == {
+        ("submission", "seed", Outcome.INBOX): T0 + 3.0,
+        ("submission", "seed", Outcome.SPAM): T0 + 2.0,
+    }
 
 
 def test_ledger_prune_deletes_only_old_final_probes(ledger: Ledger) -> None:
@@ -319,9 +326,10 @@ def test_ledger_prune_in_batches_deletes_the_oldest_first(ledger: Ledger) -> Non
     assert ledger.recent(10) == []
 
 
-def test_ledger_reads_finished_probes_through_their_indexes(ledger: Ledger) -> None:
-    """A month of history must not make start or prune read every row: both queries are
-    answered from an index on finished probes (the plan, not a timing, is what is checked)."""
+def test_ledger_reads_through_indexes_that_history_does_not_grow(ledger: Ledger) -> None:
+    """A month of history must not make start or prune read every row: the last outcomes and
+    prune use indexes on finished probes, the probes in flight the partial index of open ones
+    (the plan, not a timing, is what is checked)."""
     conn = sqlite3.connect(ledger.path)
     try:
         plans = {
@@ -338,10 +346,16 @@ def test_ledger_reads_finished_probes_through_their_indexes(ledger: Ledger) -> N
                     "SELECT rowid FROM probes INDEXED BY probes_finished WHERE outcome IS NOT NULL"
                     " AND finished_at < 1 ORDER BY finished_at LIMIT 10",
                 ),
+                (
+                    "in flight",
+                    "SELECT * FROM probes INDEXED BY probes_open WHERE outcome IS NULL"
+                    " ORDER BY created_at, probe_id",
+                ),
             )
         }
     finally:
         conn.close()
+    assert "INDEX probes_open" in plans["in flight"]  # open probes only, sorted afterwards
     assert "COVERING INDEX probes_last_outcome" in plans["last outcome"]
     assert "INDEX probes_finished (finished_at<?)" in plans["prune"]
     assert "TEMP B-TREE" not in plans["prune"]  # already in finished_at order

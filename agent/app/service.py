@@ -126,7 +126,8 @@ class Agent:
         bounce_names = [mailbox.name for mailbox in self.config.bounce_mailboxes]
         self.recorder.declare(pairs, bounce_mailboxes=bounce_names)
         declare_dns_series(self.config, self.recorder)
-        self.recorder.restore_last_outcomes(self.ledger.last_finished_at())
+        # Only the configured pairs: declare() just removed the series of the others.
+        self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))
         for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes):
             if mailbox.name not in self._watches:
                 self.recorder.record(ImapHealth(mailbox.name, up=False))

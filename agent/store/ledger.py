@@ -658,13 +658,18 @@ class Ledger:
 
     def in_flight(self) -> list[ProbeRecord]:
         """Every probe without a final outcome, oldest first."""
-        return self._select("WHERE outcome IS NULL ORDER BY created_at, probe_id", ())
+        # The partial index holds only open probes; without INDEXED BY the planner walks
+        # probes_created for the ORDER BY, reading every probe ever sent.
+        return self._select(
+            "INDEXED BY probes_open WHERE outcome IS NULL ORDER BY created_at, probe_id", ()
+        )
 
     def due(self, now: float) -> list[ProbeRecord]:
         """Accepted or interrupted probes past their deadline and not final: the reaper makes
         them `missing` (accepted) or `error` (interrupted)."""
         return self._select(
-            "WHERE outcome IS NULL AND (accepted = 1 OR interrupted_at IS NOT NULL)"
+            "INDEXED BY probes_open"
+            " WHERE outcome IS NULL AND (accepted = 1 OR interrupted_at IS NOT NULL)"
             " AND deadline_at <= ? ORDER BY deadline_at, probe_id",
             (now,),
         )
@@ -674,7 +679,8 @@ class Ledger:
         SENDING ones were interrupted mid-transaction, UNACCEPTED ones between send and finalize.
         Probes already marked INTERRUPTED by an earlier start are not listed again."""
         return self._select(
-            "WHERE outcome IS NULL AND ((accepted IS NULL AND interrupted_at IS NULL)"
+            "INDEXED BY probes_open"
+            " WHERE outcome IS NULL AND ((accepted IS NULL AND interrupted_at IS NULL)"
             " OR accepted = 0) ORDER BY created_at, probe_id",
             (),
         )
@@ -735,17 +741,35 @@ class Ledger:
         )
         return {(r.route, r.mailbox): r for r in records}
 
-    def last_finished_at(self) -> dict[tuple[str, str, Outcome], float]:
+    def last_finished_at(
+        self, pairs: Iterable[tuple[str, str]] | None = None
+    ) -> dict[tuple[str, str, Outcome], float]:
         """Latest `finished_at` per (route, mailbox, outcome): restores the last-outcome gauges
-        after a restart, so "no inbox delivery for N hours" alerts do not fire on every restart."""
-        with self._translate("read last outcomes"):
-            rows = self._conn.execute(
-                # The covering index answers from its own pages, never reading the rows.
-                "SELECT route, mailbox, outcome, max(finished_at) FROM probes"
-                " INDEXED BY probes_last_outcome"
-                " WHERE outcome IS NOT NULL GROUP BY route, mailbox, outcome"
-                " ORDER BY route, mailbox, outcome"
-            ).fetchall()
+        after a restart, so "no inbox delivery for N hours" alerts do not fire on every restart.
+
+        With `pairs`, only those, each outcome found by one seek in the covering index: the cost
+        follows the pairs, not the history (the start's path). Without, every pair ever seen, by
+        one scan of that index."""
+        if pairs is None:
+            with self._translate("read last outcomes"):
+                rows = self._conn.execute(
+                    "SELECT route, mailbox, outcome, max(finished_at) FROM probes"
+                    " INDEXED BY probes_last_outcome"
+                    " WHERE outcome IS NOT NULL GROUP BY route, mailbox, outcome"
+                    " ORDER BY route, mailbox, outcome"
+                ).fetchall()
+        else:
+            rows = []
+            with self._translate("read last outcomes"):
+                for route, mailbox in dict.fromkeys(pairs):
+                    for outcome in Outcome:
+                        (latest,) = self._conn.execute(
+                            "SELECT max(finished_at) FROM probes INDEXED BY probes_last_outcome"
+                            " WHERE route = ? AND mailbox = ? AND outcome = ?",
+                            (route, mailbox, outcome.value),
+                        ).fetchone()
+                        if latest is not None:
+                            rows.append((route, mailbox, outcome.value, latest))
         try:
             return {(r, m, Outcome(o)): float(t) for r, m, o, t in rows}
         except (ValueError, TypeError) as exc:

@@ -9,7 +9,7 @@ probe in flight per pair, straight through SQLite in one transaction. Then, on a
 that file (a cold start of the agent's process, the OS page cache warm), it times the queries the
 agent runs:
 
-- start: `last_finished_at()` (restores the last-outcome gauges), `unsent_interrupted()`,
+- start: `last_finished_at(pairs)` (restores the last-outcome gauges), `unsent_interrupted()`,
   `in_flight()` and `in_flight_counts()`;
 - page: `latest_by_pair(pairs)`, `recent(50)`, `in_flight_counts()` (what the status page reads);
 - prune: `prune()` of the oldest day (1/30 of the rows), as the hourly sweep does after a day.
@@ -118,7 +118,7 @@ def _measure(rows: int, pairs: list[tuple[str, str]], workdir: Path) -> dict[str
     with Ledger(path) as ledger:
 
         def start() -> None:
-            ledger.last_finished_at()
+            ledger.last_finished_at(pairs)
             ledger.unsent_interrupted()
             ledger.in_flight()
             ledger.in_flight_counts()
