@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -40,6 +41,7 @@ from agent.store.ledger import (
     ProbeRecord,
     ProbeState,
     UnknownProbeError,
+    transcript_json,
 )
 
 T0 = 1_700_000_000.0
@@ -744,3 +746,37 @@ def test_ledger_keeps_the_gmail_tab_of_an_arrival_and_reads_arrivals_stored_with
     assert record(ledger, "tabbed").arrival == tabbed
     older = record(ledger, "older").arrival
     assert older is not None and older.category is None
+
+
+def test_ledger_stores_transcripts_compactly_and_reads_the_named_form_of_older_rows(
+    ledger: Ledger,
+) -> None:
+    send(ledger, "new")
+    assert ledger.record_send_result("new", ACCEPTED)
+    send(ledger, "old")
+    named = json.dumps(
+        [
+            {
+                "stage": r.stage.value,
+                "code": r.code,
+                "enhanced_code": r.enhanced_code,
+                "text": r.text,
+            }
+            for r in ACCEPTED.transcript
+        ]
+    )
+    conn = sqlite3.connect(ledger.path)
+    try:
+        stored = conn.execute("SELECT transcript FROM probes WHERE probe_id = 'new'").fetchone()[0]
+        with conn:
+            conn.execute(
+                "UPDATE probes SET accepted = 1, accepted_at = ?, transcript = ?"
+                " WHERE probe_id = 'old'",
+                (ACCEPTED.accepted_at, named),
+            )
+    finally:
+        conn.close()
+    assert stored == transcript_json(ACCEPTED.transcript)
+    assert len(stored) < len(named)
+    assert record(ledger, "new").transcript == record(ledger, "old").transcript
+    assert record(ledger, "old").transcript == ACCEPTED.transcript

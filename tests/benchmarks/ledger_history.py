@@ -4,7 +4,7 @@
 
 Method: for each row count N it creates a fresh ledger file (every migration, as the agent does),
 then writes N finished probes spread over the pairs and over 30 days, shaped like the agent's
-rows (a transcript of six SMTP replies, an arrival with verdicts; about 1.4 KB a row), plus one
+rows (a transcript of six SMTP replies as the agent stores it, an arrival with verdicts), plus one
 probe in flight per pair, straight through SQLite in one transaction. Then, on a new Ledger on
 that file (a cold start of the agent's process, the OS page cache warm), it times the queries the
 agent runs:
@@ -31,23 +31,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.model import Outcome
-from agent.store.ledger import Ledger
+from agent.model import Outcome, SmtpReply, Stage
+from agent.store.ledger import Ledger, transcript_json
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
-_TRANSCRIPT = json.dumps(
-    [
-        {"stage": stage, "code": code, "enhanced_code": enhanced, "text": text}
-        for stage, code, enhanced, text in (
-            ("banner", 220, None, "smtp.example.com ESMTP Postfix (Debian/GNU) ready " + "x" * 60),
-            ("ehlo", 250, None, "smtp.example.com PIPELINING SIZE 10240000 ETRN STARTTLS " * 3),
-            ("starttls", 220, "2.0.0", "Ready to start TLS"),
-            ("auth", 235, "2.7.0", "Authentication successful"),
-            ("mail", 250, "2.1.0", "Ok"),
-            ("end_of_data", 250, "2.0.0", "Ok: queued as 4Y8kXw2QqPz9" + "y" * 300),
-        )
-    ]
+_TRANSCRIPT = transcript_json(
+    SmtpReply(Stage(stage), code, enhanced, text)
+    for stage, code, enhanced, text in (
+        ("banner", 220, None, "smtp.example.com ESMTP Postfix (Debian/GNU) ready " + "x" * 60),
+        ("ehlo", 250, None, "smtp.example.com PIPELINING SIZE 10240000 ETRN STARTTLS " * 3),
+        ("starttls", 220, "2.0.0", "Ready to start TLS"),
+        ("auth", 235, "2.7.0", "Authentication successful"),
+        ("mail", 250, "2.1.0", "Ok"),
+        ("end_of_data", 250, "2.0.0", "Ok: queued as 4Y8kXw2QqPz9" + "y" * 300),
+    )
 )
 _ARRIVAL = json.dumps(
     {
