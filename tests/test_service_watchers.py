@@ -273,3 +273,49 @@ async def test_a_probe_in_a_gmail_tab_is_stored_reported_and_counted_with_its_ca
     tabs = "deliverability_inbox_category_total"
     assert _metric(registry, tabs, route="r", mailbox="m", category="promotions") == 1
     assert _metric(registry, tabs, route="r", mailbox="m", category="primary") == 0
+
+
+async def test_a_reload_that_moves_a_mailbox_lets_its_clean_up_under_way_finish(
+    tmp_path: Path,
+) -> None:
+    probe_id, raw = _probe()
+    store_received, go_on = asyncio.Event(), asyncio.Event()
+    slow_store = (
+        *LOGGED_IN,
+        Expect("SELECT"),
+        Send("* 1 EXISTS\n* OK [UIDVALIDITY 7] UIDs valid\n{tag} OK [READ-WRITE] Selected"),
+        Expect("UID SEARCH"),
+        Send("* SEARCH 1\n{tag} OK Searched"),
+        Expect("UID FETCH"),
+        fetch_response(1, raw),
+        Send("{tag} OK Fetched"),
+        Expect("UID STORE"),
+        Pause(store_received, go_on),  # the reload comes while the STORE is unanswered
+        Send("{tag} OK Stored"),
+        Expect("UID EXPUNGE"),
+        Send("* 1 EXPUNGE\n{tag} OK Expunged"),
+        Expect("LOGOUT"),
+        Send("* BYE\n{tag} OK Logged out"),
+    )
+    async with ScriptedImapServer(*LISTING, then=slow_store) as server:
+        config = _config(tmp_path, server.port, command_timeout="30s")
+        _in_flight(config, probe_id)
+        agent = Agent(config, recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                await store_received.wait()
+            # The mailbox moves to another server: its watcher must stop, as at shutdown.
+            reloading = asyncio.create_task(
+                agent.reload(_config(tmp_path, 1, command_timeout="30s"))
+            )
+            await asyncio.sleep(0)  # the reload runs up to its wait for the watcher to stop
+            go_on.set()
+            async with asyncio.timeout(WAIT):
+                await reloading
+        finally:
+            await agent.stop(drain_timeout=WAIT)
+    assert any(b"UID EXPUNGE 1" in line for line in server.received)
+    with Ledger.in_state_dir(config.state_dir) as ledger:
+        record = ledger.get(probe_id)
+    assert record is not None and record.outcome is Outcome.INBOX

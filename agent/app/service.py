@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REAP_INTERVAL = 5.0  # seconds between deadline sweeps
 PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
+RELOAD_CLEANUP_GRACE = 30.0  # seconds a reload waits for a changed mailbox's clean-up under way
 PRUNE_BATCH = 2000  # rows a prune deletes before letting the event loop run (tens of ms)
 DETECT_BACKOFF_MAX = 300.0
 
@@ -368,11 +369,17 @@ class Agent:
         )
         self._build(self.config)
         new_mailboxes = _watched_mailboxes(self.config)
-        for name, watch in list(self._watches.items()):
-            if old_mailboxes.get(name) != new_mailboxes.get(name) and watch.task is not None:
-                watch.task.cancel()
-                await asyncio.gather(watch.task, return_exceptions=True)
-                del self._watches[name]
+        changed = [
+            name
+            for name, watch in self._watches.items()
+            if old_mailboxes.get(name) != new_mailboxes.get(name) and watch.task is not None
+        ]
+        # Stopped like at shutdown: a clean-up under way (STORE, then EXPUNGE) finishes first.
+        await _stop_watches(
+            [self._watches[name] for name in changed], grace=RELOAD_CLEANUP_GRACE
+        )
+        for name in changed:
+            del self._watches[name]
         self._declare()
         self.outcomes.refresh_in_flight()  # pairs added or removed: recount every pair once
         for name, (mailbox, bounces) in new_mailboxes.items():
