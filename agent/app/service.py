@@ -169,8 +169,8 @@ class Agent:
             log.info("waiting for %d SMTP transaction(s) to finish", len(self._sending))
             _, unfinished = await asyncio.wait(set(self._sending), timeout=drain_timeout)
             for task in unfinished:
-                # Bounded stop: the probe stays "sending" in the ledger and the next start
-                # gives it its one outcome (error, interrupted).
+                # Bounded stop: the probe stays "sending" in the ledger; the next start keeps
+                # it open until its deadline (its arrival decides, else error, interrupted).
                 task.cancel()
         await _stop_watches(self._watches.values(), grace=max(0.0, drain_until - loop.time()))
         tasks = [w.task for w in self._watches.values() if w.task is not None]
