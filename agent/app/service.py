@@ -375,9 +375,7 @@ class Agent:
             if old_mailboxes.get(name) != new_mailboxes.get(name) and watch.task is not None
         ]
         # Stopped like at shutdown: a clean-up under way (STORE, then EXPUNGE) finishes first.
-        await _stop_watches(
-            [self._watches[name] for name in changed], grace=RELOAD_CLEANUP_GRACE
-        )
+        await _stop_watches([self._watches[name] for name in changed], grace=RELOAD_CLEANUP_GRACE)
         for name in changed:
             del self._watches[name]
         self._declare()
