@@ -265,7 +265,7 @@ class Connection:
         """The greeting and CAPABILITY; with `starttls`, then the upgrade and CAPABILITY again."""
         target, client, protocol = self._target, self._client, self._protocol
         hello: asyncio.Future[Any] = asyncio.ensure_future(client.wait_hello_from_server())
-        upgrading = False
+        phase = "greeting"
         try:
             async with asyncio.timeout(target.connect_timeout):
                 if target.tls is not TlsMode.IMPLICIT:
@@ -282,14 +282,27 @@ class Connection:
                         await self._sniff_implicit_tls(hello)
                 await self._race("connect", hello)
                 if starttls is not None:
-                    upgrading = True
+                    phase = "STARTTLS"
                     await self._starttls(starttls)
+                    phase = "CAPABILITY"
+                    # What the server advertised in plain text is not trusted (RFC 9051 6.2.1).
+                    capability = asyncio.ensure_future(protocol.capability())
+                    try:
+                        await self._race("CAPABILITY", capability)
+                    finally:
+                        _discard(capability)
         except TimeoutError:
-            if upgrading:
+            if phase == "STARTTLS":
                 raise self._error(
                     ErrorKind.TLS,
                     f"STARTTLS: not done within {target.connect_timeout:g} s of connecting "
                     "(no answer, or no TLS handshake)",
+                ) from None
+            if phase == "CAPABILITY":
+                raise self._error(
+                    ErrorKind.TIMEOUT,
+                    f"CAPABILITY after STARTTLS: no answer within {target.connect_timeout:g} s "
+                    "of connecting",
                 ) from None
             if not client.connecting.done():
                 raise self._error(
@@ -306,14 +319,14 @@ class Connection:
             _discard(hello)
 
     async def _starttls(self, context: ssl.SSLContext) -> None:
-        """STARTTLS, the TLS handshake, and CAPABILITY again; any failure is a `tls` error."""
+        """STARTTLS and the TLS handshake; any failure is a `tls` error."""
         protocol = self._protocol
         if not self.has_capability("STARTTLS"):
             raise self._error(ErrorKind.TLS, "the server does not offer STARTTLS (tls: starttls)")
         command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
         protocol.starttls_tag = command.tag.encode()
+        sent = asyncio.ensure_future(protocol.execute(command))
         try:
-            sent = asyncio.ensure_future(protocol.execute(command))
             response = await self._race("STARTTLS", sent)
             if response.result != "OK":
                 raise self._error(
@@ -332,8 +345,8 @@ class Connection:
             # A hang-up mid-handshake, or STARTTLS refused by aioimaplib after a PREAUTH greeting:
             # still the upgrade that failed, and the connection is not to be used in plain text.
             raise self._error(ErrorKind.TLS, exc.message) from None
-        # What the server advertised in plain text is not to be trusted (RFC 9051 6.2.1).
-        await self._race("CAPABILITY", asyncio.ensure_future(protocol.capability()))
+        finally:
+            _discard(sent)
 
     async def _sniff_implicit_tls(self, hello: asyncio.Future[Any]) -> None:
         """While still waiting for a greeting, ask a second connection whether TLS is spoken."""
@@ -380,7 +393,7 @@ class Connection:
         target = self._target
         if self.has_capability("LOGINDISABLED"):
             # RFC 9051 6.2.3: the server refuses LOGIN; sending the password anyway gains nothing.
-            hint = "" if target.tls is TlsMode.IMPLICIT else " (use tls: starttls or implicit)"
+            hint = " (use tls: starttls or implicit)" if target.tls is TlsMode.NONE else ""
             raise self._error(ErrorKind.AUTH, f"the server advertises LOGINDISABLED{hint}")
         response = await self._call(
             "LOGIN", self._client.login(quote(target.username), target.password)
