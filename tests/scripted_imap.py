@@ -1,15 +1,17 @@
 """A tiny scripted IMAP server on loopback, for faults no real IMAP server produces on demand.
 
 Every connection plays the same script (or the first one script and every later one another):
-send lines (with the tag of the last command read), wait for a command, pause until the test
-says go on, hang, or drop the connection. The server counts connections and keeps every line
-clients sent. Real-server behaviour belongs to the tests against the mail system's Dovecot.
+send lines (with the tag of the last command read), wait for a command or for any bytes, start
+TLS, pause until the test says go on, hang, or drop the connection. The server counts connections
+and keeps every line clients sent. Real-server behaviour belongs to the tests against the mail
+system's Dovecot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -23,8 +25,10 @@ __all__ = [
     "Hang",
     "Pause",
     "Raw",
+    "Receive",
     "ScriptedImapServer",
     "Send",
+    "StartTls",
     "Step",
     "fetch_response",
     "gmail_category_search",
@@ -75,7 +79,19 @@ class Close:
     """Drop the connection."""
 
 
-Step = Send | Raw | Expect | Pause | Hang | Close
+@dataclass(frozen=True)
+class Receive:
+    """Wait for the client's next bytes, whatever they are (a TLS ClientHello has no lines)."""
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """Do the server side of a TLS handshake (after answering STARTTLS); later steps speak TLS."""
+
+    context: ssl.SSLContext
+
+
+Step = Send | Raw | Expect | Receive | Pause | Hang | Close | StartTls
 
 GREETING = Send("* OK scripted IMAP server ready")
 CAPABILITIES = "IMAP4rev1 IDLE UIDPLUS"
@@ -218,6 +234,11 @@ class ScriptedImapServer:
                     return
                 case Close():
                     return
+                case Receive():
+                    if not await reader.read(65536):
+                        return
+                case StartTls(context):
+                    await writer.start_tls(context)
 
     async def _read_until(self, reader: asyncio.StreamReader, command: str, tag: str) -> str:
         while line := await reader.readline():

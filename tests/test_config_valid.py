@@ -132,11 +132,17 @@ def test_config_route_tls_defaults_from_port(port: int | str, tls: TlsMode) -> N
 
 
 @pytest.mark.parametrize(
-    ("port", "tls"), [(993, TlsMode.IMPLICIT), (143, TlsMode.NONE), (10993, TlsMode.IMPLICIT)]
+    ("port", "tls"), [(993, TlsMode.IMPLICIT), (143, TlsMode.STARTTLS), (10993, TlsMode.IMPLICIT)]
 )
 def test_config_mailbox_tls_defaults_from_port(port: int, tls: TlsMode) -> None:
-    mailbox = _load(mailboxes=[_mailbox(port=port, allow_plaintext_auth=True)]).mailboxes[0]
+    mailbox = _load(mailboxes=[_mailbox(port=port)]).mailboxes[0]
     assert mailbox.tls is tls
+
+
+def test_config_mailbox_starttls_reaches_the_imap_target() -> None:
+    mailbox = _load(mailboxes=[_mailbox(port=143, tls="starttls")]).mailboxes[0]
+    target = imap_target(mailbox)
+    assert (target.port, target.tls, target.tls_verify) == (143, TlsMode.STARTTLS, True)
 
 
 def test_config_explicit_tls_overrides_the_port_default() -> None:

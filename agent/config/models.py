@@ -176,23 +176,19 @@ class Route(_Model):
 
 
 def _imap_tls(value: Any) -> TlsMode:
-    if value in (TlsMode.IMPLICIT, TlsMode.NONE):
+    # No opportunistic mode: it would send the password in clear text to a server without STARTTLS.
+    if value in (TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.NONE):
         return TlsMode(value)
-    if value == TlsMode.STARTTLS:
-        raise _invalid(
-            "expected 'implicit' or 'none' (the IMAP client has no STARTTLS: "
-            "use tls: implicit on the implicit-TLS port 993)"
-        )
-    raise _invalid("expected 'implicit' or 'none'")
+    raise _invalid("expected 'implicit', 'starttls' or 'none'")
 
 
-_IMAP_TLS_BY_PORT: Final = {993: TlsMode.IMPLICIT, 143: TlsMode.NONE}
+_IMAP_TLS_BY_PORT: Final = {993: TlsMode.IMPLICIT, 143: TlsMode.STARTTLS}
 
 
 class ImapTimeouts(_Model):
     """Bounds on a mailbox watcher's IMAP connection: a server that misses one is down."""
 
-    connect: PositiveDuration = 15.0  # TCP connect, TLS handshake, greeting and CAPABILITY
+    connect: PositiveDuration = 15.0  # TCP connect, greeting, CAPABILITY, TLS (STARTTLS too)
     command: PositiveDuration = 30.0  # each command's answer, DONE (the end of IDLE) included
 
 

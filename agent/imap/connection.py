@@ -14,9 +14,16 @@ here, and nothing above sees an aioimaplib type. Choices worth knowing:
   every EXISTS/RECENT it sees in `new_mail`, for the watcher to search again.
 * Each message is fetched alone with `BODY.PEEK[]<0.N>` (never sets \\Seen, bounded memory) and
   RFC822.SIZE, so a consumer knows when `raw` was truncated.
+* `tls: starttls` (aioimaplib has none): greeting and CAPABILITY in plain text, `STARTTLS`, then
+  the transport is upgraded in place with `loop.start_tls` (the context and verification of
+  implicit TLS), and CAPABILITY is asked again before LOGIN: what the server said in plain text is
+  not trusted (RFC 9051 6.2.1). No STARTTLS advertised, a refusal, or a failed handshake is a `tls`
+  error and nothing more is sent: never a fall back to plain text. The whole of it, greeting to
+  the second CAPABILITY, is bounded by the connect timeout.
 * A plain client on an implicit-TLS port gets no greeting (the server waits for a ClientHello).
-  With `tls: none` and no byte received after a short while, a second connection sends a TLS
-  ClientHello; a TLS record in answer fails fast with kind `tls` (same check as the SMTP sender).
+  With `tls: none` or `starttls` and no byte received after a short while, a second connection
+  sends a TLS ClientHello; a TLS record in answer fails fast with kind `tls` (same check as the
+  SMTP sender).
 * aioimaplib parses recursively, one frame per line (aioimaplib#118): a LIST of ~900+ folders in
   one read fails as `protocol`.
 * Every error message and log line masks the target's secrets (`redactor_for`), and aioimaplib's
@@ -63,6 +70,7 @@ T = TypeVar("T")
 _LOGOUT_TIMEOUT: Final = 2.0  # a polite goodbye, never a reason to hang on shutdown
 _TLS_SNIFF_AFTER: Final = 2.0  # seconds without a byte on a plain connection before the TLS check
 _TLS_SNIFF_TIMEOUT: Final = 3.0
+_INJECTED: Final = "plain text after STARTTLS's OK, before the TLS handshake: refusing to go on"
 # Gmail's IMAP extensions (X-GM-RAW among them) are there when this capability is advertised.
 GMAIL_EXTENSIONS: Final = "X-GM-EXT-1"
 # The order the tabs are asked in: primary first, where a probe should land, so the usual case
@@ -107,16 +115,24 @@ def redactor_for(target: ImapTarget) -> Redactor:
 #   the same task as `_Client.connecting`.
 # * The protocol has no hook for untagged responses, and drops `* n EXISTS` unless a NOOP is
 #   pending: `_Protocol` extends `_untagged_response` to note new-mail announcements.
+# * No STARTTLS: `_Protocol.upgrade` swaps its own `transport` for the one `loop.start_tls` returns
+#   (aioimaplib writes through `self.transport` only). Plain text after STARTTLS's tagged OK could
+#   have been injected by a man in the middle (CVE-2011-0411's kind): `_handle_line` fails the
+#   connection on any line after it, and `upgrade` on a partial one left in `incomplete_line`.
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped
     """aioimaplib's protocol, plus a `failure` future and a note of new-mail announcements."""
+
+    transport: Any  # set by aioimaplib's connection_made; replaced by `upgrade`
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.failure: asyncio.Future[ImapError] = loop.create_future()
         self.received_any = False
         self.new_mail = False
+        self.starttls_tag: bytes | None = None  # while STARTTLS is pending or being acted on
+        self._plain_text_over = False  # STARTTLS's OK came: nothing more may arrive before TLS
 
     def note_failure(self, kind: ErrorKind, message: str) -> None:
         if not self.failure.done():
@@ -148,6 +164,35 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
             await super().welcome(command)
         except Exception:
             self.give_up(ErrorKind.PROTOCOL, f"unusable greeting {printable(bytes(command))!r}")
+
+    async def upgrade(
+        self, context: ssl.SSLContext, server_hostname: str, handshake_timeout: float
+    ) -> None:
+        """Start TLS on this connection (after STARTTLS's tagged OK); raises what start_tls does.
+
+        `handshake_timeout` is a backstop: the caller's deadline over the whole connect fires first.
+        """
+        if self.incomplete_line:  # an aioimaplib gap (see above)
+            raise ImapError(ErrorKind.TLS, _INJECTED)
+        self.transport = await self.loop.start_tls(  # aioimaplib writes through self.transport
+            self.transport,
+            self,
+            context,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout,
+        )
+        self.starttls_tag = None
+        self._plain_text_over = False
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        # An aioimaplib gap (see above): the one place that sees every line in order.
+        if self._plain_text_over and line:
+            self.give_up(ErrorKind.TLS, _INJECTED)
+            return None
+        handled = super()._handle_line(line, current_cmd)
+        if self.starttls_tag is not None and line.startswith(self.starttls_tag + b" OK"):
+            self._plain_text_over = True
+        return handled
 
     def _untagged_response(self, line: bytes) -> Any:
         # An aioimaplib gap (see above): the one place that sees every untagged line.
@@ -196,27 +241,34 @@ class Connection:
     @classmethod
     async def open(cls, target: ImapTarget) -> Connection:
         redact = redactor_for(target)
-        context = _tls_context(target, redact) if target.tls is TlsMode.IMPLICIT else None
+        context = _tls_context(target, redact) if target.tls is not TlsMode.NONE else None
         # The library's own timeouts are backstops only: ours fire first and say what timed out.
         backstop = max(target.connect_timeout, target.command_timeout) + 5.0
         conn = cls(
             target,
-            _Client(host=target.host, port=target.port, timeout=backstop, ssl_context=context),
+            _Client(
+                host=target.host,
+                port=target.port,
+                timeout=backstop,
+                ssl_context=context if target.tls is TlsMode.IMPLICIT else None,
+            ),
             redact,
         )
         try:
-            await conn._greeting()
+            await conn._greeting(context if target.tls is TlsMode.STARTTLS else None)
         except BaseException:
             await conn.close(logout=False)
             raise
         return conn
 
-    async def _greeting(self) -> None:
+    async def _greeting(self, starttls: ssl.SSLContext | None) -> None:
+        """The greeting and CAPABILITY; with `starttls`, then the upgrade and CAPABILITY again."""
         target, client, protocol = self._target, self._client, self._protocol
         hello: asyncio.Future[Any] = asyncio.ensure_future(client.wait_hello_from_server())
+        phase = "greeting"
         try:
             async with asyncio.timeout(target.connect_timeout):
-                if target.tls is TlsMode.NONE:
+                if target.tls is not TlsMode.IMPLICIT:
                     await asyncio.wait(
                         {hello, protocol.failure},
                         timeout=min(_TLS_SNIFF_AFTER, target.connect_timeout / 3),
@@ -229,7 +281,29 @@ class Connection:
                     ):
                         await self._sniff_implicit_tls(hello)
                 await self._race("connect", hello)
+                if starttls is not None:
+                    phase = "STARTTLS"
+                    await self._starttls(starttls)
+                    phase = "CAPABILITY"
+                    # What the server advertised in plain text is not trusted (RFC 9051 6.2.1).
+                    capability = asyncio.ensure_future(protocol.capability())
+                    try:
+                        await self._race("CAPABILITY", capability)
+                    finally:
+                        _discard(capability)
         except TimeoutError:
+            if phase == "STARTTLS":
+                raise self._error(
+                    ErrorKind.TLS,
+                    f"STARTTLS: not done within {target.connect_timeout:g} s of connecting "
+                    "(no answer, or no TLS handshake)",
+                ) from None
+            if phase == "CAPABILITY":
+                raise self._error(
+                    ErrorKind.TIMEOUT,
+                    f"CAPABILITY after STARTTLS: no answer within {target.connect_timeout:g} s "
+                    "of connecting",
+                ) from None
             if not client.connecting.done():
                 raise self._error(
                     ErrorKind.TIMEOUT,
@@ -243,6 +317,36 @@ class Connection:
             ) from None
         finally:
             _discard(hello)
+
+    async def _starttls(self, context: ssl.SSLContext) -> None:
+        """STARTTLS and the TLS handshake; any failure is a `tls` error."""
+        protocol = self._protocol
+        if not self.has_capability("STARTTLS"):
+            raise self._error(ErrorKind.TLS, "the server does not offer STARTTLS (tls: starttls)")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        protocol.starttls_tag = command.tag.encode()
+        sent = asyncio.ensure_future(protocol.execute(command))
+        try:
+            response = await self._race("STARTTLS", sent)
+            if response.result != "OK":
+                raise self._error(
+                    ErrorKind.TLS, f"STARTTLS refused: {response.result} {_text(response)}"
+                )
+            upgrade = asyncio.ensure_future(
+                protocol.upgrade(context, self._target.host, self._target.connect_timeout)
+            )
+            try:
+                await self._race("STARTTLS", upgrade)
+            finally:
+                _discard(upgrade)
+        except ImapError as exc:
+            if exc.kind is ErrorKind.TLS:
+                raise
+            # A hang-up mid-handshake, or STARTTLS refused by aioimaplib after a PREAUTH greeting:
+            # still the upgrade that failed, and the connection is not to be used in plain text.
+            raise self._error(ErrorKind.TLS, exc.message) from None
+        finally:
+            _discard(sent)
 
     async def _sniff_implicit_tls(self, hello: asyncio.Future[Any]) -> None:
         """While still waiting for a greeting, ask a second connection whether TLS is spoken."""
@@ -287,6 +391,10 @@ class Connection:
 
     async def login(self) -> None:
         target = self._target
+        if self.has_capability("LOGINDISABLED"):
+            # RFC 9051 6.2.3: the server refuses LOGIN; sending the password anyway gains nothing.
+            hint = " (use tls: starttls or implicit)" if target.tls is TlsMode.NONE else ""
+            raise self._error(ErrorKind.AUTH, f"the server advertises LOGINDISABLED{hint}")
         response = await self._call(
             "LOGIN", self._client.login(quote(target.username), target.password)
         )

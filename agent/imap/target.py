@@ -10,8 +10,8 @@ from agent.model import TlsMode
 
 __all__ = ["ImapTarget"]
 
-# aioimaplib has no STARTTLS.
-_SUPPORTED_TLS: Final = (TlsMode.IMPLICIT, TlsMode.NONE)
+# Opportunistic TLS would send the password in clear text to a server that offers no STARTTLS.
+_SUPPORTED_TLS: Final = (TlsMode.IMPLICIT, TlsMode.STARTTLS, TlsMode.NONE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,13 +31,13 @@ class ImapTarget:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     tls_verify: bool = True
     ca_file: Path | None = None
-    connect_timeout: float = 15.0  # TCP connect, TLS handshake, greeting and CAPABILITY
+    connect_timeout: float = 15.0  # TCP connect, greeting, CAPABILITY, TLS (STARTTLS too)
     command_timeout: float = 30.0  # each command after that
 
     def __post_init__(self) -> None:
         if self.tls not in _SUPPORTED_TLS:
             raise ValueError(
-                f"IMAP supports tls 'implicit' or 'none' (no STARTTLS), got {self.tls.value!r}"
+                f"IMAP supports tls 'implicit', 'starttls' or 'none', got {self.tls.value!r}"
             )
         if self.connect_timeout <= 0 or self.command_timeout <= 0:
             raise ValueError("IMAP timeouts must be positive")

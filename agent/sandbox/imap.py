@@ -1,7 +1,7 @@
 """The sandbox's IMAP side: seed mailboxes held in memory by pymap, served over implicit TLS.
 
 pymap's dict backend keeps every mailbox in memory and gives IDLE, LOGIN and a `Junk` folder
-found by name (it has no SPECIAL-USE). The agent's IMAP client has no STARTTLS, so the server
+found by name (it has no SPECIAL-USE). Like a provider's port 993, the server
 speaks TLS from the first byte, and LOGIN is allowed at once. `deliver()` appends straight into
 a folder, which wakes up every IDLE client of it. Passwords are compared in clear (they sit in
 the config anyway): pymap's default PBKDF2 would cost ~0.15 s of CPU at every login.
