@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.agent_process import AgentProcess
 from tests.mailsystem import MailSystem
@@ -55,3 +57,31 @@ def processes() -> Iterator[list[AgentProcess]]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in _TIMINGS:
         terminalreporter.write_line(line)
+
+
+# A throwaway CA and a server certificate for 127.0.0.1 / localhost, for the TLS tests of the
+# SMTP sender and the IMAP connection against scripted servers.
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_cert(ca: trustme.CA) -> trustme.LeafCert:
+    return ca.issue_cert("127.0.0.1", "localhost")
+
+
+@pytest.fixture
+def server_tls(server_cert: trustme.LeafCert) -> ssl.SSLContext:
+    """The scripted server's side of TLS."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    """The CA as a PEM file, as a config's `ca_file` names it."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path

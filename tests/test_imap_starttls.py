@@ -37,25 +37,6 @@ from tests.scripted_imap import (
 )
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 def starttls_target(port: int, ca_file: Path) -> ImapTarget:
     return dataclasses.replace(scripted_target(port), tls=TlsMode.STARTTLS, ca_file=ca_file)
 

@@ -41,30 +41,6 @@ RECEIVED = b"Subject: probe\r\nX-Probe: 1\r\n\r\n.leading dot\r\nbody\r\n"
 SUCCESS_STAGES = [Stage.MAIL, Stage.RCPT, Stage.DATA, Stage.END_OF_DATA, Stage.QUIT]
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("127.0.0.1", "localhost")
-
-
-@pytest.fixture
-def server_tls(server_cert: trustme.LeafCert) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(context)
-    return context
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 @pytest.fixture
 def untrusted_ca_file(tmp_path: Path) -> Path:
     path = tmp_path / "other-ca.pem"
