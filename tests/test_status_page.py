@@ -31,7 +31,7 @@ from agent.model import (
 )
 from agent.secrets import MASK
 from agent.store.ledger import Ledger
-from agent.web.status_page import Health, PageData, collect, render
+from agent.web.status_page import WORST_PAIRS, Health, PageData, collect, render
 
 NOW = 1_790_000_000.0
 ROUTE_PASSWORD = "route-password-sekret"
@@ -360,3 +360,52 @@ def test_status_page_and_once_json_show_the_gmail_tab_of_an_inbox_probe(
     assert "inbox (promotions)" in row
     record = ledger.get("tabbed")
     assert record is not None and probe_json(record)["category"] == "promotions"
+
+
+def test_status_page_lists_the_worst_pairs_instead_of_a_matrix_too_big_to_read(
+    ledger: Ledger,
+) -> None:
+    routes = tuple(f"r{index:02d}" for index in range(25))
+    mailboxes = tuple(f"m{index:02d}" for index in range(20))  # 500 cells: over the bound
+    pairs = frozenset((route, mailbox) for route in routes for mailbox in mailboxes)
+    for probe_id, mailbox, outcome, folder in (
+        ("inbox-1", "m00", Outcome.INBOX, "INBOX"),
+        ("missing", "m01", Outcome.MISSING, None),
+        ("error", "m02", Outcome.ERROR, None),
+        ("spam", "m03", Outcome.SPAM, "Junk"),
+    ):
+        _probe(
+            ledger,
+            probe_id,
+            "r00",
+            mailbox,
+            at=NOW - 60,
+            transcript=ACCEPTED,
+            outcome=outcome,
+            folder=folder,
+        )
+    data = PageData(
+        routes=routes,
+        mailboxes=mailboxes,
+        pairs=pairs,
+        interval_seconds=300,
+        latest=ledger.latest_by_pair(sorted(pairs)),
+        recent=(),
+        in_flight=0,
+        health=HEALTH,
+        now=NOW,
+    )
+    page = render(data)
+    assert 'id="matrix"' not in page
+    listed = re.findall(
+        r'<tr data-route="([^"]*)" data-mailbox="([^"]*)" data-outcome="([^"]*)"', page
+    )
+    assert len(listed) == WORST_PAIRS
+    # Worst first: no verdict, then missing, then spam; the pairs with no probe yet; inbox last.
+    assert listed[:3] == [
+        ("r00", "m02", "error"),
+        ("r00", "m01", "missing"),
+        ("r00", "m03", "spam"),
+    ]
+    assert ("r00", "m00", "inbox") not in listed  # 496 pairs without a probe rank before it
+    assert "500 pairs: more than the 400 cells a matrix shows" in page

@@ -32,7 +32,9 @@ from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
 __all__ = [
     "DEFAULT_REFRESH_SECONDS",
+    "MATRIX_MAX_CELLS",
     "RECENT_PROBES",
+    "WORST_PAIRS",
     "Health",
     "LoopPage",
     "PageData",
@@ -43,6 +45,28 @@ __all__ = [
 
 DEFAULT_REFRESH_SECONDS: Final = 10
 RECENT_PROBES: Final = 50
+# Beyond this many cells (20 x 20) a matrix is unreadable and heavy for a browser: the page lists
+# the worst pairs instead, at most WORST_PAIRS of them, so its size stays bounded at any scale.
+MATRIX_MAX_CELLS: Final = 400
+WORST_PAIRS: Final = 100
+# Worst first: no verdict from the server, refused, bounced, lost, delayed, misfiled; then what
+# is still in flight or not probed yet; the inbox last.
+_SEVERITY: Final = {
+    outcome: rank
+    for rank, outcome in enumerate(
+        (
+            Outcome.ERROR,
+            Outcome.REJECTED,
+            Outcome.BOUNCED,
+            Outcome.MISSING,
+            Outcome.DEFERRED,
+            Outcome.SPAM,
+            Outcome.OTHER,
+        )
+    )
+}
+_IN_FLIGHT_RANK: Final = len(_SEVERITY)
+_INBOX_RANK: Final = _IN_FLIGHT_RANK + 1
 
 
 class StatusPageError(AgentError):
@@ -258,6 +282,10 @@ def _cell(data: PageData, route: str, mailbox: str) -> str:
     if record is None:
         return f'<td {attributes} data-outcome="" class="muted">no probe yet</td>'
     text, _ = _status(record)
+    return f'<td {attributes} data-outcome="{_e(text)}">' + _cell_lines(data, record) + "</td>"
+
+
+def _cell_lines(data: PageData, record: ProbeRecord) -> str:
     lines = [_badge(record)]
     if record.folder:
         lines.append(f"in {_e(record.folder)}")
@@ -269,7 +297,50 @@ def _cell(data: PageData, route: str, mailbox: str) -> str:
     if record.late_seen_at is not None:
         lines.append(f"seen late in {_e(record.late_folder or '?')}")
     lines.append(f'<span class="muted">{_e(_ago(data.now - record.created_at))}</span>')
-    return f'<td {attributes} data-outcome="{_e(text)}">' + "<br>".join(lines) + "</td>"
+    return "<br>".join(lines)
+
+
+def _rank(data: PageData, pair: tuple[str, str]) -> tuple[int, float]:
+    """How bad a pair's latest probe is (lower: worse), then the oldest news first."""
+    record = data.latest.get(pair)
+    if record is None:
+        return _IN_FLIGHT_RANK, 0.0
+    if record.outcome is None:
+        return _IN_FLIGHT_RANK, record.created_at
+    return _SEVERITY.get(record.outcome, _INBOX_RANK), record.created_at
+
+
+def _worst_pairs(data: PageData) -> str:
+    """The configured pairs whose latest probe is worst, instead of a matrix too big to read."""
+    ranked = sorted(data.pairs, key=lambda pair: (_rank(data, pair), pair))
+    shown = ranked[:WORST_PAIRS]
+    rows = []
+    for route, mailbox in shown:
+        record = data.latest.get((route, mailbox))
+        if record is None:
+            outcome, detail = "", '<span class="muted">no probe yet</span>'
+        else:
+            outcome, detail = _status(record)[0], _cell_lines(data, record)
+        rows.append(
+            f'<tr data-route="{_e(route)}" data-mailbox="{_e(mailbox)}" '
+            f'data-outcome="{_e(outcome)}"><td>{_e(route)}</td><td>{_e(mailbox)}</td>'
+            f"<td>{detail}</td></tr>"
+        )
+    cells = len(data.routes) * len(data.mailboxes)
+    return (
+        f'<p class="muted" id="worst-pairs-note">{len(data.pairs)} pairs: more than the '
+        f"{MATRIX_MAX_CELLS} cells a matrix shows, so the {len(shown)} worst are listed, worst "
+        f"first (no verdict, refused, bounced, missing, deferred, spam, other, in flight, inbox); "
+        f"/metrics has every pair ({cells} cells).</p>"
+        '<table id="worst-pairs"><thead><tr><th>route</th><th>seed mailbox</th>'
+        f"<th>latest probe</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _pairs_view(data: PageData) -> str:
+    if len(data.routes) * len(data.mailboxes) > MATRIX_MAX_CELLS:
+        return _worst_pairs(data)
+    return _matrix(data)
 
 
 def _matrix(data: PageData) -> str:
@@ -384,7 +455,7 @@ def render(
         f"{refresh}<title>Deliverability status</title><style>{_STYLE}</style></head><body>"
         f"<header><h1>Deliverability status</h1><p>{summary}</p></header>"
         "<h2>Latest probe per route and seed mailbox</h2>"
-        f"{_matrix(data)}"
+        f"{_pairs_view(data)}"
         f"<h2>Recent probes</h2>{_recent(data, redact)}"
         f"<h2>Agent</h2>{_health(data)}"
         f"<footer>Rendered {_e(_clock(data.now))}; refreshes every {int(refresh_seconds)} s "
