@@ -24,7 +24,7 @@ from agent.model import (
     SkipReason,
 )
 from agent.probing.outcomes import Outcomes
-from agent.reading.bounces import read_bounce
+from agent.reading.bounces import BounceFields, read_bounce
 from agent.reading.probe_token import KeyRing
 from agent.reading.triage import TriageKind, placement_of, triage_message
 from agent.store.ledger import Ledger
@@ -158,21 +158,31 @@ class Matcher:
                 f"it reports {', '.join(report.recipients)}, not the probe's recipient {recipient}",
             )
             return False
-        # A DSN about several recipients: the probe recipient's block, not the first one.
-        fields = report.fields_for(recipient)
-        bounce_type = fields.bounce_type if fields is not None else report.bounce_type
+        # A DSN about several recipients: the probe recipient's block, not the first one; a
+        # bounce without per-recipient blocks says only what the report as a whole says.
+        fields = report.fields_for(recipient) or BounceFields(
+            bounce_type=report.bounce_type,
+            status=report.status,
+            smtp_code=None,
+            recipient=None,
+            reason=BounceReason.OTHER,
+            action=None,
+            reporting_mta=report.reporting_mta,
+            original_message_id=None,
+        )
+        bounce_type = fields.bounce_type
         self._outcomes.bounce(
             record,
             bounce_type,
             BounceSource.DSN,
-            status=fields.status if fields is not None else report.status,
+            status=fields.status,
             reporting_mta=report.reporting_mta,
             seen_at=seen_at,
-            reason=fields.reason if fields is not None else BounceReason.OTHER,
-            smtp_code=fields.smtp_code if fields is not None else None,
-            action=fields.action if fields is not None else None,
-            recipient=fields.recipient if fields is not None else None,
-            original_message_id=fields.original_message_id if fields is not None else None,
+            reason=fields.reason,
+            smtp_code=fields.smtp_code,
+            action=fields.action,
+            recipient=fields.recipient,
+            original_message_id=fields.original_message_id,
         )
         # Every hard bounce ends the probe as `bounced`, a policy block (5.7.x) included: the
         # probe was not delivered, which is what the outcome says; `reason` says why.
