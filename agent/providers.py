@@ -138,7 +138,7 @@ _IMPLICIT, _STARTTLS = TlsMode.IMPLICIT, TlsMode.STARTTLS
 
 # The profiles, in the order of the docs table. Trust rules come from real headers; their sources
 # are in tests/corpus/authresults/manifest.yaml. Gmail, Exchange Online and Yahoo flag their junk
-# folder `\\Junk` in real LIST answers (quoted in public IMAP clients' tests); every name below is
+# folder `\Junk` in real LIST answers (quoted in public IMAP clients' tests); every name below is
 # also one of agent.imap.folders.JUNK_FOLDER_NAMES.
 PROFILES: Mapping[str, Profile] = {
     profile.name: profile
