@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.imap.folders import JUNK_FOLDER_NAMES
@@ -10,6 +12,7 @@ from agent.providers import (
     ALIASES,
     PROFILES,
     PROVIDER_TRUST,
+    Endpoint,
     TrustKind,
     TrustRule,
     canonical_provider,
@@ -143,3 +146,30 @@ def test_a_profile_with_servers_has_both_and_its_junk_name_is_one_the_watcher_kn
         (465, TlsMode.IMPLICIT),
     }
     assert profile.junk_folder in JUNK_FOLDER_NAMES
+
+
+def _endpoint_cell(endpoint: Endpoint | None) -> str:
+    if endpoint is None:
+        return "set `host`"
+    return f"`{endpoint.host}:{endpoint.port}` {endpoint.tls.value}"
+
+
+def test_the_docs_table_shows_every_profile_as_the_code_has_it() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text("utf-8")
+    table = text.split("<!-- provider-profiles -->\n", 1)[1].split("<!-- /provider-profiles -->")[0]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in table.splitlines()[2:]
+        if line.startswith("|")
+    ]
+    assert [row[0] for row in rows] == [f"`{name}`" for name in PROFILES]
+    for row in rows:
+        profile = PROFILES[row[0].strip("`")]
+        assert row[1:6] == [
+            _endpoint_cell(profile.imap),
+            _endpoint_cell(profile.smtp),
+            f"`{profile.junk_folder}`" if profile.junk_folder else "",
+            f"`{profile.oauth}`" if profile.oauth else "none",
+            "yes" if profile.app_passwords else "no",
+        ], row[0]
+        assert row[6], f"{row[0]}: no source"
