@@ -59,6 +59,7 @@ DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
 ROUTE = 'route=~"$route"'
 MAILBOX = 'mailbox=~"$mailbox"'
 PAIR = f"{ROUTE}, {MAILBOX}"
+PROVIDER = 'provider=~"$provider"'
 
 # PromQL both dashboards show, written once.
 ACCEPTANCE_RATIO = (
@@ -247,10 +248,33 @@ def datasource_variable() -> Any:
     )
 
 
+def provider_and_mailbox_variables() -> list[Any]:
+    """The `provider` variable and the `mailbox` variable it narrows: the mailboxes come from
+    deliverability_mailbox_info (one series per mailbox), so choosing providers filters every
+    panel through `mailbox=~"$mailbox"`, no join needed in the panels' queries."""
+    return [
+        label_variable("provider", label="Provider", metric="deliverability_mailbox_info"),
+        label_variable(
+            "mailbox",
+            label="Seed mailbox",
+            metric=f"deliverability_mailbox_info{{{PROVIDER}}}",
+            all_is_any=False,
+        ),
+    ]
+
+
 def label_variable(
-    name: str, *, label: str, metric: str, multi: bool = True, include_all: bool = True
+    name: str,
+    *,
+    label: str,
+    metric: str,
+    multi: bool = True,
+    include_all: bool = True,
+    all_is_any: bool = True,
 ) -> Any:
-    """A variable listing the values of `name` on `metric` (a catalog metric)."""
+    """A variable listing the values of `name` on `metric` (a catalog metric). "All" is `.*`
+    (any value) unless `all_is_any` is false: then it is the listed values, so a variable whose
+    list another one narrows (mailboxes by provider) filters by it even when "All" is chosen."""
     return Template(
         name=name,
         label=label,
@@ -258,7 +282,7 @@ def label_variable(
         dataSource=DATASOURCE,
         multi=multi,
         includeAll=include_all,
-        allValue=".*" if include_all else None,
+        allValue=".*" if include_all and all_is_any else None,
         default="All" if include_all else None,
         refresh=REFRESH_ON_TIME_RANGE_CHANGE,
     )

@@ -3,8 +3,9 @@
 Ratios come from the recording rules in deploy/prometheus/recording.rules.yml (1h windows: probes
 are sparse); event counts over time use `increase` over Grafana's `$__rate_interval`. Dashed red
 lines are the alert thresholds, read from the same `deliverability:*:threshold` series the alerts
-use. There is no provider variable: no series carries the mailbox's `provider` yet, so the
-per-mailbox panels stand in for per-provider ones (a seed mailbox lives at one provider). The DNS
+use. The provider variable narrows the mailbox variable (deliverability_mailbox_info), so it
+filters every per-mailbox panel; a seed mailbox lives at one provider, so the per-mailbox panels
+are per-provider ones. The DNS
 and reputation row shows the agent's DNS checks (docs/dns-checks.md), which are per domain and IP,
 not per route.
 """
@@ -28,6 +29,7 @@ from dashboards.common import (
     heatmap,
     label_variable,
     limit,
+    provider_and_mailbox_variables,
     stat,
     table,
     target,
@@ -968,11 +970,7 @@ dashboard = Dashboard(
         [
             datasource_variable(),
             label_variable("route", label="Route", metric="deliverability_probes_sent_total"),
-            label_variable(
-                "mailbox",
-                label="Seed mailbox",
-                metric=f"deliverability_probes_sent_total{{{ROUTE}}}",
-            ),
+            *provider_and_mailbox_variables(),
         ]
     ),
     panels=grid.panels,

@@ -21,6 +21,7 @@ from dashboards.common import (
     datasource_variable,
     heatmap,
     label_variable,
+    provider_and_mailbox_variables,
     stat,
     table,
     target,
@@ -352,11 +353,7 @@ dashboard = Dashboard(
                 multi=False,
                 include_all=False,
             ),
-            label_variable(
-                "mailbox",
-                label="Seed mailbox",
-                metric=f"deliverability_probes_sent_total{{{ROUTE}}}",
-            ),
+            *provider_and_mailbox_variables(),
         ]
     ),
     panels=grid.panels,

@@ -72,7 +72,7 @@ class AgentSetup:
         self.mailboxes.append(
             {
                 "name": name,
-                "provider": "local",
+                "provider": "other",
                 "host": "127.0.0.1",
                 "port": self.system.ports.imaps if tls == "implicit" else self.system.ports.imap,
                 "tls": tls,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
-from agent.config import Config, load_config
+from agent.config import Config, ConfigError, Mailbox, load_config
 from agent.model import TlsMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,14 +20,38 @@ DOCS = ROOT / "docs" / "configuration.md"
 EXAMPLE_RE = re.compile(r"^\s*# --- example: .* ---$")
 
 
-def _uncomment_examples(text: str) -> tuple[str, int]:
-    """`text` with every "# --- example" block uncommented in place, as a user would do it."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+
+
+def _auth_takes_oauth2() -> bool:
+    """Whether the auth section has `oauth2` yet (it lands with the token sources of issue 13);
+    until then the examples that sign in with OAuth cannot validate."""
+    auth = Mailbox.model_fields["auth"].annotation
+    return any("oauth2" in model.model_fields for model in _models_in(auth))
+
+
+OAUTH_PENDING = pytest.mark.xfail(
+    not _auth_takes_oauth2(),
+    reason="auth.oauth2 is not in the configuration model yet",
+    raises=ConfigError,
+    strict=True,
+)
+
+
+def _uncomment_examples(
+    text: str, select: Callable[[str], bool] = lambda title: True
+) -> tuple[str, int]:
+    """`text` with every "# --- example" block (whose title line `select` accepts) uncommented in
+    place, as a user would do it."""
     lines = text.splitlines()
     out: list[str] = []
     blocks = 0
     in_block = False
     for line in lines:
-        if EXAMPLE_RE.match(line):
+        if EXAMPLE_RE.match(line) and select(line):
             in_block, blocks = True, blocks + 1
             out.append(line)
         elif in_block and re.match(r"^\s*# ", line):
@@ -70,36 +96,60 @@ def test_config_shipped_takes_the_secret_from_the_environment() -> None:
     assert config.secret.get_secret_value() == "s" * 32
 
 
-def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> None:
-    text, blocks = _uncomment_examples(SHIPPED.read_text(encoding="utf-8"))
-    assert blocks == 5
+_EXAMPLE_ENVIRON = {
+    "SUBMISSION_PASSWORD": "submission-password",
+    "RELAY_PASSWORD": "relay-password",
+    "GOOGLE_CLIENT_ID": "google-client-id",
+    "GOOGLE_CLIENT_SECRET": "google-client-secret",
+    "M365_CLIENT_ID": "m365-client-id",
+}
+
+
+def test_config_shipped_password_examples_validate_once_uncommented(tmp_path: Path) -> None:
+    # The routes' examples alone (the seeds sign in with OAuth; the pairs name the seeds).
+    text, blocks = _uncomment_examples(
+        SHIPPED.read_text(encoding="utf-8"),
+        select=lambda title: "OAuth" not in title and "combinations" not in title,
+    )
+    assert blocks == 2
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "m365-seed-password").write_text("m365-password\n", encoding="utf-8")
-    environ = {
-        "SUBMISSION_PASSWORD": "submission-password",
-        "RELAY_PASSWORD": "relay-password",
-        "GMAIL_APP_PASSWORD": "gmail-app-password",
-    }
 
-    config = load_config(path, environ=environ)
+    config = load_config(path, environ=_EXAMPLE_ENVIRON)
 
     submission, relay = config.route("provider-submission"), config.route("relay-465")
     assert (submission.port, submission.tls, submission.tls_verify) == (587, TlsMode.STARTTLS, True)
     assert submission.auth is not None
     assert submission.auth.password.get_secret_value() == "submission-password"
     assert (relay.port, relay.tls) == (465, TlsMode.IMPLICIT)
+
+
+@OAUTH_PENDING
+def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> None:
+    text, blocks = _uncomment_examples(SHIPPED.read_text(encoding="utf-8"))
+    assert blocks == 5
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    config = load_config(path, environ=_EXAMPLE_ENVIRON)
+
     gmail, m365 = config.mailbox("gmail-seed"), config.mailbox("m365-seed")
+    # Everything else comes from the provider profiles.
     assert (gmail.host, gmail.port, gmail.tls) == ("imap.gmail.com", 993, TlsMode.IMPLICIT)
-    assert gmail.folders.junk == "[Gmail]/Spam"
-    assert gmail.trusted_authserv_ids == ("mx.google.com",)
-    assert (m365.host, m365.folders.junk) == ("outlook.office365.com", "Junk Email")
-    assert m365.auth.password.get_secret_value() == "m365-password"
+    assert gmail.trust_rules == ("mx.google.com",)
+    assert gmail.folders.junk is None  # found by SPECIAL-USE \Junk, in any language
+    assert (m365.host, m365.port, m365.provider) == ("outlook.office365.com", 993, "microsoft365")
+    oauth = {name: config.mailbox(name).auth.oauth2 for name in ("gmail-seed", "m365-seed")}  # type: ignore[attr-defined,unused-ignore]
+    assert {name: str(o.provider) for name, o in oauth.items()} == {
+        "gmail-seed": "google",
+        "m365-seed": "microsoft",
+    }
+    assert oauth["m365-seed"].refresh_token_file == tmp_path / "secrets" / "m365-seed.refresh-token"
     pairs = [(route.name, mailbox.name) for route, mailbox in config.pairs()]
     assert pairs == [("provider-submission", "gmail-seed"), ("relay-465", "m365-seed")]
 
 
+@OAUTH_PENDING
 def test_config_docs_complete_example_validates(tmp_path: Path) -> None:
     docs = DOCS.read_text(encoding="utf-8")
     match = re.search(r"<!-- example: complete -->\n```yaml\n(.*?)```", docs, re.DOTALL)
@@ -112,12 +162,6 @@ def test_config_docs_complete_example_validates(tmp_path: Path) -> None:
     }
     config = load_config(path, environ=environ)
     assert len(config.pairs()) == 3
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
 
 
 def _keys(model: type[BaseModel]) -> set[str]:

@@ -15,10 +15,13 @@ from agent.config import (
     ConfigError,
     ListenAddress,
     LogLevel,
+    Mailbox,
+    Route,
     format_duration,
     parse_duration,
     validate_config,
 )
+from agent.config.errors import _Problems
 from agent.model import TlsMode
 from agent.probing.targets import imap_target
 
@@ -310,7 +313,7 @@ def test_config_trust_rules_come_from_the_provider_unless_listed() -> None:
 
     assert rules(provider="yahoo") == ("*.yahoo.com", "*.aol.com")
     assert rules(provider="microsoft") == ("topmost",)
-    assert rules(provider="someone-else") == ("topmost",)
+    assert rules(provider="other") == ("topmost",)
     assert rules(provider="yahoo", trusted_authserv_ids=["topmost", "*.Example.COM"]) == (
         "topmost",
         "*.example.com",
@@ -319,3 +322,110 @@ def test_config_trust_rules_come_from_the_provider_unless_listed() -> None:
 
 def test_config_ipv6_hosts_are_accepted_without_brackets() -> None:
     assert _load(routes=[_route(host="[::1]")]).routes[0].host == "::1"
+
+
+# --- provider profiles ---------------------------------------------------------------------------
+
+
+def _bare_mailbox(provider: str, **extra: Any) -> dict[str, Any]:
+    mailbox = _mailbox(provider=provider, **extra)
+    del mailbox["host"]
+    return mailbox
+
+
+def _bare_route(provider: str, **extra: Any) -> dict[str, Any]:
+    route = _route(provider=provider, **extra)
+    del route["host"]
+    return route
+
+
+def test_config_provider_fills_the_imap_server_of_a_mailbox() -> None:
+    mailbox = _load(mailboxes=[_bare_mailbox("gmail")]).mailboxes[0]
+    assert (mailbox.host, mailbox.port, mailbox.tls) == ("imap.gmail.com", 993, TlsMode.IMPLICIT)
+
+
+@pytest.mark.parametrize(
+    ("provider", "server"),
+    [
+        ("microsoft365", ("smtp.office365.com", 587, TlsMode.STARTTLS)),
+        ("yahoo", ("smtp.mail.yahoo.com", 465, TlsMode.IMPLICIT)),
+        ("icloud", ("smtp.mail.me.com", 587, TlsMode.STARTTLS)),
+    ],
+)
+def test_config_provider_fills_the_submission_server_of_a_route(
+    provider: str, server: tuple[str, int, TlsMode]
+) -> None:
+    route = _load(routes=[_bare_route(provider)]).routes[0]
+    assert route.provider == provider
+    assert (route.host, route.port, route.tls) == server
+
+
+def test_config_explicit_keys_override_the_profile() -> None:
+    # Zoho's EU data centre, over IMAP STARTTLS: tls follows the given port, not the profile.
+    mailbox = _load(mailboxes=[_mailbox(provider="zoho", host="imap.zoho.eu", port=143)])
+    assert (mailbox.mailboxes[0].host, mailbox.mailboxes[0].port) == ("imap.zoho.eu", 143)
+    assert mailbox.mailboxes[0].tls is TlsMode.STARTTLS
+    route = _load(routes=[_bare_route("gmail", port=465)]).routes[0]
+    assert (route.host, route.port, route.tls) == ("smtp.gmail.com", 465, TlsMode.IMPLICIT)
+
+
+def test_config_provider_aliases_and_case_resolve_to_the_profile_name() -> None:
+    config = _load(
+        mailboxes=[_bare_mailbox("microsoft", name="a"), _bare_mailbox("Google", name="b")]
+    )
+    assert [m.provider for m in config.mailboxes] == ["microsoft365", "google-workspace"]
+    assert config.mailboxes[0].host == "outlook.office365.com"
+
+
+def test_config_without_provider_is_other_and_needs_its_host() -> None:
+    config = _load()
+    assert (config.routes[0].provider, config.mailboxes[0].provider) == ("other", "other")
+
+
+def test_config_provider_leaves_the_junk_folder_to_discovery() -> None:
+    # Junk folder names are translated per account language; SPECIAL-USE \Junk is not.
+    assert _load(mailboxes=[_bare_mailbox("gmail")]).mailboxes[0].folders.junk is None
+
+
+def _prepared(model: type[Mailbox | Route], data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    model._prepare(data, _Problems(), Path("/etc/agent"))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("provider", "preset"),
+    [("gmail", "google"), ("google-workspace", "google"), ("outlook", "microsoft")],
+)
+def test_config_provider_names_the_oauth_preset_of_an_oauth2_section(
+    provider: str, preset: str
+) -> None:
+    auth = {"username": "seed@example.com", "oauth2": {"client_id": "app"}}
+    for model in (Mailbox, Route):
+        data = _prepared(model, {"provider": provider, "auth": auth})
+        assert data["auth"] == {
+            "username": "seed@example.com",
+            "oauth2": {"client_id": "app", "provider": preset},
+        }
+    assert auth == {"username": "seed@example.com", "oauth2": {"client_id": "app"}}  # not changed
+
+
+@pytest.mark.parametrize(
+    ("provider", "oauth2"),
+    [
+        ("microsoft365", {"provider": "google"}),  # an explicit preset stays
+        ("microsoft365", {"token_url": "https://login.example.com/token"}),  # its own endpoint
+        ("yahoo", {"client_id": "app"}),  # no preset for this provider
+        ("other", {"client_id": "app"}),
+    ],
+)
+def test_config_provider_leaves_an_oauth2_section_alone_when_it_has_no_preset_to_add(
+    provider: str, oauth2: dict[str, str]
+) -> None:
+    auth = {"username": "seed@example.com", "oauth2": oauth2}
+    assert _prepared(Mailbox, {"provider": provider, "auth": auth})["auth"] == auth
+
+
+def test_config_provider_does_not_add_oauth2_to_a_password_login() -> None:
+    auth = {"username": "seed@example.com", "password": "app-password"}
+    assert _prepared(Mailbox, {"provider": "gmail", "auth": auth})["auth"] == auth

@@ -188,16 +188,16 @@ def test_variable_queries_use_exported_metrics(name: str) -> None:
         assert selector.metric is not None
         assert label in vocab.labels[selector.metric]
         found[variable["name"]] = label
-    assert found == {"route": "route", "mailbox": "mailbox"}
+    assert found == {"route": "route", "provider": "provider", "mailbox": "mailbox"}
 
 
 def test_overview_filters_by_route_and_mailbox_and_the_drill_down_by_one_route() -> None:
     overview = {v["name"]: v for v in variables(DASHBOARDS["overview"])}
     route = {v["name"]: v for v in variables(DASHBOARDS["route"])}
-    assert list(overview) == ["datasource", "route", "mailbox"]
+    assert list(overview) == ["datasource", "route", "provider", "mailbox"]
     assert overview["route"]["multi"] and overview["route"]["includeAll"]
     assert overview["route"]["allValue"] == ".*"
-    assert list(route) == ["datasource", "route", "mailbox"]
+    assert list(route) == ["datasource", "route", "provider", "mailbox"]
     assert not route["route"]["multi"] and not route["route"]["includeAll"]
     for path in DASHBOARDS.values():
         for query in panel_queries(path):
@@ -205,6 +205,17 @@ def test_overview_filters_by_route_and_mailbox_and_the_drill_down_by_one_route()
                 assert 'mailbox=~"$mailbox"' in query.expr, query.name
             if "route=" in query.expr:
                 assert 'route=~"$route"' in query.expr, query.name
+
+
+def test_the_provider_variable_narrows_the_mailboxes_so_every_panel_follows_it() -> None:
+    for path in DASHBOARDS.values():
+        found = {v["name"]: v for v in variables(path)}
+        assert found["provider"]["query"] == "label_values(deliverability_mailbox_info, provider)"
+        assert found["mailbox"]["query"] == (
+            'label_values(deliverability_mailbox_info{provider=~"$provider"}, mailbox)'
+        )
+        # "All" mailboxes must mean the listed ones (those of the chosen providers), not `.*`.
+        assert found["mailbox"]["includeAll"] and found["mailbox"]["allValue"] is None
 
 
 # --- the panels -------------------------------------------------------------------------------

@@ -290,6 +290,7 @@ def _container_env() -> dict[str, str]:
     env = dict.fromkeys(names, DUMMY)
     env.update(PROBE_FROM="Probe <probe@example.com>", SEED_ADDRESS="seed@example.com")
     env.update(SMTP_PORT="", IMAP_PORT="", PROBE_INTERVAL="", PROBE_DEADLINE="", LOG_LEVEL="")
+    env.update(SEED_PROVIDER="")  # a profile name (gmail, microsoft365, ...): the default, other
     return env
 
 

@@ -76,6 +76,7 @@ from agent.monitoring.catalog import (
     new_registry,
 )
 from agent.monitoring.recorder import Recorder
+from agent.providers import PROFILES
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 UPDATE_GOLDEN_ENV = "DELIVERABILITY_UPDATE_GOLDEN"
@@ -191,7 +192,11 @@ def _arrival(
 
 def play_fixed_sequence(recorder: Recorder) -> None:
     """The results the golden file shows: one route, two seed mailboxes, every kind of event."""
-    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.declare(
+        [(ROUTE, GMAIL), (ROUTE, OUTLOOK)],
+        route_providers={ROUTE: "microsoft365"},
+        mailbox_providers={GMAIL: "gmail", OUTLOOK: "outlook"},
+    )
     recorder.record(ConfigLoaded(True, T0))
     recorder.record(
         BounceCounted(ROUTE, BounceType.HARD, BounceSource.DSN, BounceReason.RECIPIENT_INVALID)
@@ -327,6 +332,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in LedgerErrorKind}
         | {str(m) for m in InboxCategory}
         | {str(m) for m in (*SpamSource, *SpamCategory)}
+        | set(PROFILES)
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -405,6 +411,43 @@ def test_metrics_redeclare_adds_new_pairs_removes_stale_and_keeps_values(
         assert labels.get("route") != "old-route", name
         assert labels.get("mailbox") != OUTLOOK, name
         assert (labels.get("route"), labels.get("mailbox")) != (ROUTE, OUTLOOK), name
+
+
+def test_metrics_info_series_carry_the_provider_of_each_route_and_mailbox_once(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare(
+        [(ROUTE, GMAIL), (ROUTE, OUTLOOK), ("relay", GMAIL)],
+        bounce_mailboxes=["bounces"],
+        route_providers={ROUTE: "gmail"},
+        mailbox_providers={GMAIL: "gmail", OUTLOOK: "microsoft365", "bounces": "fastmail"},
+    )
+
+    def info(name: str) -> dict[str, str]:
+        found = [labels for metric, labels, _ in samples(registry) if metric == name]
+        assert all(v == 1 for metric, _, v in samples(registry) if metric == name)
+        key = "route" if "route" in name else "mailbox"
+        return {labels[key]: labels["provider"] for labels in found}
+
+    # One series per route and per mailbox (not per pair); unnamed ones are "other".
+    assert info("deliverability_route_info") == {ROUTE: "gmail", "relay": "other"}
+    assert info("deliverability_mailbox_info") == {
+        GMAIL: "gmail",
+        OUTLOOK: "microsoft365",
+        "bounces": "fastmail",
+    }
+
+
+def test_metrics_reload_replaces_an_info_series_whose_provider_changed(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)], mailbox_providers={GMAIL: "other"})
+    recorder.declare([(ROUTE, GMAIL)], mailbox_providers={GMAIL: "google-workspace"})
+
+    found = [
+        labels for name, labels, _ in samples(registry) if name == "deliverability_mailbox_info"
+    ]
+    assert found == [{"mailbox": GMAIL, "provider": "google-workspace"}]
 
 
 def test_metrics_probe_final_counts_outcome_latency_auth_and_time(

@@ -55,6 +55,7 @@ OUTCOMES = ("inbox", "spam", "rejected", "deferred", "error")
 SUBSTITUTIONS = {
     '"$route"': '".*"',
     '"$mailbox"': '".*"',
+    '"$provider"': '".*"',
     "$__rate_interval": "2m",
     "$__range": "10m",
 }
@@ -70,6 +71,7 @@ PAIRS = [
 SCENARIO_LABELS = {
     "route": {route for route, _ in PAIRS},
     "mailbox": {mailbox for _, mailbox in PAIRS},
+    "provider": {"other"},  # the scenario's seed mailboxes name no provider
 }
 # The sending IPs the routes declare for the DNS checks (mail really leaves from 127.0.0.1; the
 # checks only read DNS): 127.0.0.1 is authorised, unlisted and confirms forward; 127.0.0.2 is not.

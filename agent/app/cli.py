@@ -102,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--mailbox", help="the configured mailbox the messages were found in")
     sub.add_argument(
         "--provider",
-        help="read Authentication-Results with this provider's trust rules (gmail, microsoft, "
-        "yahoo, icloud, fastmail, ...; others: the topmost field)",
+        help="read Authentication-Results with this provider's trust rules (a profile of "
+        "docs/providers.md: gmail, microsoft365, yahoo, icloud, fastmail, ...; others: the "
+        "topmost field)",
     )
     sub.add_argument(
         "--trusted-authserv-id",

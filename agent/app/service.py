@@ -125,7 +125,15 @@ class Agent:
     def _declare(self) -> None:
         pairs = [(route.name, mailbox.name) for route, mailbox in self.config.pairs()]
         bounce_names = [mailbox.name for mailbox in self.config.bounce_mailboxes]
-        self.recorder.declare(pairs, bounce_mailboxes=bounce_names)
+        self.recorder.declare(
+            pairs,
+            bounce_mailboxes=bounce_names,
+            route_providers={route.name: route.provider for route in self.config.routes},
+            mailbox_providers={
+                mailbox.name: mailbox.provider
+                for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes)
+            },
+        )
         declare_dns_series(self.config, self.recorder)
         # Only the configured pairs: declare() just removed the series of the others.
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))

@@ -38,6 +38,7 @@ from agent.config.scalars import (
     Nameserver,
     Port,
     PositiveDuration,
+    Provider,
     StartMode,
     Text,
     TrustRuleText,
@@ -51,7 +52,7 @@ from agent.config.scalars import (
     parse_duration,
 )
 from agent.model import TlsMode
-from agent.providers import trust_rules_for
+from agent.providers import PROFILES, Endpoint, canonical_provider, trust_rules_for
 from agent.reading.probe_token import VERP_LOCAL_PART_MAX, verp_address
 from agent.secrets import Secret
 
@@ -116,6 +117,45 @@ def _tls_default(data: dict[str, Any], by_port: Mapping[int, TlsMode], default_p
     data["tls"] = by_port.get(port, by_port[default_port])
 
 
+_PLACEHOLDER_HOST: Final = "unresolved.invalid"  # stands in while a problem is already reported
+
+
+def _apply_profile(data: dict[str, Any], problems: _Problems, *, imap: bool) -> None:
+    """Fill `host`, `port` and `tls` from the provider's profile (IMAP for a mailbox, SMTP
+    submission for a route) where the keys are not given, and `auth.oauth2.provider` from its
+    OAuth preset."""
+    raw = data.get("provider", "other")
+    try:
+        name = canonical_provider(raw) if isinstance(raw, str) else None
+    except ValueError:
+        name = None
+    if name is None:  # the provider field reports it; a missing host would only be its echo
+        data.setdefault("host", _PLACEHOLDER_HOST)
+        return
+    profile = PROFILES[name]
+    endpoint: Endpoint | None = profile.imap if imap else profile.smtp
+    if endpoint is not None:
+        data.setdefault("host", endpoint.host)
+        if "port" not in data and "tls" not in data:
+            data["port"], data["tls"] = endpoint.port, endpoint.tls.value
+    elif "host" not in data:
+        if "provider" in data:
+            problems.add(("host",), f"missing required key (provider {name} has no known servers)")
+        else:
+            known = ", ".join(n for n, p in PROFILES.items() if (p.imap if imap else p.smtp))
+            problems.add(
+                ("host",), f"missing required key (or a provider whose servers are known: {known})"
+            )
+        data["host"] = _PLACEHOLDER_HOST
+    # The OAuth preset (token URL, default scopes) of the provider, unless the section names
+    # one or its own token_url. Only the raw key is set: auth.oauth2 validates it.
+    auth = data.get("auth")
+    if profile.oauth is not None and isinstance(auth, Mapping):
+        oauth2 = auth.get("oauth2")
+        if isinstance(oauth2, Mapping) and not {"provider", "token_url"} & oauth2.keys():
+            data["auth"] = {**auth, "oauth2": {**oauth2, "provider": profile.oauth}}
+
+
 _SMTP_TLS_BY_PORT: Final = {
     25: TlsMode.OPPORTUNISTIC,
     465: TlsMode.IMPLICIT,
@@ -128,6 +168,8 @@ class Route(_Model):
     """One way of sending probes: an SMTP submission server or relay, and the sender identity."""
 
     name: Name
+    # A profile of agent.providers: fills host, port and tls (its SMTP submission server).
+    provider: Provider = "other"
     host: Host
     port: Port = 587
     tls: TlsMode = TlsMode.STARTTLS  # default derived from the port in _prepare
@@ -147,6 +189,7 @@ class Route(_Model):
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:
+        _apply_profile(data, problems, imap=False)
         _tls_default(data, _SMTP_TLS_BY_PORT, 587)
         if "envelope_from" in data and "bounce_mailbox" in data:
             problems.add(
@@ -219,7 +262,9 @@ class Mailbox(_Model):
     """One seed IMAP mailbox that probes are sent to and read back from."""
 
     name: Name
-    provider: Name = "other"
+    # A profile of agent.providers: fills host, port and tls (its IMAP server), the OAuth preset
+    # and the Authentication-Results trust rules; the `provider` label of mailbox_info.
+    provider: Provider = "other"
     host: Host
     port: Port = 993
     tls: Annotated[TlsMode, BeforeValidator(_imap_tls)] = TlsMode.IMPLICIT  # from port: _prepare
@@ -243,6 +288,7 @@ class Mailbox(_Model):
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:
+        _apply_profile(data, problems, imap=True)
         _tls_default(data, _IMAP_TLS_BY_PORT, 993)
 
     @property

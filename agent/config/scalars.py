@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BeforeValidator, ValidationInfo
 
 from agent.config.base import _base_dir, _resolve
 from agent.config.errors import _invalid
-from agent.providers import parse_trust_rule
+from agent.providers import canonical_provider, parse_trust_rule
 
 __all__ = [
     "AddrSpec",
@@ -39,6 +39,7 @@ __all__ = [
     "Nameserver",
     "Port",
     "PositiveDuration",
+    "Provider",
     "Text",
     "TrustRuleText",
     "Word",
@@ -83,6 +84,16 @@ def _word(value: Any) -> str:
     if any(c.isspace() for c in text):
         raise _invalid("expected a string without spaces")
     return text
+
+
+def _provider(value: Any) -> str:
+    """A provider profile's name (agent.providers), aliases and case resolved."""
+    if isinstance(value, str):
+        try:
+            return canonical_provider(value)
+        except ValueError as exc:
+            raise _invalid(f"{exc} (other for any other server, given by host)") from None
+    raise _invalid("expected a provider name such as gmail or other")
 
 
 def _trust_rule(value: Any) -> str:
@@ -140,6 +151,7 @@ def _config_path(value: Path, info: ValidationInfo) -> Path:
 
 Name = Annotated[str, BeforeValidator(_name)]
 Port = Annotated[int, BeforeValidator(_port)]
+Provider = Annotated[str, BeforeValidator(_provider)]
 Host = Annotated[str, BeforeValidator(_host)]
 Word = Annotated[str, BeforeValidator(_word)]
 # An Authentication-Results trust rule (agent.providers): "mx.google.com", "*.yahoo.com", "topmost".

@@ -42,12 +42,14 @@ __all__ = [
     "LATE_PROBES",
     "LEDGER_ERRORS",
     "LEDGER_WRITABLE",
+    "MAILBOX_INFO",
     "MALFORMED_MESSAGES",
     "PREFIX",
     "PROBES",
     "PROBES_FOUND",
     "PROBES_IN_FLIGHT",
     "PROBES_SENT",
+    "ROUTE_INFO",
     "SCHEDULER_LAG_SECONDS",
     "SMTP_ERRORS",
     "SMTP_REPLIES",
@@ -259,6 +261,20 @@ BUILD_INFO = MetricSpec(
     "Always 1; labelled with the agent's version.",
     ("version",),
 )
+MAILBOX_INFO = MetricSpec(
+    "deliverability_mailbox_info",
+    MetricKind.GAUGE,
+    "Always 1; labelled with the seed or bounce mailbox's provider profile (docs/providers.md). "
+    "Join it to per-mailbox series: * on(mailbox) group_left(provider).",
+    ("mailbox", "provider"),
+)
+ROUTE_INFO = MetricSpec(
+    "deliverability_route_info",
+    MetricKind.GAUGE,
+    "Always 1; labelled with the provider profile of the route's submission server "
+    "(docs/providers.md).",
+    ("route", "provider"),
+)
 TLS_CERT_EXPIRY = MetricSpec(
     "deliverability_tls_cert_expiry_timestamp_seconds",
     MetricKind.GAUGE,
@@ -360,6 +376,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,
+    MAILBOX_INFO,
+    ROUTE_INFO,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
     BOUNCES,

@@ -70,11 +70,13 @@ from agent.monitoring.catalog import (
     LATE_PROBES,
     LEDGER_ERRORS,
     LEDGER_WRITABLE,
+    MAILBOX_INFO,
     MALFORMED_MESSAGES,
     PROBES,
     PROBES_FOUND,
     PROBES_IN_FLIGHT,
     PROBES_SENT,
+    ROUTE_INFO,
     SCHEDULER_LAG_SECONDS,
     SMTP_ERRORS,
     SMTP_REPLIES,
@@ -192,22 +194,35 @@ class Recorder:
     # -- configuration ----------------------------------------------------------------------------
 
     def declare(
-        self, pairs: Iterable[tuple[str, str]], *, bounce_mailboxes: Iterable[str] = ()
+        self,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        bounce_mailboxes: Iterable[str] = (),
+        route_providers: Mapping[str, str] | None = None,
+        mailbox_providers: Mapping[str, str] | None = None,
     ) -> None:
         """Pre-create every bounded series of the configured (route, mailbox) pairs at zero, and
         remove the series of routes, mailboxes and pairs no longer configured. Call at start and on
         every successful reload. Existing values of pairs still configured are kept. Bounce
-        mailboxes get the per-mailbox series (IMAP health, malformed and forged messages)."""
+        mailboxes get the per-mailbox series (IMAP health, malformed and forged messages). Each
+        route and mailbox gets one info series with its provider (absent from the maps: other)."""
         ordered = tuple(dict.fromkeys(pairs))
         pair_set = set(ordered)
         routes = tuple(dict.fromkeys(route for route, _ in ordered))
         mailboxes = tuple(dict.fromkeys([*(mailbox for _, mailbox in ordered), *bounce_mailboxes]))
         route_set, mailbox_set = set(routes), set(mailboxes)
+        # One info series per route and per mailbox, never per pair (the series budget).
+        info: dict[MetricSpec, set[tuple[str, str]]] = {
+            ROUTE_INFO: {(r, (route_providers or {}).get(r, "other")) for r in routes},
+            MAILBOX_INFO: {(m, (mailbox_providers or {}).get(m, "other")) for m in mailboxes},
+        }
 
         for spec in CATALOG:
             for values in sorted(self._children[spec.name]):
                 labels = dict(zip(spec.labels, values, strict=True))
-                if "route" in labels and "mailbox" in labels:
+                if spec in info:  # a provider changed by a reload replaces its series
+                    keep = values in info[spec]
+                elif "route" in labels and "mailbox" in labels:
                     keep = (labels["route"], labels["mailbox"]) in pair_set
                 elif "route" in labels:
                     keep = labels["route"] in route_set
@@ -220,6 +235,9 @@ class Recorder:
         for route in set(self._tls_versions) - route_set:
             del self._tls_versions[route]
 
+        for info_spec, children in info.items():
+            for values in sorted(children):
+                self._g(info_spec, *values).set(1)
         for route in routes:
             for stage in Stage:
                 for kind in ErrorKind:
