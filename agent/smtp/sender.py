@@ -42,8 +42,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import re
 import socket
 import ssl
@@ -62,6 +60,7 @@ from aiosmtplib.errors import (
 )
 from aiosmtplib.response import SMTPResponse
 
+from agent import sasl
 from agent.errors import AgentError, ErrorCategory
 from agent.model import (
     ErrorKind,
@@ -86,8 +85,6 @@ from agent.tls_sniff import answers_tls
 
 __all__ = [
     "SmtpTarget",
-    "bearer_forms",
-    "sasl_initial_response",
     "send_probe",
 ]
 
@@ -102,9 +99,6 @@ _IMPLICIT_TLS_PORT = 465
 # (2048, measured: 2047 bytes pass, 2051 are cut); RFC 4954 allows 12288, so longer ones wait
 # for the 334.
 _AUTH_LINE_LIMIT = 2048
-# The server prefers nothing: ours is the standard first, then Google's and Microsoft's.
-_OAUTH_PREFERENCE = (SaslMechanism.OAUTHBEARER, SaslMechanism.XOAUTH2)
-_ERROR_CHALLENGE_MAX = 500  # characters of a decoded error challenge kept in the message
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -462,7 +456,8 @@ class _Transaction:
         smtp, timeout = self._smtp, self.target.stage_timeout
         mechanism = self._oauth_mechanism(oauth.mechanism, smtp.server_auth_methods)
         token = await self._access_token(oauth.tokens)
-        initial = sasl_initial_response(mechanism, oauth.username, token.value)
+        initial = sasl.initial_response(mechanism, oauth.username, token.value)
+        self._redact.update((*self._redact.secrets, initial.decode("ascii")))
         verb = mechanism.value.upper().encode("ascii")
         if len(b"AUTH %b %b\r\n" % (verb, initial)) <= _AUTH_LINE_LIMIT:
             response = await self._reply_of(
@@ -474,8 +469,8 @@ class _Transaction:
                 response = await self._reply_of(smtp.execute_command(initial, timeout=timeout))
         server_error: str | None = None
         if response.code == 334:  # the error challenge: answer it for the final reply
-            server_error = self._text(_decode_challenge(response.message))
-            answer = b"" if mechanism is SaslMechanism.XOAUTH2 else _OAUTHBEARER_ABORT
+            server_error = self._text(sasl.decode_error_challenge(response.message))
+            answer = sasl.abort_response(mechanism)
             response = await self._reply_of(smtp.execute_command(answer, timeout=timeout))
         reply = self._record(Stage.AUTH, response)
         if reply.code == 235:
@@ -486,7 +481,7 @@ class _Transaction:
         if reply.reply_class is ReplyClass.PERMANENT:
             raise self._fail(
                 ErrorKind.AUTH,
-                f"OAuth token refused ({mechanism.value.upper()} as {oauth.username}): "
+                f"OAuth sign-in refused ({mechanism.value.upper()} as {oauth.username}): "
                 f"{reply.code} {reply.text}{said}",
             )
         if reply.reply_class is ReplyClass.TRANSIENT:
@@ -498,19 +493,13 @@ class _Transaction:
     def _oauth_mechanism(
         self, configured: SaslMechanism | None, offered: Sequence[str]
     ) -> SaslMechanism:
-        """The configured mechanism, or the first of ours the server offers."""
-        if configured is not None:
-            if configured.value in offered:
-                return configured
-            wanted = f"AUTH {configured.value.upper()} (configured)"
-        else:
-            found = next((m for m in _OAUTH_PREFERENCE if m.value in offered), None)
-            if found is not None:
-                return found
-            wanted = "AUTH OAUTHBEARER or XOAUTH2"
+        chosen = sasl.choose_mechanism(configured, offered)
+        if isinstance(chosen, SaslMechanism):
+            return chosen
         raise self._fail(
             ErrorKind.AUTH,
-            f"the server does not offer {wanted}; offered: {' '.join(offered).upper() or 'none'}",
+            f"no usable OAuth AUTH mechanism: {chosen} "
+            f"(offered: {' '.join(offered).upper() or 'none'})",
         )
 
     async def _access_token(self, tokens: TokenSource) -> AccessToken:
@@ -519,7 +508,7 @@ class _Transaction:
             token = await tokens.access_token()
         except TokenError as exc:
             raise self._fail(ErrorKind.TOKEN, f"no OAuth access token: {exc}") from None
-        self._redact.update((*self._redact.secrets, *bearer_forms(token.value)))
+        self._redact.update((*self._redact.secrets, *sasl.bearer_forms(token.value)))
         return token
 
     # -- helpers --------------------------------------------------------------------------
@@ -622,36 +611,6 @@ def _cert_not_after(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:
         return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
     except ValueError:
         return None
-
-
-_OAUTHBEARER_ABORT = base64.b64encode(b"\x01")  # RFC 7628 3.2.3: the client's answer to an error
-
-
-def sasl_initial_response(mechanism: SaslMechanism, username: str, token: str) -> bytes:
-    """The base64 initial client response of XOAUTH2 (Google's and Microsoft's format) or
-    OAUTHBEARER (RFC 7628 3.1: a gs2 header naming the user, then `auth=Bearer <token>`)."""
-    if mechanism is SaslMechanism.XOAUTH2:
-        text = f"user={username}\x01auth=Bearer {token}\x01\x01"
-    else:
-        # RFC 5801 saslname: "," and "=" are escaped in the authzid.
-        authzid = username.replace("=", "=3D").replace(",", "=2C")
-        text = f"n,a={authzid},\x01auth=Bearer {token}\x01\x01"
-    return base64.b64encode(text.encode("utf-8"))
-
-
-def bearer_forms(token: str) -> tuple[str, ...]:
-    """A bearer token as a server or a log could show it: plain, and base64 (alone; the initial
-    responses carry it at an offset where no fixed base64 form exists, and are never logged)."""
-    return (token, base64.b64encode(token.encode("utf-8")).decode("ascii")) if token else ()
-
-
-def _decode_challenge(text: str) -> str:
-    """The text of a base64 error challenge (a JSON object), or the raw text if not base64."""
-    try:
-        decoded = base64.b64decode(text.strip(), validate=True).decode("utf-8", "replace")
-    except (binascii.Error, ValueError):
-        decoded = text
-    return decoded.strip()[:_ERROR_CHALLENGE_MAX] or "(empty)"
 
 
 def _data_payload(message: bytes) -> bytes:

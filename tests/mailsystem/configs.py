@@ -626,9 +626,12 @@ def dovecot_conf(layout: Layout, ports: Ports, instance: str) -> str:
           mechanisms = xoauth2 oauthbearer
           args = {d / "oauth2.conf.ext"}
         }}
+        # The users file, not a static userdb: a static one asks the passdbs whether a user exists,
+        # and with a mechanisms filter on each passdb that lookup (LMTP's) would find none.
         userdb {{
-          driver = static
-          args = uid=mail gid=mail home={layout.mail}/%d/%n
+          driver = passwd-file
+          args = username_format=%u {d / "users"}
+          override_fields = uid=mail gid=mail home={layout.mail}/%d/%n
         }}
 
         namespace inbox {{
