@@ -173,7 +173,7 @@ async def send_probe(
                     ErrorKind.TIMEOUT,
                     f"no verdict within total_timeout {target.total_timeout:g}s",
                 )
-        if error is None or error.kind in (ErrorKind.AUTH, ErrorKind.TLS):
+        if error is None or error.kind in (ErrorKind.AUTH, ErrorKind.TLS, ErrorKind.TOKEN):
             await transaction.quit(min(deadline, loop.time() + _QUIT_GRACE))
     finally:
         transaction.close()
