@@ -244,9 +244,9 @@ class ScriptedImapServer:
                     if not await reader.read(65536):
                         return
                 case ReadLine():
-                    if not (line := await reader.readline()):
+                    if not (response := await reader.readline()):
                         return
-                    self.received.append(line)
+                    self.received.append(response)
                 case StartTls(context):
                     await writer.start_tls(context)
 
