@@ -91,7 +91,7 @@ async def test_a_refused_token_is_an_auth_error_at_once_and_the_connection_stays
     # A long command timeout: aioimaplib alone would wait all of it for an answer to the error
     # challenge. The assertions are on what ended the command, not on the clock.
     target = dataclasses.replace(
-        oauth_target(mail_system, account, tokens, mechanism), command_timeout=120.0
+        oauth_target(mail_system, account, tokens, mechanism), command_timeout=30.0
     )
     connection = await Connection.open(target)
     try:
