@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from agent.oauth import AccessToken, TokenError, TokenErrorKind
 
-__all__ = ["FailingTokenSource", "RecordingTokenSource"]
+__all__ = ["FailingTokenSource", "HangingTokenSource", "RecordingTokenSource"]
 
 
 class RecordingTokenSource:
@@ -41,3 +43,16 @@ class FailingTokenSource:
 
     def refused(self, token: AccessToken) -> None:
         self.refusals += 1
+
+
+class HangingTokenSource:
+    """A credential whose token endpoint never answers."""
+
+    credential = "hanging-credential"
+
+    async def access_token(self) -> AccessToken:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def refused(self, token: AccessToken) -> None:
+        raise AssertionError("no token was handed out")

@@ -17,7 +17,7 @@ from agent.model import ErrorKind
 from agent.oauth import OAuthSignIn, SaslMechanism, TokenSource
 from agent.sasl import initial_response
 from tests.imap_helpers import scripted_target
-from tests.oauth_helpers import FailingTokenSource, RecordingTokenSource
+from tests.oauth_helpers import FailingTokenSource, HangingTokenSource, RecordingTokenSource
 from tests.scripted_imap import GREETING, Expect, Hang, ReadLine, ScriptedImapServer, Send, Step
 
 USER = "someone@example.test"
@@ -171,6 +171,22 @@ async def test_a_token_error_is_kind_token_and_sends_nothing() -> None:
 
     assert raised.value.kind is ErrorKind.TOKEN
     assert "credential 'revoked-credential'" in raised.value.message
+    assert not any("AUTHENTICATE" in line for line in lines(server))
+
+
+async def test_a_token_source_that_hangs_is_kind_token_after_the_command_timeout() -> None:
+    async with ScriptedImapServer(*capabilities("IMAP4rev1 AUTH=XOAUTH2"), Hang()) as server:
+        connection = await Connection.open(oauth_target(server.port, HangingTokenSource(), None))
+        try:
+            with pytest.raises(ImapError) as raised:
+                await connection.login()
+        finally:
+            await connection.close(logout=False)
+
+    assert raised.value.kind is ErrorKind.TOKEN
+    assert "no OAuth access token within 0.5 s (credential 'hanging-credential')" in (
+        raised.value.message
+    )
     assert not any("AUTHENTICATE" in line for line in lines(server))
 
 

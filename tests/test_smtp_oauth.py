@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ssl
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from agent.model import ErrorKind, SendResult, Stage, TlsMode
 from agent.oauth import OAuthSignIn, SaslMechanism, TokenSource
 from agent.sasl import initial_response
 from agent.smtp.sender import SmtpTarget, send_probe
-from tests.oauth_helpers import FailingTokenSource, RecordingTokenSource
+from tests.oauth_helpers import FailingTokenSource, HangingTokenSource, RecordingTokenSource
 from tests.scripted_smtp import Script, ScriptedSmtpServer
 
 USER = "probe@sender.test"
@@ -180,6 +181,18 @@ async def test_a_token_error_ends_at_auth_with_kind_token_and_sends_no_auth() ->
     assert "invalid_grant" in result.error.message
     assert not any(c.startswith("AUTH") for c in server.sessions[0].commands)
     assert server.sessions[0].commands[-1] == "QUIT"
+
+
+async def test_a_token_source_that_hangs_is_kind_token_after_the_stage_timeout() -> None:
+    async with ScriptedSmtpServer(script("XOAUTH2")) as server:
+        smtp = dataclasses.replace(target(server.port, HangingTokenSource()), stage_timeout=0.5)
+        result = await send(smtp)
+
+    assert result.error is not None
+    assert (result.error.stage, result.error.kind) == (Stage.AUTH, ErrorKind.TOKEN)
+    assert "no OAuth access token within stage_timeout 0.5s" in result.error.message
+    assert "'hanging-credential'" in result.error.message
+    assert not any(c.startswith("AUTH") for c in server.sessions[0].commands)
 
 
 async def test_ehlo_is_sent_again_after_starttls_before_auth(

@@ -504,10 +504,18 @@ class _Transaction:
 
     async def _access_token(self, tokens: TokenSource) -> AccessToken:
         """The token to send, masked from now on in every text this transaction reports."""
+        limit = self.target.stage_timeout
         try:
-            token = await tokens.access_token()
+            async with asyncio.timeout(limit):
+                token = await tokens.access_token()
         except TokenError as exc:
             raise self._fail(ErrorKind.TOKEN, f"no OAuth access token: {exc}") from None
+        except TimeoutError:
+            raise self._fail(
+                ErrorKind.TOKEN,
+                f"no OAuth access token within stage_timeout {limit:g}s "
+                f"(credential {tokens.credential!r})",
+            ) from None
         self._redact.update((*self._redact.secrets, *sasl.bearer_forms(token.value)))
         return token
 
