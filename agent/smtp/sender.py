@@ -71,13 +71,7 @@ from agent.model import (
     Stage,
     TlsMode,
 )
-from agent.oauth.token_source import (
-    AccessToken,
-    OAuthSignIn,
-    SaslMechanism,
-    TokenError,
-    TokenSource,
-)
+from agent.oauth import AccessToken, OAuthSignIn, SaslMechanism, TokenError, TokenSource
 from agent.secrets import Redactor, credential_forms
 from agent.server_text import valid_text
 from agent.smtp.replies import parse_enhanced_code
