@@ -21,6 +21,8 @@ class ImapTarget:
 
     `secrets` are further secret values of the mailbox's configuration (beyond `password`): the
     IMAP code masks them, like the password, in every error message and log line it writes.
+    Exactly one of `password` and `oauth` is set; with `oauth` the connection signs in with
+    AUTHENTICATE XOAUTH2 / OAUTHBEARER and masks each token it sends the same way.
     """
 
     mailbox: str
