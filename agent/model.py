@@ -136,6 +136,7 @@ class ErrorKind(enum.StrEnum):
     AUTH = "auth"
     PROTOCOL = "protocol"
     CLOSED = "closed"
+    TOKEN = "token"  # no OAuth access token to sign in with (agent.oauth.TokenError)
 
 
 class FoundBy(enum.StrEnum):

@@ -407,9 +407,10 @@ grid.add(
     timeseries(
         "SMTP errors by kind",
         shows="Transactions that ended without a server verdict, per route and kind (connect, "
-        "timeout, tls, auth, protocol, closed).",
+        "timeout, tls, auth, protocol, closed, token).",
         when_bad="connect/timeout: network or server down. tls: certificate or TLS settings. "
-        "auth: credentials. Follow the TLS/auth runbook.",
+        "auth: credentials (an OAuth token the server refused). token: no OAuth token to send "
+        "(the token source failed). Follow the TLS/auth runbook.",
         targets=[
             target(
                 f"sum by (route, kind) (increase(deliverability_smtp_errors_total{{{ROUTE}}}"

@@ -154,7 +154,7 @@ grid.add(
     timeseries(
         "Errors by stage and kind",
         shows="Transactions that ended without a server verdict, by the stage they reached and "
-        "the kind of error (connect, timeout, tls, auth, protocol, closed).",
+        "the kind of error (connect, timeout, tls, auth, protocol, closed, token).",
         when_bad="connect/timeout at connect or banner: server or network down. tls at "
         "starttls: certificate or TLS settings. auth at auth: credentials. Follow the runbook.",
         targets=[

@@ -25,6 +25,7 @@ __all__ = [
     "Hang",
     "Pause",
     "Raw",
+    "ReadLine",
     "Receive",
     "ScriptedImapServer",
     "Send",
@@ -85,13 +86,18 @@ class Receive:
 
 
 @dataclass(frozen=True)
+class ReadLine:
+    """Read one client line and keep it: a SASL response, which has no tag."""
+
+
+@dataclass(frozen=True)
 class StartTls:
     """Do the server side of a TLS handshake (after answering STARTTLS); later steps speak TLS."""
 
     context: ssl.SSLContext
 
 
-Step = Send | Raw | Expect | Receive | Pause | Hang | Close | StartTls
+Step = Send | Raw | Expect | Receive | ReadLine | Pause | Hang | Close | StartTls
 
 GREETING = Send("* OK scripted IMAP server ready")
 CAPABILITIES = "IMAP4rev1 IDLE UIDPLUS"
@@ -237,6 +243,10 @@ class ScriptedImapServer:
                 case Receive():
                     if not await reader.read(65536):
                         return
+                case ReadLine():
+                    if not (response := await reader.readline()):
+                        return
+                    self.received.append(response)
                 case StartTls(context):
                     await writer.start_tls(context)
 

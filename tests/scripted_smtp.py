@@ -2,8 +2,10 @@
 
 Each connection follows a `Script`: what to send at each stage (a reply, raw bytes, a slow drip, a
 pause, a hang, or a dropped connection), whether STARTTLS or implicit TLS is spoken, and which one
-credential AUTH PLAIN / AUTH LOGIN accepts. The server records what every client sent, so tests can
-assert on commands and message data. Real-server behaviour belongs to the mail-system tests.
+credential AUTH PLAIN / AUTH LOGIN accepts (or which bearer token AUTH XOAUTH2 / OAUTHBEARER
+accepts, answering any other with the error challenge of RFC 7628 3.2.2). The server records what
+every client sent, so tests can assert on commands and message data. Real-server behaviour belongs
+to the mail-system tests.
 """
 
 from __future__ import annotations
@@ -121,6 +123,9 @@ class Script:
     offer_starttls: bool = True  # advertised when tls_context is set and TLS is not yet active
     credentials: tuple[str, str] | None = None  # AUTH PLAIN/LOGIN advertised when set
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    # The token AUTH XOAUTH2/OAUTHBEARER accepts; AUTH is advertised with `auth_mechanisms`.
+    bearer_token: str | None = None
+    bearer_error: str = '{"status":"401","schemes":"bearer"}'  # the error challenge's JSON
 
 
 @dataclass
@@ -259,7 +264,7 @@ class _Conversation:
         lines = ["scripted.test", "PIPELINING", "SIZE 10240000"]
         if self._script.tls_context and self._script.offer_starttls and not self._session.tls:
             lines.append("STARTTLS")
-        if self._script.credentials is not None:
+        if self._script.credentials is not None or self._script.bearer_token is not None:
             lines.append("AUTH " + " ".join(self._script.auth_mechanisms))
         lines.append("8BITMIME")
         text = "\n".join(f"250-{line}" for line in lines[:-1]) + f"\n250 {lines[-1]}"
@@ -313,6 +318,9 @@ class _Conversation:
             await self._act(self._script.replies[Stage.AUTH])
             return
         mechanism, _, initial = argument.partition(" ")
+        if mechanism.upper() in ("XOAUTH2", "OAUTHBEARER") and self._script.bearer_token:
+            await self._bearer(mechanism.upper(), initial)
+            return
         if (
             self._script.credentials is None
             or mechanism.upper() not in self._script.auth_mechanisms
@@ -334,7 +342,22 @@ class _Conversation:
 
     async def _challenge(self, text: str) -> str:
         await self._act(Reply(f"334 {text}".rstrip() if text else "334 "))
-        return await self._readline()
+        line = await self._readline()
+        self._session.commands.append(line)  # SASL responses too, for byte-exact assertions
+        return line
+
+    async def _bearer(self, mechanism: str, initial: str) -> None:
+        if mechanism not in self._script.auth_mechanisms:
+            await self._act(Reply("504 5.5.4 Unrecognized authentication type"))
+            return
+        fields = _b64(initial or await self._challenge("")).split("\x01")
+        if f"auth=Bearer {self._script.bearer_token}" in fields:
+            self._session.authenticated = True
+            await self._act(_DEFAULTS[Stage.AUTH])
+            return
+        error = base64.b64encode(self._script.bearer_error.encode()).decode()
+        await self._challenge(error)
+        await self._act(Reply("535 5.7.8 Username and Password not accepted"))
 
     async def _data(self) -> None:
         behaviour = self._behaviour(Stage.DATA)

@@ -28,6 +28,15 @@ here, and nothing above sees an aioimaplib type. Choices worth knowing:
   one read fails as `protocol`.
 * Every error message and log line masks the target's secrets (`redactor_for`), and aioimaplib's
   own DEBUG line for LOGIN is dropped.
+* OAuth 2.0 (`ImapTarget.oauth`): AUTHENTICATE XOAUTH2 or OAUTHBEARER, the configured one or else
+  the first the server advertises of OAUTHBEARER, XOAUTH2; the initial response on the command
+  line when the server advertises SASL-IR, else after the server's empty `+`. aioimaplib's
+  `xoauth2()` never answers the error challenge a refused token gets (`+ <base64 JSON>`), so the
+  command hangs until its timeout: `_Protocol` answers it (empty line, or ^A for OAUTHBEARER) and
+  the server's tagged NO ends the command at once, the connection still usable. The refusal is an
+  `auth` error quoting the decoded JSON; the token source hears `refused()`; a TokenError is kind
+  `token`. The token and the initial response are masked like the password, and aioimaplib's
+  DEBUG line for the AUTHENTICATE it sends is dropped.
 * On a server advertising X-GM-EXT-1 (Gmail), `inbox_category` asks which inbox tab a message
   is in with one `UID SEARCH UID <uid> X-GM-RAW "category:<tab>"` per tab, primary first.
 * Where aioimaplib has no public API, its private names are used in one place only: the section
@@ -44,6 +53,7 @@ from typing import Any, Final, TypeVar
 
 import aioimaplib
 
+from agent import sasl
 from agent.imap.errors import ImapError
 from agent.imap.log import MaskedLog
 from agent.imap.names import mailbox_arg, quote
@@ -60,6 +70,7 @@ from agent.imap.responses import (
 )
 from agent.imap.target import ImapTarget
 from agent.model import ErrorKind, InboxCategory, TlsMode
+from agent.oauth import AccessToken, OAuthSignIn, SaslMechanism, TokenError
 from agent.secrets import Redactor, credential_forms
 from agent.tls_sniff import answers_tls
 
@@ -86,14 +97,16 @@ _CATEGORY_ORDER: Final = (
 
 
 class _HideLoginCommand(logging.Filter):
-    """Drops aioimaplib's DEBUG line for the LOGIN it sends.
+    """Drops aioimaplib's DEBUG line for the LOGIN or AUTHENTICATE it sends.
 
     aioimaplib masks the password in that line, but IMAP quoting changes a password that holds a
-    quote or a backslash, and the mask then misses it.
+    quote or a backslash, and the mask then misses it; an AUTHENTICATE line carries the token in
+    base64, which no mask of the token itself finds.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return " LOGIN " not in record.getMessage()
+        message = record.getMessage()
+        return " LOGIN " not in message and " AUTHENTICATE " not in message
 
 
 logging.getLogger("aioimaplib.aioimaplib").addFilter(_HideLoginCommand())
@@ -119,6 +132,20 @@ def redactor_for(target: ImapTarget) -> Redactor:
 #   (aioimaplib writes through `self.transport` only). Plain text after STARTTLS's tagged OK could
 #   have been injected by a man in the middle (CVE-2011-0411's kind): `_handle_line` fails the
 #   connection on any line after it, and `upgrade` on a partial one left in `incomplete_line`.
+# * No generic AUTHENTICATE, and continuation lines of a command other than APPEND and IDLE are
+#   only appended to its response: `_Protocol.authenticate` sends AUTHENTICATE as a sync command
+#   and `_continuation` answers its `+` lines (the initial response; the error challenge); the
+#   state becomes aioimaplib's AUTH on OK, under `state_condition` as its own login does.
+
+
+class _SaslExchange:
+    """One AUTHENTICATE in progress: what to answer to the server's `+` lines."""
+
+    def __init__(self, command: Any, initial: bytes | None, abort: bytes) -> None:
+        self.command = command
+        self.initial = initial  # still to send after the first "+" (no SASL-IR)
+        self.abort = abort
+        self.challenge: bytes | None = None  # the error challenge, once received
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib is untyped
@@ -132,6 +159,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
         self.received_any = False
         self.new_mail = False
         self.starttls_tag: bytes | None = None  # while STARTTLS is pending or being acted on
+        self.sasl: _SaslExchange | None = None  # while AUTHENTICATE is pending
         self._plain_text_over = False  # STARTTLS's OK came: nothing more may arrive before TLS
 
     def note_failure(self, kind: ErrorKind, message: str) -> None:
@@ -193,6 +221,43 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
         if self.starttls_tag is not None and line.startswith(self.starttls_tag + b" OK"):
             self._plain_text_over = True
         return handled
+
+    async def authenticate(
+        self, mechanism: SaslMechanism, initial: bytes, *, sasl_ir: bool
+    ) -> tuple[Any, bytes | None]:
+        """AUTHENTICATE with one initial response; the tagged response and the server's error
+        challenge (None when it sent none)."""
+        name = mechanism.value.upper()
+        args = (name, initial.decode("ascii")) if sasl_ir else (name,)
+        command = aioimaplib.Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
+        exchange = _SaslExchange(
+            command, None if sasl_ir else initial, sasl.abort_response(mechanism)
+        )
+        self.sasl = exchange
+        try:
+            async with self.state_condition:
+                response = await self.execute(command)
+                if response.result == "OK":
+                    self.state = aioimaplib.AUTH
+                self.state_condition.notify_all()
+        finally:
+            self.sasl = None
+        return response, exchange.challenge
+
+    def _continuation(self, line: bytes) -> None:
+        # An aioimaplib gap (see above): it would only append the line to the response.
+        exchange = self.sasl
+        if exchange is None or self.pending_sync_command is not exchange.command:
+            super()._continuation(line)
+            return
+        if exchange.initial is not None:
+            answer, exchange.initial = exchange.initial, None
+        elif exchange.challenge is None:
+            exchange.challenge = line[1:].strip()
+            answer = exchange.abort
+        else:
+            answer = b"*"  # a second challenge: cancel (RFC 9051 6.2.2), the server says BAD
+        self.transport.write(answer + aioimaplib.CRLF)
 
     def _untagged_response(self, line: bytes) -> Any:
         # An aioimaplib gap (see above): the one place that sees every untagged line.
@@ -391,6 +456,17 @@ class Connection:
 
     async def login(self) -> None:
         target = self._target
+        if target.oauth is not None:
+            response = await self._authenticate(target.oauth)
+        else:
+            response = await self._login_with_password()
+        # Servers may advertise more (IDLE, UIDPLUS) once logged in. aioimaplib mangles a
+        # capability list in the tagged OK ("[CAPABILITY ... IDLE]"): ask unless one came untagged.
+        if not lists_capabilities(response.lines[:-1]):
+            await self._call("CAPABILITY", self._protocol.capability())
+
+    async def _login_with_password(self) -> Any:
+        target = self._target
         if self.has_capability("LOGINDISABLED"):
             # RFC 9051 6.2.3: the server refuses LOGIN; sending the password anyway gains nothing.
             hint = " (use tls: starttls or implicit)" if target.tls is TlsMode.NONE else ""
@@ -401,10 +477,57 @@ class Connection:
         if response.result == "NO":
             raise self._error(ErrorKind.AUTH, f"LOGIN refused: {_text(response)}")
         self._check("LOGIN", response)
-        # Servers may advertise more (IDLE, UIDPLUS) once logged in. aioimaplib mangles a
-        # capability list in the tagged OK ("[CAPABILITY ... IDLE]"): ask unless one came untagged.
-        if not lists_capabilities(response.lines[:-1]):
-            await self._call("CAPABILITY", self._protocol.capability())
+        return response
+
+    async def _authenticate(self, oauth: OAuthSignIn) -> Any:
+        """AUTHENTICATE XOAUTH2 / OAUTHBEARER with a token from `oauth.tokens`."""
+        offered = [
+            name[5:] for name in self._protocol.capabilities if name.upper().startswith("AUTH=")
+        ]
+        mechanism = sasl.choose_mechanism(oauth.mechanism, offered)
+        if not isinstance(mechanism, SaslMechanism):
+            raise self._error(
+                ErrorKind.AUTH,
+                f"no usable OAuth AUTHENTICATE mechanism: {mechanism} "
+                f"(offered: {' '.join(sorted(offered)).upper() or 'none'})",
+            )
+        token = await self._access_token(oauth)
+        initial = sasl.initial_response(mechanism, oauth.username, token.value)
+        self._redact.update((*self._redact.secrets, initial.decode("ascii")))
+        what = f"AUTHENTICATE {mechanism.value.upper()}"
+        response, challenge = await self._call(
+            what,
+            self._protocol.authenticate(mechanism, initial, sasl_ir=self.has_capability("SASL-IR")),
+        )
+        if response.result == "OK":
+            return response
+        if challenge is not None or response.result == "NO":
+            oauth.tokens.refused(token)
+        said = (
+            f" (server error: {printable(sasl.decode_error_challenge(challenge).encode())})"
+            if challenge is not None
+            else ""
+        )
+        raise self._error(
+            ErrorKind.AUTH,
+            f"{what} as {oauth.username} refused: {response.result} {_text(response)}{said}",
+        )
+
+    async def _access_token(self, oauth: OAuthSignIn) -> AccessToken:
+        """The token to send, masked from now on in every error and log line of this connection."""
+        try:
+            async with asyncio.timeout(self._target.command_timeout):
+                token = await oauth.tokens.access_token()
+        except TokenError as exc:
+            raise self._error(ErrorKind.TOKEN, f"no OAuth access token: {exc}") from None
+        except TimeoutError:
+            raise self._error(
+                ErrorKind.TOKEN,
+                f"no OAuth access token within {self._target.command_timeout:g} s "
+                f"(credential {oauth.tokens.credential!r})",
+            ) from None
+        self._redact.update((*self._redact.secrets, *sasl.bearer_forms(token.value)))
+        return token
 
     async def select(self, folder: str) -> int:
         """SELECT `folder`; returns its UIDVALIDITY (0 when the server sends none)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.model import TlsMode
+from agent.oauth import OAuthSignIn
 
 __all__ = ["ImapTarget"]
 
@@ -20,6 +21,8 @@ class ImapTarget:
 
     `secrets` are further secret values of the mailbox's configuration (beyond `password`): the
     IMAP code masks them, like the password, in every error message and log line it writes.
+    Exactly one of `password` and `oauth` is set; with `oauth` the connection signs in with
+    AUTHENTICATE XOAUTH2 / OAUTHBEARER and masks each token it sends the same way.
     """
 
     mailbox: str
@@ -27,7 +30,8 @@ class ImapTarget:
     port: int
     tls: TlsMode
     username: str
-    password: str = field(repr=False)
+    password: str | None = field(default=None, repr=False)
+    oauth: OAuthSignIn | None = None  # sign in with an OAuth 2.0 token instead of the password
     secrets: tuple[str, ...] = field(default=(), repr=False)
     tls_verify: bool = True
     ca_file: Path | None = None
@@ -41,3 +45,5 @@ class ImapTarget:
             )
         if self.connect_timeout <= 0 or self.command_timeout <= 0:
             raise ValueError("IMAP timeouts must be positive")
+        if (self.password is None) == (self.oauth is None):
+            raise ValueError("an IMAP target signs in with a password or with oauth (one of them)")

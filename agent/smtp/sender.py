@@ -15,6 +15,15 @@ Choices worth knowing:
 * aiosmtplib's `data()` hides the 354 and raises the same exception for a bad 354 and a bad
   end-of-data reply, so DATA is sent with `execute_command` and the body with the protocol's
   `write` and `read_response`: both replies are recorded (`Stage.DATA`, `Stage.END_OF_DATA`).
+* OAuth 2.0 (`SmtpTarget.oauth`): AUTH XOAUTH2 or OAUTHBEARER (RFC 7628), the configured one or
+  else the first the server offers of OAUTHBEARER, XOAUTH2. aiosmtplib has XOAUTH2 only, always
+  with the initial response on the AUTH line, and Postfix cuts lines past 2048 bytes (Microsoft's
+  tokens are 1.5-2.5 KB): the exchange is driven here with `execute_command`, and an AUTH line
+  that would pass `_AUTH_LINE_LIMIT` is sent bare, the initial response after the server's 334.
+  A refused token gets a 334 whose text is a base64 JSON error (RFC 7628 3.2.2): answered with an
+  empty line (XOAUTH2) or ^A (OAUTHBEARER) for the final 5xx; the error is kind `auth` and quotes
+  the decoded JSON, and the token source hears `refused()`. No token from the token source is kind
+  `token` at stage `auth`, and nothing is sent. The token is masked in every reported text.
 * When the TLS handshake after a 220 to STARTTLS fails, aiosmtplib does not return that 220, so
   the transcript lacks it; the error says stage `starttls`. AUTH's 334 challenges are not recorded.
 * Credentials are never sent over an unencrypted connection unless the route says `tls: none`: in
@@ -51,6 +60,7 @@ from aiosmtplib.errors import (
 )
 from aiosmtplib.response import SMTPResponse
 
+from agent import sasl
 from agent.errors import AgentError, ErrorCategory
 from agent.model import (
     ErrorKind,
@@ -61,6 +71,7 @@ from agent.model import (
     Stage,
     TlsMode,
 )
+from agent.oauth import AccessToken, OAuthSignIn, SaslMechanism, TokenError, TokenSource
 from agent.secrets import Redactor, credential_forms
 from agent.server_text import valid_text
 from agent.smtp.replies import parse_enhanced_code
@@ -78,6 +89,10 @@ _TLS_SNIFF_AFTER = 2.0  # seconds without a greeting before checking for implici
 _TLS_SNIFF_TIMEOUT = 3.0
 _QUIT_GRACE = 2.0  # QUIT is a courtesy: never wait long for it
 _IMPLICIT_TLS_PORT = 465
+# Longest AUTH line (CRLF included) sent with its initial response: Postfix's line_length_limit
+# (2048, measured: 2047 bytes pass, 2051 are cut); RFC 4954 allows 12288, so longer ones wait
+# for the 334.
+_AUTH_LINE_LIMIT = 2048
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,6 +111,7 @@ class SmtpTarget:
     ca_file: Path | None = None  # verify against this CA bundle instead of the system's
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    oauth: OAuthSignIn | None = None  # sign in with an OAuth 2.0 token instead of a password
     # Further secret values of the route's configuration (tokens, client secrets) to mask.
     secrets: tuple[str, ...] = field(default=(), repr=False)
     ehlo_name: str
@@ -111,6 +127,8 @@ class SmtpTarget:
                 raise ValueError(f"{name} must be positive")
         if self.password is not None and self.username is None:
             raise ValueError("a password needs a username")
+        if self.oauth is not None and self.password is not None:
+            raise ValueError("oauth and password are mutually exclusive")
 
 
 async def send_probe(
@@ -149,7 +167,7 @@ async def send_probe(
                     ErrorKind.TIMEOUT,
                     f"no verdict within total_timeout {target.total_timeout:g}s",
                 )
-        if error is None or error.kind in (ErrorKind.AUTH, ErrorKind.TLS):
+        if error is None or error.kind in (ErrorKind.AUTH, ErrorKind.TLS, ErrorKind.TOKEN):
             await transaction.quit(min(deadline, loop.time() + _QUIT_GRACE))
     finally:
         transaction.close()
@@ -246,7 +264,11 @@ class _Transaction:
             if not self._accept(Stage.EHLO, await self._reply_of(smtp.ehlo(timeout=timeout)), 250):
                 return
 
-        if target.username is not None:
+        if target.oauth is not None:
+            self.stage = Stage.AUTH
+            if not await self._authenticate_oauth(target.oauth):
+                return
+        elif target.username is not None:
             self.stage = Stage.AUTH
             if not await self._authenticate(target.username, target.password or ""):
                 return
@@ -390,13 +412,16 @@ class _Transaction:
                 "ClientHello: it expects implicit TLS (tls: implicit)",
             )
 
-    async def _authenticate(self, username: str, password: str) -> bool:
+    def _require_tls(self) -> None:
         if not self._tls_active and self.target.tls is not TlsMode.NONE:
             raise self._fail(
                 ErrorKind.TLS,
                 "refusing to send credentials over an unencrypted connection "
                 "(the server did not offer STARTTLS)",
             )
+
+    async def _authenticate(self, username: str, password: str) -> bool:
+        self._require_tls()
         smtp, timeout = self._smtp, self.target.stage_timeout
         methods = smtp.server_auth_methods
         # One mechanism only: trying each in turn would multiply failed logins (and lockouts).
@@ -418,6 +443,75 @@ class _Transaction:
         if reply.reply_class is ReplyClass.TRANSIENT:
             return False
         raise self._fail(ErrorKind.PROTOCOL, f"unexpected reply {reply.code} to AUTH")
+
+    async def _authenticate_oauth(self, oauth: OAuthSignIn) -> bool:
+        """AUTH XOAUTH2 / OAUTHBEARER; True on 235, False on a 4xx, raises _Failed otherwise."""
+        self._require_tls()
+        smtp, timeout = self._smtp, self.target.stage_timeout
+        mechanism = self._oauth_mechanism(oauth.mechanism, smtp.server_auth_methods)
+        token = await self._access_token(oauth.tokens)
+        initial = sasl.initial_response(mechanism, oauth.username, token.value)
+        self._redact.update((*self._redact.secrets, initial.decode("ascii")))
+        verb = mechanism.value.upper().encode("ascii")
+        if len(b"AUTH %b %b\r\n" % (verb, initial)) <= _AUTH_LINE_LIMIT:
+            response = await self._reply_of(
+                smtp.execute_command(b"AUTH", verb, initial, timeout=timeout)
+            )
+        else:
+            response = await self._reply_of(smtp.execute_command(b"AUTH", verb, timeout=timeout))
+            if response.code == 334:
+                response = await self._reply_of(smtp.execute_command(initial, timeout=timeout))
+        server_error: str | None = None
+        if response.code == 334:  # the error challenge: answer it for the final reply
+            server_error = self._text(sasl.decode_error_challenge(response.message))
+            answer = sasl.abort_response(mechanism)
+            response = await self._reply_of(smtp.execute_command(answer, timeout=timeout))
+        reply = self._record(Stage.AUTH, response)
+        if reply.code == 235:
+            return True
+        if server_error is not None or reply.code == 535:
+            oauth.tokens.refused(token)
+        said = f" (server error: {server_error})" if server_error else ""
+        if reply.reply_class is ReplyClass.PERMANENT:
+            raise self._fail(
+                ErrorKind.AUTH,
+                f"OAuth sign-in refused ({mechanism.value.upper()} as {oauth.username}): "
+                f"{reply.code} {reply.text}{said}",
+            )
+        if reply.reply_class is ReplyClass.TRANSIENT:
+            return False
+        raise self._fail(
+            ErrorKind.PROTOCOL, f"unexpected reply {reply.code} to AUTH {mechanism.value.upper()}"
+        )
+
+    def _oauth_mechanism(
+        self, configured: SaslMechanism | None, offered: Sequence[str]
+    ) -> SaslMechanism:
+        chosen = sasl.choose_mechanism(configured, offered)
+        if isinstance(chosen, SaslMechanism):
+            return chosen
+        raise self._fail(
+            ErrorKind.AUTH,
+            f"no usable OAuth AUTH mechanism: {chosen} "
+            f"(offered: {' '.join(offered).upper() or 'none'})",
+        )
+
+    async def _access_token(self, tokens: TokenSource) -> AccessToken:
+        """The token to send, masked from now on in every text this transaction reports."""
+        limit = self.target.stage_timeout
+        try:
+            async with asyncio.timeout(limit):
+                token = await tokens.access_token()
+        except TokenError as exc:
+            raise self._fail(ErrorKind.TOKEN, f"no OAuth access token: {exc}") from None
+        except TimeoutError:
+            raise self._fail(
+                ErrorKind.TOKEN,
+                f"no OAuth access token within stage_timeout {limit:g}s "
+                f"(credential {tokens.credential!r})",
+            ) from None
+        self._redact.update((*self._redact.secrets, *sasl.bearer_forms(token.value)))
+        return token
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""`python -m tests.mailsystem install|start|stop|restart|status [--dir DIR]`.
+"""`python -m tests.mailsystem install|start|stop|restart|status|token [--dir DIR]`.
 
-Runs the test mail system by hand; `start` prints its ports, accounts and log directory as JSON.
+Runs the test mail system by hand; `start` prints its ports, accounts and log directory as JSON;
+`token --user ADDRESS [--lifetime SECONDS]` prints an OAuth access token Dovecot accepts for it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from tests.mailsystem.system import MailSystem, MailSystemError, ensure_installe
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mailsystem", description=__doc__)
-    parser.add_argument("action", choices=["install", "start", "stop", "restart", "status"])
+    parser.add_argument(
+        "action", choices=["install", "start", "stop", "restart", "status", "token"]
+    )
     parser.add_argument("--dir", type=Path, help="instance directory (default: a new temp dir)")
+    parser.add_argument("--user", help="token: the account's address")
+    parser.add_argument("--lifetime", type=float, default=3600.0, help="token: seconds valid")
     args = parser.parse_args(argv)
     try:
         if args.action == "install":
@@ -38,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dir is None:
             parser.error(f"{args.action} needs --dir")
         system = MailSystem.load(args.dir)
+        if args.action == "token":
+            if not args.user:
+                parser.error("token needs --user")
+            print(system.mint_token(args.user, lifetime=args.lifetime))
+            return 0
         if args.action == "stop":
             system.stop()
         elif args.action == "restart":

@@ -107,6 +107,11 @@ class Layout:
     def auth_socket(self) -> Path:
         return self.dovecot / "run" / "auth-postfix"
 
+    @property
+    def oauth2_keys(self) -> Path:
+        """Dovecot's dict of JWT validation keys (the HS256 key that `mint_token` signs with)."""
+        return self.dovecot / "oauth2-keys"
+
 
 def _dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
@@ -597,7 +602,7 @@ def dovecot_conf(layout: Layout, ports: Ports, instance: str) -> str:
         ssl_key = <{layout.server_key}
         ssl_min_protocol = TLSv1.2
         disable_plaintext_auth = no
-        auth_mechanisms = plain login
+        auth_mechanisms = plain login xoauth2 oauthbearer
         auth_failure_delay = 0
         login_trusted_networks =
         first_valid_uid = 1
@@ -610,13 +615,23 @@ def dovecot_conf(layout: Layout, ports: Ports, instance: str) -> str:
         imap_idle_notify_interval = 2 mins
         auth_verbose = yes
 
+        # Passwords and OAuth 2.0 bearer tokens side by side: each passdb serves its mechanisms.
         passdb {{
           driver = passwd-file
+          mechanisms = plain login
           args = scheme=PLAIN username_format=%u {d / "users"}
         }}
+        passdb {{
+          driver = oauth2
+          mechanisms = xoauth2 oauthbearer
+          args = {d / "oauth2.conf.ext"}
+        }}
+        # The users file, not a static userdb: a static one asks the passdbs whether a user exists,
+        # and with a mechanisms filter on each passdb that lookup (LMTP's) would find none.
         userdb {{
-          driver = static
-          args = uid=mail gid=mail home={layout.mail}/%d/%n
+          driver = passwd-file
+          args = username_format=%u {d / "users"}
+          override_fields = uid=mail gid=mail home={layout.mail}/%d/%n
         }}
 
         namespace inbox {{
@@ -688,6 +703,16 @@ def dovecot_conf(layout: Layout, ports: Ports, instance: str) -> str:
           sieve_before = {d / "sieve" / "before.sieve"}
           sieve = file:~/sieve;active=~/.dovecot.sieve
         }}
+        """)
+
+
+def dovecot_oauth2(layout: Layout) -> str:
+    # Local validation of JWT access tokens (Dovecot >= 2.3.16): the HS256 key is looked up in a
+    # dict under shared/<azp or "default">/<alg>/<kid or "default">; `sub` must be the login name.
+    return _dedent(f"""
+        introspection_mode = local
+        local_validation_key_dict = fs:posix:prefix={layout.oauth2_keys}/
+        username_attribute = sub
         """)
 
 

@@ -10,9 +10,12 @@ directly (no systemd) with their logs in files, and stopped by PID.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import imaplib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -61,6 +64,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "chromium-driver": "/usr/bin/chromedriver",
 }
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+# Where Dovecot's fs dict finds the key for shared/default/HS256/default (no azp, no kid).
+OAUTH2_KEY_PATH = Path("default") / "HS256" / "default"
 START_TIMEOUT = 60.0
 STOP_GRACE = 3.0  # SIGTERM gets this long before SIGKILL
 STOP_TIMEOUT = 15.0
@@ -320,6 +325,8 @@ class MailSystem:
         instance = f"mailsystem-{self.ports.imaps}"
         (lay.dovecot / "dovecot.conf").write_text(configs.dovecot_conf(lay, self.ports, instance))
         (lay.dovecot / "users").write_text(configs.dovecot_users([*SENDER_ACCOUNTS, *accounts]))
+        (lay.dovecot / "oauth2.conf.ext").write_text(configs.dovecot_oauth2(lay))
+        self._write_oauth2_key()
         (lay.dovecot / "users").chmod(0o640)
         shutil.chown(lay.dovecot / "users", "root", "dovecot")
         sieve_dir = lay.dovecot / "sieve"
@@ -354,6 +361,49 @@ class MailSystem:
             for blob in cert.cert_chain_pems:
                 out.write(blob.bytes())
         lay.server_key.chmod(0o600)
+
+    def _write_oauth2_key(self) -> None:
+        """The HS256 key Dovecot validates access tokens with; kept across restarts."""
+        path = self.layout.oauth2_keys / OAUTH2_KEY_PATH
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
+        for part in (path, *path.relative_to(self.layout.oauth2_keys).parents):
+            target = self.layout.oauth2_keys / part
+            shutil.chown(target, "root", "dovecot")
+            target.chmod(0o640 if target == path else 0o750)
+
+    def mint_token(
+        self,
+        user: str,
+        *,
+        lifetime: float = 3600.0,
+        pad_to: int | None = None,
+        forged: bool = False,
+    ) -> str:
+        """An OAuth 2.0 access token (a JWT, HS256) that Dovecot accepts for `user` over XOAUTH2
+        and OAUTHBEARER, on IMAP and on the submission server's AUTH.
+
+        `lifetime` <= 0 gives an expired token; `pad_to` pads the token with an extra claim to at
+        least that many characters (Microsoft's tokens are 1.5-2.5 KB); `forged` signs it with a
+        key Dovecot does not know.
+        """
+        key = base64.b64decode((self.layout.oauth2_keys / OAUTH2_KEY_PATH).read_text())
+        if forged:
+            key = hashlib.sha256(b"not the key: " + key).digest()
+        now = int(time.time())
+        claims: dict[str, object] = {
+            "sub": user,
+            "iat": now - 60 if lifetime > 0 else now - 3600,
+            "exp": now + int(lifetime) if lifetime > 0 else now - 60,
+        }
+        token = _jwt_hs256(claims, key)
+        if pad_to is not None and len(token) < pad_to:
+            # base64url makes 4 characters of every 3 bytes of the claims.
+            claims["pad"] = "x" * ((pad_to - len(token)) * 3 // 4 + 3)
+            token = _jwt_hs256(claims, key)
+        return token
 
     def _write_dkim_key(self) -> str:
         """The DKIM private key for OpenDKIM; returns the public key as published in DNS."""
@@ -593,6 +643,18 @@ class MailSystem:
             yield self
         finally:
             self.stop()
+
+
+def _jwt_hs256(claims: dict[str, object], key: bytes) -> str:
+    """A compact JWS (RFC 7515) with HMAC SHA-256: what Dovecot's local validation checks."""
+
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signature = hmac.new(key, f"{header}.{body}".encode("ascii"), hashlib.sha256).digest()
+    return f"{header}.{body}.{b64url(signature)}"
 
 
 def _alive(pid: int) -> bool:
