@@ -476,7 +476,9 @@ class Recorder:
 
     # -- DMARC aggregate and SMTP TLS reports ----------------------------------------------------
 
-    def _report(self, result: ReportRead | NewestReport | DmarcCounted | TlsSessionsCounted) -> None:
+    def _report(
+        self, result: ReportRead | NewestReport | DmarcCounted | TlsSessionsCounted
+    ) -> None:
         """One report read, or one row of a counted report (the caller counts each report once
         and bounds the labels)."""
         match result:
