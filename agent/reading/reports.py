@@ -234,7 +234,7 @@ def decompress(data: bytes, *, limit: int = MAX_REPORT_BYTES) -> bytes:
     """`data` itself, or what a gzip or zip file holds; never more than `limit` bytes."""
     if data[:2] == b"\x1f\x8b":
         return _gunzip(data, limit)
-    if data[:4] == b"PK\x03\x04":
+    if data[:2] == b"PK":  # a local file header, or the end record of an empty archive
         return _unzip(data, limit)
     if len(data) > limit:
         raise ReportError(ReportProblem.TOO_LARGE, f"over {limit} bytes", ReportKind.UNKNOWN)
