@@ -95,6 +95,7 @@ async def test_a_report_is_counted_once_and_a_resent_one_is_a_duplicate(
     first = _message((OUTLOOK, "a.xml.gz"))
     await counting.reader.handle(first)
     await counting.reader.handle(first)  # the watcher hands it over again (a restart)
+    counting.reader.flush()
     assert counting.reports("dmarc", "counted") == 1
     assert counting.reports("dmarc", "duplicate") == 0
     labels = {"header_from": "example.com", "source_ip": "100.24.188.149", "dmarc": "fail"}
@@ -128,6 +129,7 @@ async def test_source_ips_past_the_bound_are_other_and_the_largest_keep_their_la
     rows = [("192.0.2.1", 5, "pass", "pass"), ("192.0.2.2", 50, "fail", "fail"),
             ("192.0.2.3", 500, "pass", "fail")]  # fmt: skip
     await counting.reader.handle(_message((_dmarc("r1", rows), "r1.xml.gz")))
+    counting.reader.flush()
     assert counting.dmarc(header_from="example.com", source_ip="192.0.2.3", dmarc="pass") == 500
     assert counting.dmarc(header_from="example.com", source_ip="192.0.2.2", dmarc="fail") == 50
     assert counting.dmarc(header_from="example.com", source_ip="other", dmarc="pass") == 5
@@ -138,6 +140,7 @@ async def test_source_ips_past_the_bound_are_other_and_the_largest_keep_their_la
     restarted = Counting(tmp_path, top_sources=2)
     rows = [("192.0.2.9", 1000, "pass", "pass"), ("192.0.2.2", 1, "fail", "fail")]
     await restarted.reader.handle(_message((_dmarc("r2", rows), "r2.xml.gz")))
+    restarted.reader.flush()
     assert restarted.dmarc(header_from="example.com", source_ip="other", dmarc="pass") == 1000
     assert restarted.dmarc(header_from="example.com", source_ip="192.0.2.2", dmarc="fail") == 1
 
@@ -167,6 +170,7 @@ async def test_tls_sessions_are_counted_by_result_and_a_short_detail_list_is_oth
 ) -> None:
     for name in ("tlsrpt-rfc8460.json", "tlsrpt-mail.ru.json"):
         await counting.reader.handle(_message(((CORPUS / name).read_bytes(), f"{name}.gz")))
+    counting.reader.flush()
     assert counting.reports("tlsrpt", "counted") == 2
 
     def sessions(org: str, domain: str, result: str) -> float:
@@ -205,3 +209,29 @@ async def test_unreadable_reports_are_counted_by_reason_and_nothing_else_moves(
         )
         is None
     )
+
+
+async def test_a_new_series_shows_zero_first_and_its_count_after_the_first_seen_delay(
+    tmp_path: Path,
+) -> None:
+    # rate() and increase() need a sample before a counter's first jump: a label set's first
+    # counts wait (an hour here; flush() stands for the timer, or for the agent's stop).
+    counting = Counting(tmp_path)
+    counting.reader = ReportReader(
+        _mailbox(), store=counting.store, recorder=counting.recorder, first_seen_delay=3600.0
+    )
+    labels = {"header_from": "example.com", "source_ip": "192.0.2.1", "dmarc": "pass"}
+    rows = [("192.0.2.1", 3, "pass", "pass")]
+    await counting.reader.handle(_message((_dmarc("a", rows), "a.gz")))
+    await counting.reader.handle(_message((_dmarc("b", rows), "b.gz")))  # same labels: waits too
+    assert (
+        counting.registry.get_sample_value(
+            "deliverability_dmarc_source_messages_total", {"mailbox": BOX, **labels}
+        )
+        == 0
+    )
+    counting.reader.flush()
+    assert counting.dmarc(**labels) == 6
+    # Once its series has been seen at zero, a label set's counts are added at once.
+    await counting.reader.handle(_message((_dmarc("c", rows), "c.gz")))
+    assert counting.dmarc(**labels) == 9

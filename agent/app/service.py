@@ -192,6 +192,9 @@ class Agent:
                 # it open until its deadline (its arrival decides, else error, interrupted).
                 task.cancel()
         await _stop_watches(self._watches.values(), grace=max(0.0, drain_until - loop.time()))
+        for watch in self._watches.values():
+            if watch.reports is not None:
+                watch.reports.flush()  # counts still waiting for their series' first scrape
         tasks = [w.task for w in self._watches.values() if w.task is not None]
         if self._reaper is not None:
             self._reaper.cancel()
@@ -399,6 +402,9 @@ class Agent:
         # Stopped like at shutdown: a clean-up under way (STORE, then EXPUNGE) finishes first.
         await _stop_watches([self._watches[name] for name in changed], grace=RELOAD_CLEANUP_GRACE)
         for name in changed:
+            reports = self._watches[name].reports
+            if reports is not None:
+                reports.flush()
             del self._watches[name]
         self._declare()
         self.outcomes.refresh_in_flight()  # pairs added or removed: recount every pair once

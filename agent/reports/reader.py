@@ -12,11 +12,17 @@ The watcher hands every message of the mailbox over (again after each restart); 
    first); after that a new value gets a free place if there is one. A report's rows are taken
    largest first, so among new values the big ones win the free places. Values never lose their
    place while the agent runs, so counters stay continuous.
+
+A series created when first seen already holding the report's count would hide that count from
+`rate()` and `increase()`, which need a sample before the jump: a label set's first count creates
+its series at zero at once, and is added `first_seen_delay` later (more than any scrape interval;
+reports are daily, so minutes do not matter). `flush()` adds what is still waiting, at stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -47,6 +53,7 @@ __all__ = ["LabelCap", "ReportReader"]
 log = logging.getLogger(__name__)
 
 SUCCESS: Final = "success"
+FIRST_SEEN_DELAY: Final = 300.0  # seconds between a series' zero and its first count
 _SOURCE, _ORG, _DOMAIN = "source", "org", "domain"  # the store's volume labels
 
 
@@ -78,8 +85,14 @@ class ReportReader:
         store: ReportStore,
         recorder: Recorder,
         clock: Callable[[], float] = time.time,
+        first_seen_delay: float = FIRST_SEEN_DELAY,
     ) -> None:
         self._name = mailbox.name
+        self._first_seen_delay = first_seen_delay
+        self._created: set[DmarcCounted | TlsSessionsCounted] = set()  # label sets, count 0
+        self._waiting: list[DmarcCounted | TlsSessionsCounted] = []
+        self._waiting_keys: set[DmarcCounted | TlsSessionsCounted] = set()
+        self._timer: asyncio.TimerHandle | None = None
         self._store = store
         self._recorder = recorder
         self._clock = clock
@@ -134,10 +147,34 @@ class ReportReader:
                 self._newest[report.kind] = report.end
                 self._recorder.record(NewestReport(self._name, report.kind, report.end))
 
+    def _add(self, counted: DmarcCounted | TlsSessionsCounted) -> None:
+        key = dataclasses.replace(counted, count=0)
+        if key in self._created and key not in self._waiting_keys:
+            self._recorder.record(counted)
+            return
+        if key not in self._created:
+            self._created.add(key)
+            self._recorder.record(key)  # the series, at zero, for a scrape to see first
+        self._waiting.append(counted)
+        self._waiting_keys.add(key)
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._first_seen_delay, self.flush)
+
+    def flush(self) -> None:
+        """Add the counts still waiting for their series' first scrape (at the delay, or stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, []
+        self._waiting_keys.clear()
+        for counted in waiting:
+            self._recorder.record(counted)
+
     def _count_dmarc(self, report: DmarcReport) -> None:
         org = self._orgs.label(report.org)
         for row in sorted(report.rows, key=lambda row: -row.count):
-            self._recorder.record(
+            self._add(
                 DmarcCounted(
                     mailbox=self._name,
                     org=org,
@@ -164,7 +201,7 @@ class ReportReader:
                 (SUCCESS, policy.successful),
                 *sorted(failures.items()),
             ):
-                self._recorder.record(
+                self._add(
                     TlsSessionsCounted(
                         mailbox=self._name,
                         org=org,
