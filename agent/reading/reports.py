@@ -44,8 +44,10 @@ from agent.model import ReportKind, ReportProblem
 
 __all__ = [
     "DISPOSITIONS",
+    "INVALID",
     "MAX_REPORT_BYTES",
     "ORG_MAX",
+    "OTHER",
     "TLS_POLICY_TYPES",
     "TLS_RESULT_TYPES",
     "DmarcReport",

@@ -48,7 +48,7 @@ from agent.reading.reports import (
 )
 from agent.reports.store import CountedReport, ReportStore
 
-__all__ = ["LabelCap", "ReportReader"]
+__all__ = ["FIRST_SEEN_DELAY", "SUCCESS", "LabelCap", "ReportReader"]
 
 log = logging.getLogger(__name__)
 
