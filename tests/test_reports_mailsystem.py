@@ -21,6 +21,7 @@ from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder, Result
 from agent.reports.store import FILE_NAME
 from tests.agent_setup import AgentSetup
+from tests.imap_helpers import folder_contents
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import Account
 
@@ -64,11 +65,12 @@ async def running(config: Config) -> AsyncIterator[tuple[ReportCounter, Collecto
         await agent.stop(drain_timeout=WAIT)
 
 
-def with_report_mailbox(setup: AgentSetup, account: Account) -> Config:
+def with_report_mailbox(setup: AgentSetup, account: Account, cleanup: str = "keep") -> Config:
     setup.route("good").mailbox("seed", setup.system.new_mailbox())
     setup.mailbox(BOX, account)
     reports = setup.mailboxes.pop()
     reports["top_sources"] = 5
+    reports["cleanup"] = cleanup
     data = setup.data()
     data["report_mailboxes"] = [reports]
     path = setup.directory / "config.yaml"
@@ -179,3 +181,21 @@ async def test_reports_appended_to_a_report_mailbox_become_metrics_once_across_a
             )
             == 0
         )
+
+
+async def test_cleanup_delete_removes_read_reports_and_keeps_a_message_without_one(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    account = mail_system.new_mailbox()
+    config = with_report_mailbox(AgentSetup(mail_system, tmp_path), account, cleanup="delete")
+    outlook = (CORPUS / "dmarc-outlook.xml").read_bytes()
+    mail_system.append(account, report_message(outlook, "outlook.xml.gz"))
+    mail_system.append(account, b"Subject: not a report\r\nFrom: someone@example.com\r\n\r\nhi\r\n")
+    async with running(config) as (recorder, _):
+        await recorder.wait_for(2)
+    # stop() let the hand-over under way finish, its STORE and EXPUNGE included.
+    assert list(await folder_contents(mail_system, account)) == ["not a report"]
+    assert [(r.kind.value, r.result.value) for r in recorder.read] == [
+        ("dmarc", "counted"),
+        ("unknown", "no_report"),
+    ]

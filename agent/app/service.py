@@ -528,7 +528,7 @@ class Agent:
         self, watch: _MailboxWatch, reader: ReportReader, message: FetchedMessage
     ) -> Disposition:
         try:
-            await reader.handle(message.raw, truncated=message.truncated)
+            only_reports = await reader.handle(message.raw, truncated=message.truncated)
         except sqlite3.Error as exc:
             # Nothing was counted: the watcher hands the message over again until it is.
             log.warning(
@@ -536,7 +536,11 @@ class Agent:
             )
             return Disposition.RETRY
         mailbox = watch.mailbox
-        delete = isinstance(mailbox, ReportMailbox) and mailbox.cleanup is Cleanup.DELETE
+        delete = (
+            only_reports
+            and isinstance(mailbox, ReportMailbox)
+            and mailbox.cleanup is Cleanup.DELETE
+        )
         return Disposition.DELETE if delete else Disposition.KEEP
 
     def _on_state_for(

@@ -104,12 +104,14 @@ class ReportReader:
         for kind, end in sorted(self._newest.items()):
             recorder.record(NewestReport(name, kind, end))
 
-    async def handle(self, raw: bytes, *, truncated: bool = False) -> None:
-        """Count the reports of one message once; raises `sqlite3.Error` when the store cannot
-        be written (nothing is counted then: the caller hands the message over again)."""
+    async def handle(self, raw: bytes, *, truncated: bool = False) -> bool:
+        """Count the reports of one message once; whether the message was read now and held only
+        reports (counted or duplicates), so that `cleanup: delete` may delete it: a message with
+        an unreadable attachment stays for the operator. Raises `sqlite3.Error` when the store
+        cannot be written (nothing is counted then: the caller hands the message over again)."""
         digest = hashlib.sha256(raw).digest()
         if self._store.seen(self._name, digest):
-            return
+            return False
         # Off the event loop: a 20 MiB report takes a while to decompress and parse.
         found = await asyncio.to_thread(read_reports, raw, truncated=truncated)
         reports = [item for item in found if not isinstance(item, Unreadable)]
@@ -146,6 +148,7 @@ class ReportReader:
                 # The newest period, not the last one read: reports arrive out of order.
                 self._newest[report.kind] = report.end
                 self._recorder.record(NewestReport(self._name, report.kind, report.end))
+        return len(reports) == len(found)
 
     def _add(self, counted: DmarcCounted | TlsSessionsCounted) -> None:
         key = dataclasses.replace(counted, count=0)
