@@ -278,3 +278,10 @@ def test_a_message_without_a_report_or_cut_at_the_cap_is_one_unreadable() -> Non
     assert isinstance(cut, Unreadable) and cut.problem is ReportProblem.TRUNCATED
     [garbage] = read_reports(b"\xff\xfe\x00 not a message at all")
     assert isinstance(garbage, Unreadable)
+
+
+def test_a_dmarc_report_without_an_org_name_is_named_by_its_contact_domain() -> None:
+    # As in parsedmarc's sample "!large-example.com!...xml" (a real report, 909 KB, not kept).
+    found = parse_report(OUTLOOK.replace(b"<org_name>Outlook.com</org_name>", b"<org_name/>"))
+    assert isinstance(found, DmarcReport)
+    assert found.org == "microsoft.com"

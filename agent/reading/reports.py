@@ -251,7 +251,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     pending = data
     try:
         while pending and not inflater.eof:
-            out += inflater.decompress(pending, limit + 1 - len(out))
+            out += inflater.decompress(pending, min(_CHUNK * 16, limit + 1 - len(out)))
             if len(out) > limit:
                 raise ReportError(
                     ReportProblem.TOO_LARGE, f"gzip holds over {limit} bytes", ReportKind.UNKNOWN
@@ -344,7 +344,10 @@ def parse_dmarc(text: bytes) -> DmarcReport:
         )
     date_range = _child(meta, "date_range")
     return DmarcReport(
-        org=_org(_text(meta, "org_name")),
+        # Some reporters leave org_name empty: their contact address's domain names them.
+        org=_org(
+            _optional_text(meta, "org_name") or _optional_text(meta, "email").rpartition("@")[2]
+        ),
         report_id=_report_id(_text(meta, "report_id"), ReportKind.DMARC),
         begin=_epoch(_text(date_range, "begin")),
         end=_epoch(_text(date_range, "end")),
