@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from agent.app.service import Agent
-from agent.config import Config, load_config
+from agent.config import Config, load_config, validate_config
 from agent.model import ReportRead
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder, Result
@@ -54,13 +54,15 @@ class ReportCounter(Recorder):
 
 
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[tuple[ReportCounter, CollectorRegistry]]:
+async def running(
+    config: Config,
+) -> AsyncIterator[tuple[Agent, ReportCounter, CollectorRegistry]]:
     registry = new_registry()
     recorder = ReportCounter(registry)
     agent = Agent(config, recorder=recorder, poll_interval=0.5)
     await agent.start()
     try:
-        yield recorder, registry
+        yield agent, recorder, registry
     finally:
         await agent.stop(drain_timeout=WAIT)
 
@@ -107,7 +109,7 @@ async def test_reports_appended_to_a_report_mailbox_become_metrics_once_across_a
     laughs = b'<!DOCTYPE l [<!ENTITY l "lol"><!ENTITY l2 "&l;&l;&l;">]><feedback>&l2;</feedback>'
     mail_system.append(account, report_message(laughs, "laughs.xml.gz"))
 
-    async with running(config) as (recorder, registry):
+    async with running(config) as (_, recorder, registry):
         await recorder.wait_for(3)  # the messages already there when the folder was selected
         # One arriving while the agent watches (IDLE push or the check).
         outlook = (CORPUS / "dmarc-outlook.xml").read_bytes()
@@ -164,7 +166,7 @@ async def test_reports_appended_to_a_report_mailbox_become_metrics_once_across_a
     # report resent by its reporter (a new message, the same report id) is a duplicate, and it
     # arrives after the old messages, so awaiting it means they were handed over too.
     mail_system.append(account, report_message(outlook, "outlook-resent.xml.gz"))
-    async with running(config) as (recorder, registry):
+    async with running(config) as (_, recorder, registry):
         await recorder.wait_for(1)
         assert [(r.kind.value, r.result.value) for r in recorder.read] == [("dmarc", "duplicate")]
         assert (
@@ -191,7 +193,7 @@ async def test_cleanup_delete_removes_read_reports_and_keeps_a_message_without_o
     outlook = (CORPUS / "dmarc-outlook.xml").read_bytes()
     mail_system.append(account, report_message(outlook, "outlook.xml.gz"))
     mail_system.append(account, b"Subject: not a report\r\nFrom: someone@example.com\r\n\r\nhi\r\n")
-    async with running(config) as (recorder, _):
+    async with running(config) as (_, recorder, _):
         await recorder.wait_for(2)
     # stop() let the hand-over under way finish, its STORE and EXPUNGE included.
     assert list(await folder_contents(mail_system, account)) == ["not a report"]
@@ -199,3 +201,45 @@ async def test_cleanup_delete_removes_read_reports_and_keeps_a_message_without_o
         ("dmarc", "counted"),
         ("unknown", "no_report"),
     ]
+
+
+async def test_a_report_mailbox_added_by_a_reload_is_read_and_one_removed_loses_its_series(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    account = mail_system.new_mailbox()
+    setup = AgentSetup(mail_system, tmp_path)
+    with_report_mailbox(setup, account)  # fills the setup's route and seed mailbox
+    without = setup.data()
+    with_reports = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    outlook = (CORPUS / "dmarc-outlook.xml").read_bytes()
+    mail_system.append(account, report_message(outlook, "outlook.xml.gz"))
+
+    def reload_to(data: dict[str, object]) -> Config:
+        return validate_config(data, base_dir=tmp_path, environ={})
+
+    async with running(reload_to(without)) as (agent, recorder, registry):
+        assert (
+            registry.get_sample_value(
+                "deliverability_reports_total",
+                {"mailbox": BOX, "kind": "dmarc", "result": "counted"},
+            )
+            is None
+        )
+        await agent.reload(reload_to(with_reports))
+        await recorder.wait_for(1)
+        assert value(registry, "deliverability_reports_total", kind="dmarc", result="counted") == 1
+        await agent.reload(reload_to(without))
+        assert (
+            registry.get_sample_value(
+                "deliverability_reports_total",
+                {"mailbox": BOX, "kind": "dmarc", "result": "counted"},
+            )
+            is None
+        )
+        assert (
+            registry.get_sample_value(
+                "deliverability_report_newest_end_timestamp_seconds",
+                {"mailbox": BOX, "kind": "dmarc"},
+            )
+            is None
+        )
