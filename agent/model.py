@@ -23,6 +23,7 @@ __all__ = [
     "BounceType",
     "ConfigLoaded",
     "DkimSignature",
+    "DmarcCounted",
     "ErrorKind",
     "FoundBy",
     "ImapHealth",
@@ -31,6 +32,7 @@ __all__ = [
     "LedgerErrorKind",
     "LedgerHealth",
     "MessageSkipped",
+    "NewestReport",
     "Outcome",
     "PairInFlight",
     "ProbeError",
@@ -39,6 +41,10 @@ __all__ = [
     "ProbeSent",
     "ProbeStarted",
     "ReplyClass",
+    "ReportKind",
+    "ReportProblem",
+    "ReportRead",
+    "ReportResult",
     "SendResult",
     "SkipReason",
     "SmtpReply",
@@ -48,6 +54,7 @@ __all__ = [
     "SpamVerdict",
     "Stage",
     "TlsMode",
+    "TlsSessionsCounted",
 ]
 
 
@@ -461,3 +468,76 @@ class ConfigLoaded:
 
     ok: bool
     at: float
+
+
+# --- DMARC aggregate and SMTP TLS reports (agent.reading.reports, agent.reports) ----------------
+
+
+class ReportKind(enum.StrEnum):
+    DMARC = "dmarc"
+    TLSRPT = "tlsrpt"
+    UNKNOWN = "unknown"  # not read far enough to know
+
+
+class ReportProblem(enum.StrEnum):
+    """Why a report was skipped."""
+
+    NO_REPORT = "no_report"  # a message without any attachment that could be a report
+    TRUNCATED = "truncated"  # the message was cut at the watcher's size cap
+    TOO_LARGE = "too_large"  # decompressed past the cap (a gzip or zip bomb)
+    BAD_ARCHIVE = "bad_archive"  # a corrupt gzip or zip, or a zip without exactly one member
+    BAD_ENCODING = "bad_encoding"  # not UTF-8 where UTF-8 is declared or implied
+    FORBIDDEN_XML = "forbidden_xml"  # a DTD or entity declarations (XML bombs, external entities)
+    BAD_SYNTAX = "bad_syntax"  # neither well-formed XML nor JSON
+    BAD_FIELD = "bad_field"  # a required field missing or of the wrong type
+
+
+class ReportResult(enum.StrEnum):
+    """What became of a report; the problems of `ReportProblem` are results too."""
+
+    COUNTED = "counted"
+    DUPLICATE = "duplicate"  # the same reporter's report id was counted before
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRead:
+    """One report in a report mailbox, or one attachment that could not be read as one."""
+
+    mailbox: str
+    kind: ReportKind
+    result: ReportResult | ReportProblem
+
+
+@dataclass(frozen=True, slots=True)
+class NewestReport:
+    """The end of the period covered by the newest report of a kind counted from a mailbox."""
+
+    mailbox: str
+    kind: ReportKind
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcCounted:
+    """One row of a counted DMARC aggregate report, its labels already bounded."""
+
+    mailbox: str
+    org: str
+    header_from: str
+    disposition: str
+    dkim: bool  # aligned and passing, as the receiver evaluated it
+    spf: bool
+    source_ip: str  # one of the mailbox's top sources, or "other"
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSessionsCounted:
+    """Sessions of one policy and result in a counted TLS report, its labels already bounded."""
+
+    mailbox: str
+    org: str
+    policy_domain: str
+    policy_type: str
+    result: str  # "success", an RFC 8460 result type, or "other"
+    count: int

@@ -958,6 +958,124 @@ grid.add(
     w=24,
 )
 
+# --- DMARC aggregate and SMTP TLS reports (docs/reports.md) ---------------------------------------
+# Reports cover a day each and arrive once: counters jump when one is read, so these panels use
+# windows of days, like the alerts. Report mailboxes are not seed mailboxes: no $mailbox filter.
+_DMARC = "deliverability_dmarc_source_messages_total"
+_TLSRPT = "deliverability_tlsrpt_sessions_total"
+grid.row("DMARC and TLS reports")
+grid.add(
+    timeseries(
+        "DMARC-failing share per domain",
+        shows="Per header-from domain, the share of messages in the DMARC aggregate reports of "
+        "the last two days that failed DMARC (no aligned DKIM or SPF pass). The dashed line is "
+        "the alert threshold.",
+        when_bad="Find the failing sources in the table beside it; follow the DMARC failing "
+        "runbook (a sender of yours not signing or not in SPF, or spoofing).",
+        targets=[
+            target(
+                f'sum by (header_from) (increase({_DMARC}{{dmarc="fail"}}[2d]))'
+                f" / sum by (header_from) (increase({_DMARC}[2d]))",
+                "{{header_from}}",
+            ),
+            threshold("dmarc_fail_ratio_max"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityDmarcFailing"],
+    ),
+)
+grid.add(
+    table(
+        "DMARC messages by source IP and result (2 days)",
+        shows="Messages in the DMARC aggregate reports of the last two days by header-from "
+        "domain, source IP (the report mailbox's top sources, the rest other) and DMARC result.",
+        when_bad="A source of yours with dmarc=fail: fix its DKIM signing or add it to SPF. "
+        "Unknown sources failing: spoofing or forwarding; your DMARC policy handles them.",
+        targets=[
+            target(
+                f"sum by (header_from, source_ip, dmarc) (increase({_DMARC}[2d])) > 0",
+                instant=True,
+                table=True,
+            )
+        ],
+        renamed={"Value": "messages"},
+        alerts=["DeliverabilityDmarcFailing"],
+    ),
+)
+grid.add(
+    timeseries(
+        "TLS-RPT failing share per policy domain",
+        shows="Per policy domain, the share of TLS sessions other servers reported as failed in "
+        "the SMTP TLS reports of the last two days. The dashed line is the alert threshold.",
+        when_bad="See the failure results beside it; follow the TLS-RPT failures runbook "
+        "(certificates, STARTTLS, the MTA-STS policy host).",
+        targets=[
+            target(
+                f'sum by (policy_domain) (increase({_TLSRPT}{{result!="success"}}[2d]))'
+                f" / sum by (policy_domain) (increase({_TLSRPT}[2d]))",
+                "{{policy_domain}}",
+            ),
+            threshold("tlsrpt_failure_ratio_max"),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityTlsRptFailures"],
+    ),
+)
+grid.add(
+    table(
+        "TLS-RPT sessions by result (2 days)",
+        shows="TLS sessions in the SMTP TLS reports of the last two days by policy domain, "
+        "policy type and result (success or the RFC 8460 failure result type).",
+        when_bad="certificate-*: renew or fix the MX certificates; starttls-not-supported: "
+        "re-enable STARTTLS; sts-policy-*: fix the MTA-STS policy host or file.",
+        targets=[
+            target(
+                f"sum by (policy_domain, policy_type, result) (increase({_TLSRPT}[2d])) > 0",
+                instant=True,
+                table=True,
+            )
+        ],
+        renamed={"Value": "sessions"},
+        alerts=["DeliverabilityTlsRptFailures"],
+    ),
+)
+grid.add(
+    timeseries(
+        "Reports read by kind and result",
+        shows="Reports read from the report mailboxes: counted, duplicate (resent by the "
+        "reporter) or skipped, by reason (malformed, too large, forbidden XML, no report).",
+        when_bad="Skipped reports: the agent's log names each one and why (warning 'skipped a "
+        "... report'). forbidden_xml or too_large in numbers: someone is mailing hostile "
+        "attachments to the report address.",
+        targets=[
+            target(
+                "sum by (kind, result) (increase(deliverability_reports_total"
+                "[$__rate_interval])) > 0",
+                "{{kind}} {{result}}",
+            )
+        ],
+        bars=True,
+    ),
+    w=16,
+)
+grid.add(
+    stat(
+        "Newest report's period ended",
+        shows="Per kind, time since the end of the period of the newest report counted: a "
+        "day or two is normal (reports cover a day and arrive hours later).",
+        when_bad="Several days: reports stopped arriving. Check the rua= addresses in your "
+        "_dmarc and _smtp._tls records and the report mailbox's IMAP connection.",
+        targets=[
+            target(
+                "time() - max by (kind) (deliverability_report_newest_end_timestamp_seconds)",
+                "{{kind}}",
+            )
+        ],
+        unit="s",
+    ),
+    w=8,
+)
+
 dashboard = Dashboard(
     title="Deliverability overview",
     uid="deliverability-overview",

@@ -16,6 +16,8 @@ import yaml
 from agent import model
 from agent.dns.records import Alignment, DmarcPolicy, DnsCheck
 from agent.monitoring import catalog as metrics
+from agent.reading.reports import DISPOSITIONS, OTHER, TLS_POLICY_TYPES, TLS_RESULT_TYPES
+from agent.reports.reader import SUCCESS
 from tests.promql import selectors
 
 __all__ = [
@@ -207,6 +209,15 @@ def vocabulary() -> Vocabulary:
         (metrics.DMARC_POLICY_INFO.name, "aspf"): enum_values(Alignment),
         (metrics.SPAM_VERDICTS.name, "source"): enum_values(model.SpamSource),
         (metrics.SPAM_VERDICTS.name, "category"): enum_values(model.SpamCategory),
+        (metrics.REPORTS.name, "kind"): enum_values(model.ReportKind),
+        (metrics.REPORTS.name, "result"): enum_values(model.ReportResult, model.ReportProblem),
+        (metrics.DMARC_MESSAGES.name, "disposition"): frozenset({*DISPOSITIONS, OTHER}),
+        (metrics.DMARC_MESSAGES.name, "dkim"): frozenset({"pass", "fail"}),
+        (metrics.DMARC_MESSAGES.name, "spf"): frozenset({"pass", "fail"}),
+        (metrics.DMARC_SOURCE_MESSAGES.name, "dmarc"): frozenset({"pass", "fail"}),
+        (metrics.TLSRPT_SESSIONS.name, "policy_type"): frozenset({*TLS_POLICY_TYPES, OTHER}),
+        (metrics.TLSRPT_SESSIONS.name, "result"): frozenset({SUCCESS, *TLS_RESULT_TYPES, OTHER}),
+        (metrics.REPORT_NEWEST_END.name, "kind"): enum_values(model.ReportKind),
         **{
             (f"{metrics.SPAM_SCORE.name}{suffix}", "source"): enum_values(model.SpamSource)
             for suffix in ("_bucket", "_sum", "_count")

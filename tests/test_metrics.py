@@ -39,6 +39,7 @@ from agent.model import (
     BounceSource,
     BounceType,
     ConfigLoaded,
+    DmarcCounted,
     ErrorKind,
     FoundBy,
     ImapHealth,
@@ -47,12 +48,17 @@ from agent.model import (
     LedgerErrorKind,
     LedgerHealth,
     MessageSkipped,
+    NewestReport,
     Outcome,
     PairInFlight,
     ProbeError,
     ProbeFinished,
     ProbeLate,
     ProbeSent,
+    ReportKind,
+    ReportProblem,
+    ReportRead,
+    ReportResult,
     SendResult,
     SkipReason,
     SmtpReply,
@@ -61,6 +67,7 @@ from agent.model import (
     SpamSource,
     SpamVerdict,
     Stage,
+    TlsSessionsCounted,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -85,6 +92,7 @@ T0 = 1_700_000_000.0
 ROUTE = "submission"
 GMAIL = "gmail-seed"
 OUTLOOK = "outlook-seed"
+REPORTS_BOX = "dmarc-reports"
 PROBE_ID = "pr0be-5f2c9a"  # appears in reply text, as real servers echo queue ids
 
 ACCEPTED = SendResult(
@@ -194,6 +202,7 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     """The results the golden file shows: one route, two seed mailboxes, every kind of event."""
     recorder.declare(
         [(ROUTE, GMAIL), (ROUTE, OUTLOOK)],
+        report_mailboxes=[REPORTS_BOX],
         route_providers={ROUTE: "microsoft365"},
         mailbox_providers={GMAIL: "gmail", OUTLOOK: "outlook"},
     )
@@ -249,6 +258,21 @@ def play_fixed_sequence(recorder: Recorder) -> None:
         [(SENDING_IP, ZONE)],
     )
     recorder.record(DNS_REPORT)
+    recorder.record(ReportRead(REPORTS_BOX, ReportKind.DMARC, ReportResult.COUNTED))
+    recorder.record(ReportRead(REPORTS_BOX, ReportKind.DMARC, ReportProblem.FORBIDDEN_XML))
+    recorder.record(NewestReport(REPORTS_BOX, ReportKind.DMARC, T0 - 3600.0))
+    recorder.record(
+        DmarcCounted(REPORTS_BOX, "google.com", "example.com", "none", True, False, "192.0.2.1", 7)
+    )
+    recorder.record(
+        DmarcCounted(REPORTS_BOX, "google.com", "example.com", "reject", False, False, "other", 2)
+    )
+    recorder.record(
+        TlsSessionsCounted(REPORTS_BOX, "Company-X", "example.com", "sts", "success", 5326)
+    )
+    recorder.record(
+        TlsSessionsCounted(REPORTS_BOX, "Company-X", "example.com", "sts", "certificate-expired", 3)
+    )
 
 
 def test_metrics_exposition_matches_golden_file(
@@ -333,6 +357,10 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in InboxCategory}
         | {str(m) for m in (*SpamSource, *SpamCategory)}
         | set(PROFILES)
+        | {str(m) for m in (*ReportKind, *ReportResult, *ReportProblem)}
+        # Report labels are bounded by the reader (top N per report mailbox, the rest "other").
+        | {REPORTS_BOX, "google.com", "example.com", "192.0.2.1", "other", "Company-X"}
+        | {"none", "reject", "pass", "fail", "sts", "success", "certificate-expired"}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():

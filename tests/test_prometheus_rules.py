@@ -74,6 +74,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
         "dns.test.yml",
         "placement.test.yml",
         "recording.test.yml",
+        "reports.test.yml",
         "smtp.test.yml",
     ]
     # One promtool per file, concurrently: the suite stays fast on two cores.
@@ -294,6 +295,8 @@ def test_the_issue_s_alerts_are_all_there() -> None:
         "DeliverabilitySendingIpBlocklisted",
         "DeliverabilityDnsRecordBroken",
         "DeliverabilityDnsChecksFailing",
+        "DeliverabilityDmarcFailing",
+        "DeliverabilityTlsRptFailures",
     }
     spike = next(r for r in ALERTS if r.alert == "DeliverabilitySmtp5xxSpike")
     assert "avg_over_time" in spike.expr  # relative to the route's own baseline

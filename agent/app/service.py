@@ -9,9 +9,11 @@ through `Outcomes`, which writes the ledger first and the metrics second.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from agent.config import Config, Mailbox, StartMode
+from agent.config import Cleanup, Config, Mailbox, ReportMailbox, StartMode
 from agent.dns.checks import declare_dns_series, run_dns_checks
 from agent.imap import (
     Disposition,
@@ -40,6 +42,7 @@ from agent.probing.prober import Prober
 from agent.probing.reaper import reap
 from agent.probing.targets import imap_target
 from agent.reading.probe_token import KeyRing
+from agent.reports import ReportReader, ReportStore
 from agent.smtp.replies import verdict_of
 from agent.store.ledger import Ledger, LedgerError, ProbeState
 
@@ -52,6 +55,15 @@ PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
 RELOAD_CLEANUP_GRACE = 30.0  # seconds a reload waits for a changed mailbox's clean-up under way
 PRUNE_BATCH = 2000  # rows a prune deletes before letting the event loop run (tens of ms)
 DETECT_BACKOFF_MAX = 300.0
+# A report mailbox's messages are read whole up to this size: a zipped report of a large sender
+# is a few MiB, base64 adds a third, and the parser caps a decompressed report at 20 MiB.
+REPORT_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class _Role(enum.Enum):
+    SEED = "seed"
+    BOUNCES = "bounces"  # its messages are read as bounces, not as probes
+    REPORTS = "reports"  # DMARC aggregate and SMTP TLS reports
 
 
 @dataclass
@@ -59,7 +71,8 @@ class _MailboxWatch:
     """The watchers of one seed mailbox, and what they found out about its folders."""
 
     mailbox: Mailbox
-    bounces: bool = False  # a bounce mailbox: its messages are read as bounces, not as probes
+    role: _Role = _Role.SEED
+    reports: ReportReader | None = None  # for a report mailbox
     junk: str | None = None
     task: asyncio.Task[None] | None = None
     watchers: list[FolderWatcher] = field(default_factory=list)  # once its folders are known
@@ -99,6 +112,7 @@ class Agent:
         self._reaper: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[str]] = set()
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.report_store: ReportStore | None = None  # opened with the first report mailbox
         self.started = False
         self.draining = False
         # Set after each deadline and retention sweep, for whoever waits for one (tests do).
@@ -117,27 +131,37 @@ class Agent:
         """Recover probes left by a previous run, declare series, start watchers and the reaper."""
         self._declare()
         self._recover()
-        for mailbox, bounces in _watched_mailboxes(self.config).values():
-            self._start_watch(mailbox, bounces=bounces)
+        for mailbox, role in _watched_mailboxes(self.config).values():
+            self._start_watch(mailbox, role=role)
         self._reaper = asyncio.create_task(self._reap_forever(), name="reaper")
         self.started = True
 
     def _declare(self) -> None:
         pairs = [(route.name, mailbox.name) for route, mailbox in self.config.pairs()]
         bounce_names = [mailbox.name for mailbox in self.config.bounce_mailboxes]
+        report_names = [mailbox.name for mailbox in self.config.report_mailboxes]
         self.recorder.declare(
             pairs,
             bounce_mailboxes=bounce_names,
+            report_mailboxes=report_names,
             route_providers={route.name: route.provider for route in self.config.routes},
             mailbox_providers={
                 mailbox.name: mailbox.provider
-                for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes)
+                for mailbox in (
+                    *self.config.mailboxes,
+                    *self.config.bounce_mailboxes,
+                    *self.config.report_mailboxes,
+                )
             },
         )
         declare_dns_series(self.config, self.recorder)
         # Only the configured pairs: declare() just removed the series of the others.
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))
-        for mailbox in (*self.config.mailboxes, *self.config.bounce_mailboxes):
+        for mailbox in (
+            *self.config.mailboxes,
+            *self.config.bounce_mailboxes,
+            *self.config.report_mailboxes,
+        ):
             if mailbox.name not in self._watches:
                 self.recorder.record(ImapHealth(mailbox.name, up=False))
 
@@ -181,6 +205,9 @@ class Agent:
                 # it open until its deadline (its arrival decides, else error, interrupted).
                 task.cancel()
         await _stop_watches(self._watches.values(), grace=max(0.0, drain_until - loop.time()))
+        for watch in self._watches.values():
+            if watch.reports is not None:
+                watch.reports.flush()  # counts still waiting for their series' first scrape
         tasks = [w.task for w in self._watches.values() if w.task is not None]
         if self._reaper is not None:
             self._reaper.cancel()
@@ -188,6 +215,9 @@ class Agent:
         await asyncio.gather(*tasks, *self._sending, return_exceptions=True)
         self._watches.clear()
         self.ledger.close()
+        if self.report_store is not None:
+            self.report_store.close()
+            self.report_store = None
         self.started = False
 
     # --- probing --------------------------------------------------------------------------------
@@ -385,12 +415,15 @@ class Agent:
         # Stopped like at shutdown: a clean-up under way (STORE, then EXPUNGE) finishes first.
         await _stop_watches([self._watches[name] for name in changed], grace=RELOAD_CLEANUP_GRACE)
         for name in changed:
+            reports = self._watches[name].reports
+            if reports is not None:
+                reports.flush()
             del self._watches[name]
         self._declare()
         self.outcomes.refresh_in_flight()  # pairs added or removed: recount every pair once
-        for name, (mailbox, bounces) in new_mailboxes.items():
+        for name, (mailbox, role) in new_mailboxes.items():
             if name not in self._watches:
-                self._start_watch(mailbox, bounces=bounces)
+                self._start_watch(mailbox, role=role)
         if rescheduling:
             self.schedule()
 
@@ -413,8 +446,12 @@ class Agent:
 
     # --- watching -------------------------------------------------------------------------------
 
-    def _start_watch(self, mailbox: Mailbox, *, bounces: bool = False) -> None:
-        watch = _MailboxWatch(mailbox, bounces=bounces)
+    def _start_watch(self, mailbox: Mailbox, *, role: _Role = _Role.SEED) -> None:
+        watch = _MailboxWatch(mailbox, role=role)
+        if isinstance(mailbox, ReportMailbox) and role is _Role.REPORTS:
+            if self.report_store is None:
+                self.report_store = ReportStore.in_state_dir(self.config.state_dir)
+            watch.reports = ReportReader(mailbox, store=self.report_store, recorder=self.recorder)
         watch.task = asyncio.create_task(self._watch_mailbox(watch), name=f"watch:{mailbox.name}")
         self._watches[mailbox.name] = watch
 
@@ -458,8 +495,9 @@ class Agent:
                 use_idle=self._use_idle,
                 poll_interval=self._poll_interval,
                 idle_check_interval=mailbox.idle_check_interval,
-                # Gmail tabs exist in the inbox only, and mean nothing for bounces.
-                inbox_categories=folder == mailbox.folders.inbox and not watch.bounces,
+                max_message_bytes=REPORT_MESSAGE_BYTES if watch.reports else 1_048_576,
+                # Gmail tabs exist in the inbox only, and mean nothing for bounces or reports.
+                inbox_categories=folder == mailbox.folders.inbox and watch.role is _Role.SEED,
             )
             for folder in names
         ]
@@ -470,8 +508,10 @@ class Agent:
 
     def _on_message_for(self, watch: _MailboxWatch) -> OnMessage:
         async def on_message(message: FetchedMessage) -> Disposition:
+            if watch.reports is not None:
+                return await self._on_report(watch, watch.reports, message)
             try:
-                if watch.bounces:
+                if watch.role is _Role.BOUNCES:
                     delete = self.matcher.handle_bounce(
                         self.config, watch.mailbox, message.raw, seen_at=message.seen_at
                     )
@@ -496,6 +536,25 @@ class Agent:
             return Disposition.DELETE if delete else Disposition.KEEP
 
         return on_message
+
+    async def _on_report(
+        self, watch: _MailboxWatch, reader: ReportReader, message: FetchedMessage
+    ) -> Disposition:
+        try:
+            only_reports = await reader.handle(message.raw, truncated=message.truncated)
+        except sqlite3.Error as exc:
+            # Nothing was counted: the watcher hands the message over again until it is.
+            log.warning(
+                "report mailbox %s: message kept to be read again: %s", watch.mailbox.name, exc
+            )
+            return Disposition.RETRY
+        mailbox = watch.mailbox
+        delete = (
+            only_reports
+            and isinstance(mailbox, ReportMailbox)
+            and mailbox.cleanup is Cleanup.DELETE
+        )
+        return Disposition.DELETE if delete else Disposition.KEEP
 
     def _on_state_for(
         self, watch: _MailboxWatch, folder: str
@@ -541,10 +600,11 @@ async def _stop_watches(watches: Iterable[_MailboxWatch], *, grace: float) -> No
     await asyncio.gather(*running, return_exceptions=True)
 
 
-def _watched_mailboxes(config: Config) -> dict[str, tuple[Mailbox, bool]]:
-    """Every mailbox to watch, by name, with whether it is a bounce mailbox."""
-    watched = {mailbox.name: (mailbox, False) for mailbox in config.mailboxes}
-    watched.update((mailbox.name, (mailbox, True)) for mailbox in config.bounce_mailboxes)
+def _watched_mailboxes(config: Config) -> dict[str, tuple[Mailbox, _Role]]:
+    """Every mailbox to watch, by name, with what its messages are."""
+    watched = {mailbox.name: (mailbox, _Role.SEED) for mailbox in config.mailboxes}
+    watched.update((mailbox.name, (mailbox, _Role.BOUNCES)) for mailbox in config.bounce_mailboxes)
+    watched.update((mailbox.name, (mailbox, _Role.REPORTS)) for mailbox in config.report_mailboxes)
     return watched
 
 

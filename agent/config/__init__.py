@@ -26,6 +26,7 @@ from agent.config.models import (
     Mailbox,
     PairRef,
     Probes,
+    ReportMailbox,
     Route,
     Timeouts,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "Nameserver",
     "PairRef",
     "Probes",
+    "ReportMailbox",
     "Route",
     "Sandbox",
     "SandboxBounce",

@@ -67,6 +67,7 @@ __all__ = [
     "Mailbox",
     "PairRef",
     "Probes",
+    "ReportMailbox",
     "Route",
     "Timeouts",
 ]
@@ -306,6 +307,21 @@ class Mailbox(_Model):
                 problems.add(("auth",), problem)
 
 
+_Limit = Annotated[int, Field(ge=1, le=1000)]
+
+
+class ReportMailbox(Mailbox):
+    """A mailbox that receives DMARC aggregate (rua) and SMTP TLS (TLSRPT rua) reports: read,
+    counted as metrics (agent.reports), never probed."""
+
+    # Each bound keeps the values with the most messages (or sessions) so far, the rest `other`:
+    # how many source IPs, reporting organisations and domains get a label of their own.
+    top_sources: _Limit = 20
+    max_orgs: _Limit = 20
+    max_domains: _Limit = 20
+    cleanup: Cleanup = Cleanup.KEEP  # keep a read report in the mailbox, or delete it
+
+
 class PairRef(_Model):
     """One route -> mailbox combination to probe."""
 
@@ -457,6 +473,8 @@ class Config(_Model):
     probes: Probes = Field(default_factory=Probes)
     # Mailboxes that receive bounces (DSNs) for routes' probes; never probed as seeds.
     bounce_mailboxes: tuple[Mailbox, ...] = ()
+    # Mailboxes that receive DMARC aggregate and SMTP TLS reports; never probed.
+    report_mailboxes: tuple[ReportMailbox, ...] = ()
     sandbox: Sandbox | None = None  # a local demo mail provider, started by the agent
     http: Http = Field(default_factory=Http)
     dns: Dns | None = None  # DNS checks of the sending setup; None: no DNS checks
@@ -485,6 +503,7 @@ class Config(_Model):
                 problems.add((key,), f"expected a list of at least one {kind}")
             _duplicates(data.get(key), kind, key, problems)
         _check_bounce_mailboxes(data, problems)
+        _check_report_mailboxes(data, problems)
         probes = data.get("probes")
         if isinstance(probes, Mapping):
             _check_pairs(
@@ -513,6 +532,13 @@ class Config(_Model):
     def mailbox(self, name: str) -> Mailbox:
         """The mailbox called `name`; KeyError if there is none."""
         for mailbox in self.mailboxes:
+            if mailbox.name == name:
+                return mailbox
+        raise KeyError(name)
+
+    def report_mailbox(self, name: str) -> ReportMailbox:
+        """The report mailbox called `name`; KeyError if there is none."""
+        for mailbox in self.report_mailboxes:
             if mailbox.name == name:
                 return mailbox
         raise KeyError(name)
@@ -576,6 +602,24 @@ def _check_bounce_mailboxes(data: Mapping[str, Any], problems: _Problems) -> Non
                     "tag and RFC 5321 allows 64 (or set verp: false)",
                     got=f"{wanted} ({local!r} has {len(local)})",
                 )
+
+
+def _check_report_mailboxes(data: Mapping[str, Any], problems: _Problems) -> None:
+    """Report mailboxes: unique names, none shared with a seed or bounce mailbox."""
+    reports = data.get("report_mailboxes")
+    _duplicates(reports, "report mailbox", "report_mailboxes", problems)
+    others = {
+        **{name: "bounce mailbox" for name in _names(data.get("bounce_mailboxes"))},
+        **{name: "seed mailbox" for name in _names(data.get("mailboxes"))},
+    }
+    for index, entry in enumerate(reports if isinstance(reports, list) else []):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and name in others:
+            problems.add(
+                ("report_mailboxes", index, "name"),
+                f"expected a name no other mailbox uses (a {others[name]} has it)",
+                got=name,
+            )
 
 
 def _check_pairs(pairs: Any, routes: list[str], mailboxes: list[str], problems: _Problems) -> None:

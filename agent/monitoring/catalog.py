@@ -29,7 +29,9 @@ __all__ = [
     "CONTENT_TYPE",
     "DELIVERY_SECONDS",
     "DKIM_KEY_BITS",
+    "DMARC_MESSAGES",
     "DMARC_POLICY_INFO",
+    "DMARC_SOURCE_MESSAGES",
     "DNSBL_LISTED",
     "DNS_CHECK_DURATION",
     "DNS_CHECK_ERRORS",
@@ -49,6 +51,8 @@ __all__ = [
     "PROBES_FOUND",
     "PROBES_IN_FLIGHT",
     "PROBES_SENT",
+    "REPORTS",
+    "REPORT_NEWEST_END",
     "ROUTE_INFO",
     "SCHEDULER_LAG_SECONDS",
     "SMTP_ERRORS",
@@ -58,6 +62,7 @@ __all__ = [
     "SPAM_SCORE_BUCKETS",
     "SPAM_VERDICTS",
     "SPF_DNS_LOOKUPS",
+    "TLSRPT_SESSIONS",
     "TLS_CERT_EXPIRY",
     "TLS_VERSION_INFO",
     "MetricKind",
@@ -351,6 +356,46 @@ SCHEDULER_LAG_SECONDS = MetricSpec(
     SCHEDULER_LAG_BUCKETS,
 )
 
+# DMARC aggregate and SMTP TLS reports read from report mailboxes (agent.reports). Reports each
+# cover a period (usually a day) and arrive once: counters grow by a report's counts when it is
+# counted, so increase() over a window longer than the reporting period gives volumes and shares;
+# only the newest period's end is a gauge. Labels are bounded per report mailbox (the top
+# sources, organisations and domains by volume, the rest `other`) and created when first seen.
+REPORTS = MetricSpec(
+    "deliverability_reports_total",
+    MetricKind.COUNTER,
+    "Reports read from a report mailbox by kind and result: counted, duplicate (the reporter's "
+    "report id was counted before) or why one was skipped.",
+    ("mailbox", "kind", "result"),
+)
+DMARC_MESSAGES = MetricSpec(
+    "deliverability_dmarc_messages_total",
+    MetricKind.COUNTER,
+    "Messages in counted DMARC aggregate reports by reporting organisation, header-from domain, "
+    "disposition and aligned DKIM and SPF result.",
+    ("mailbox", "org", "header_from", "disposition", "dkim", "spf"),
+)
+DMARC_SOURCE_MESSAGES = MetricSpec(
+    "deliverability_dmarc_source_messages_total",
+    MetricKind.COUNTER,
+    "Messages in counted DMARC aggregate reports by header-from domain, source IP (the report "
+    "mailbox's top sources by volume, the rest other) and DMARC result.",
+    ("mailbox", "header_from", "source_ip", "dmarc"),
+)
+TLSRPT_SESSIONS = MetricSpec(
+    "deliverability_tlsrpt_sessions_total",
+    MetricKind.COUNTER,
+    "TLS sessions in counted SMTP TLS reports by reporting organisation, policy domain, policy "
+    "type and result (success or the failure's result type).",
+    ("mailbox", "org", "policy_domain", "policy_type", "result"),
+)
+REPORT_NEWEST_END = MetricSpec(
+    "deliverability_report_newest_end_timestamp_seconds",
+    MetricKind.GAUGE,
+    "End of the period covered by the newest counted report of the kind, as a Unix time.",
+    ("mailbox", "kind"),
+)
+
 CATALOG: tuple[MetricSpec, ...] = (
     PROBES,
     PROBES_SENT,
@@ -388,6 +433,11 @@ CATALOG: tuple[MetricSpec, ...] = (
     SPF_DNS_LOOKUPS,
     DKIM_KEY_BITS,
     DMARC_POLICY_INFO,
+    REPORTS,
+    DMARC_MESSAGES,
+    DMARC_SOURCE_MESSAGES,
+    TLSRPT_SESSIONS,
+    REPORT_NEWEST_END,
 )
 
 

@@ -26,6 +26,7 @@ from agent.model import (
     BounceSource,
     BounceType,
     ConfigLoaded,
+    DmarcCounted,
     ErrorKind,
     FoundBy,
     ImapHealth,
@@ -34,12 +35,17 @@ from agent.model import (
     LedgerErrorKind,
     LedgerHealth,
     MessageSkipped,
+    NewestReport,
     Outcome,
     PairInFlight,
     ProbeFinished,
     ProbeLate,
     ProbeSent,
     ProbeStarted,
+    ReportKind,
+    ReportProblem,
+    ReportRead,
+    ReportResult,
     SendResult,
     SkipReason,
     SmtpTransaction,
@@ -47,6 +53,7 @@ from agent.model import (
     SpamSource,
     SpamVerdict,
     Stage,
+    TlsSessionsCounted,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -57,7 +64,9 @@ from agent.monitoring.catalog import (
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     DELIVERY_SECONDS,
     DKIM_KEY_BITS,
+    DMARC_MESSAGES,
     DMARC_POLICY_INFO,
+    DMARC_SOURCE_MESSAGES,
     DNS_CHECK_DURATION,
     DNS_CHECK_ERRORS,
     DNS_CHECK_OK,
@@ -76,6 +85,8 @@ from agent.monitoring.catalog import (
     PROBES_FOUND,
     PROBES_IN_FLIGHT,
     PROBES_SENT,
+    REPORT_NEWEST_END,
+    REPORTS,
     ROUTE_INFO,
     SCHEDULER_LAG_SECONDS,
     SMTP_ERRORS,
@@ -86,6 +97,7 @@ from agent.monitoring.catalog import (
     SPF_DNS_LOOKUPS,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
+    TLSRPT_SESSIONS,
     MetricKind,
     MetricSpec,
 )
@@ -106,6 +118,10 @@ Result = (
     | ConfigLoaded
     | ProbeStarted
     | DnsReport
+    | ReportRead
+    | NewestReport
+    | DmarcCounted
+    | TlsSessionsCounted
 )
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
@@ -200,21 +216,27 @@ class Recorder:
         bounce_mailboxes: Iterable[str] = (),
         route_providers: Mapping[str, str] | None = None,
         mailbox_providers: Mapping[str, str] | None = None,
+        report_mailboxes: Iterable[str] = (),
     ) -> None:
         """Pre-create every bounded series of the configured (route, mailbox) pairs at zero, and
         remove the series of routes, mailboxes and pairs no longer configured. Call at start and on
         every successful reload. Existing values of pairs still configured are kept. Bounce
-        mailboxes get the per-mailbox series (IMAP health, malformed and forged messages). Each
+        mailboxes get the per-mailbox series (IMAP health, malformed and forged messages); report
+        mailboxes their IMAP health and report counts (the rest of their series when seen). Each
         route and mailbox gets one info series with its provider (absent from the maps: other)."""
+        report_mailboxes = tuple(dict.fromkeys(report_mailboxes))
         ordered = tuple(dict.fromkeys(pairs))
         pair_set = set(ordered)
         routes = tuple(dict.fromkeys(route for route, _ in ordered))
         mailboxes = tuple(dict.fromkeys([*(mailbox for _, mailbox in ordered), *bounce_mailboxes]))
-        route_set, mailbox_set = set(routes), set(mailboxes)
+        route_set, mailbox_set = set(routes), {*mailboxes, *report_mailboxes}
         # One info series per route and per mailbox, never per pair (the series budget).
         info: dict[MetricSpec, set[tuple[str, str]]] = {
             ROUTE_INFO: {(r, (route_providers or {}).get(r, "other")) for r in routes},
-            MAILBOX_INFO: {(m, (mailbox_providers or {}).get(m, "other")) for m in mailboxes},
+            MAILBOX_INFO: {
+                (m, (mailbox_providers or {}).get(m, "other"))
+                for m in (*mailboxes, *report_mailboxes)
+            },
         }
 
         for spec in CATALOG:
@@ -271,6 +293,13 @@ class Recorder:
             for imap_kind in ErrorKind:
                 self._c(IMAP_ERRORS, mailbox, imap_kind.value)
             self._c(MALFORMED_MESSAGES, mailbox)
+        for mailbox in report_mailboxes:
+            self._g(IMAP_UP, mailbox)
+            for imap_kind in ErrorKind:
+                self._c(IMAP_ERRORS, mailbox, imap_kind.value)
+            for report_kind in ReportKind:
+                for report_result in (*ReportResult, *ReportProblem):
+                    self._c(REPORTS, mailbox, report_kind.value, report_result.value)
         self._pairs = ordered
         self._declared_pairs = frozenset(ordered)
 
@@ -333,6 +362,8 @@ class Recorder:
                 self._histograms[SCHEDULER_LAG_SECONDS.name].observe(max(0.0, lag_seconds))
             case DnsReport():
                 self._dns_report(result)
+            case ReportRead() | NewestReport() | DmarcCounted() | TlsSessionsCounted():
+                self._report(result)
 
     # -- probes -----------------------------------------------------------------------------------
 
@@ -461,6 +492,45 @@ class Recorder:
     def _malformed_message(self, mailbox: str) -> None:
         self._c(MALFORMED_MESSAGES, mailbox).inc()
 
+    # -- DMARC aggregate and SMTP TLS reports ----------------------------------------------------
+
+    def _report(
+        self, result: ReportRead | NewestReport | DmarcCounted | TlsSessionsCounted
+    ) -> None:
+        """One report read, or one row of a counted report (the caller counts each report once
+        and bounds the labels)."""
+        match result:
+            case ReportRead(mailbox, kind, outcome):
+                self._c(REPORTS, mailbox, kind.value, outcome.value).inc()
+            case NewestReport(mailbox, kind, end):
+                self._g(REPORT_NEWEST_END, mailbox, kind.value).set(end)
+            case DmarcCounted():
+                self._c(
+                    DMARC_MESSAGES,
+                    result.mailbox,
+                    result.org,
+                    result.header_from,
+                    result.disposition,
+                    _pass_fail(result.dkim),
+                    _pass_fail(result.spf),
+                ).inc(result.count)
+                self._c(
+                    DMARC_SOURCE_MESSAGES,
+                    result.mailbox,
+                    result.header_from,
+                    result.source_ip,
+                    _pass_fail(result.dkim or result.spf),
+                ).inc(result.count)
+            case TlsSessionsCounted():
+                self._c(
+                    TLSRPT_SESSIONS,
+                    result.mailbox,
+                    result.org,
+                    result.policy_domain,
+                    result.policy_type,
+                    result.result,
+                ).inc(result.count)
+
     # -- DNS checks -------------------------------------------------------------------------------
 
     def declare_dns(
@@ -537,3 +607,7 @@ class Recorder:
                 self._remove(DMARC_POLICY_INFO, values)
         for values in policies.values():
             self._g(DMARC_POLICY_INFO, *values).set(1)
+
+
+def _pass_fail(passed: bool) -> str:
+    return "pass" if passed else "fail"
