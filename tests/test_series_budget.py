@@ -51,7 +51,7 @@ from agent.model import (
     SpamVerdict,
     Stage,
 )
-from agent.monitoring.catalog import CATALOG, new_registry
+from agent.monitoring.catalog import CATALOG, exposition, new_registry
 from agent.monitoring.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,6 +378,8 @@ def test_series_budget_holds_after_a_realistic_day_per_family_and_per_pair() -> 
     counted = series_by_family(registry)
     expected = {name: count for name, count in _expected(seen).items() if count}
     assert dict(counted) == expected
+    lines = [line for line in exposition(registry).splitlines() if not line.startswith(b"#")]
+    assert len(lines) == sum(counted.values())  # what /metrics serves
     # Every outcome happened, and what is created when first seen was seen at all.
     assert all(_SEEN[name](seen) for name in _SEEN)
 
