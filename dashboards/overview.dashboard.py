@@ -128,13 +128,15 @@ grid.add(
     stat(
         "Delivery latency p95",
         shows="95th percentile of the time from the server accepting a probe to its arrival in "
-        "the seed mailbox, over the last hour, across the selected pairs.",
-        when_bad="Find the slow pair in the latency panels; queues at the route or greylisting "
-        "at the receiver are the usual causes.",
+        "the seed mailbox, over the last hour, across the selected seed mailboxes (the latency "
+        "buckets are per mailbox, all routes together).",
+        when_bad="Find the slow mailbox in the latency panels and the slow route in the mean "
+        "latency per route; queues at the route or greylisting at the receiver are the usual "
+        "causes.",
         targets=[
             target(
                 "histogram_quantile(0.95, sum by (le) ("
-                f"route_mailbox_le:deliverability_delivery_seconds_bucket:rate1h{{{PAIR}}}))"
+                f"mailbox_le:deliverability_delivery_seconds_bucket:rate1h{{{MAILBOX}}}))"
             )
         ],
         unit="s",
@@ -281,7 +283,7 @@ grid.add(
         targets=[
             target(
                 "sum by (mailbox, category) (increase(deliverability_inbox_category_total"
-                f"{{{PAIR}}}[1h]))",
+                f"{{{MAILBOX}}}[1h]))",
                 "{{mailbox}} {{category}}",
             )
         ],
@@ -293,16 +295,18 @@ grid.add(
 grid.row("Delivery latency")
 grid.add(
     timeseries(
-        "Delivery latency p50 / p95 / p99 per route",
+        "Delivery latency p50 / p95 / p99 per seed mailbox",
         shows="Time from the server accepting a probe to its arrival in the seed mailbox, "
-        "percentiles per route over a sliding hour. The dashed line is the p95 alert threshold.",
+        "percentiles per seed mailbox (all routes together) over a sliding hour. The dashed "
+        "line is the p95 alert threshold.",
         when_bad="p50 fine but p99 high: a few slow deliveries (greylisting, retries). All high: "
-        "queueing at the route or the receiver. Follow the latency runbook.",
+        "queueing at the route or the receiver; the mean per route says which route. Follow "
+        "the latency runbook.",
         targets=[
             target(
-                f"histogram_quantile({q}, sum by (route, le) ("
-                f"route_mailbox_le:deliverability_delivery_seconds_bucket:rate1h{{{PAIR}}}))",
-                f"{{{{route}}}} p{label}",
+                f"histogram_quantile({q}, sum by (mailbox, le) ("
+                f"mailbox_le:deliverability_delivery_seconds_bucket:rate1h{{{MAILBOX}}}))",
+                f"{{{{mailbox}}}} p{label}",
             )
             for q, label in (("0.5", "50"), ("0.95", "95"), ("0.99", "99"))
         ]
@@ -312,15 +316,35 @@ grid.add(
     )
 )
 grid.add(
+    timeseries(
+        "Mean delivery latency per route",
+        shows="Mean time from the server accepting a probe to its arrival, per route over the "
+        "selected seed mailboxes, over a sliding hour (each pair keeps a count and a sum, not "
+        "buckets: the series budget).",
+        when_bad="One route above the others at every mailbox: that route queues or is "
+        "throttled. Every route slow: look at the mailbox percentiles instead.",
+        targets=[
+            target(
+                "sum by (route) (rate(deliverability_pair_delivery_seconds_sum"
+                f"{{{PAIR}}}[1h])) / sum by (route) (rate("
+                f"deliverability_pair_delivery_seconds_count{{{PAIR}}}[1h]))",
+                "{{route}}",
+            )
+        ],
+        unit="s",
+        alerts=["DeliverabilityDeliveryLatencyHigh"],
+    )
+)
+grid.add(
     heatmap(
         "Delivery latency distribution",
         shows="How many probes arrived within each latency bucket over time (all selected "
-        "pairs); darker cells hold more probes.",
+        "seed mailboxes, all routes); darker cells hold more probes.",
         when_bad="Mass moving to the upper buckets means deliveries slow down; a band at the top "
         "bucket means probes are held somewhere (greylisting, queues).",
         targets=[
             target(
-                f"sum by (le) (increase(deliverability_delivery_seconds_bucket{{{PAIR}}}"
+                f"sum by (le) (increase(deliverability_delivery_seconds_bucket{{{MAILBOX}}}"
                 "[$__rate_interval]))",
                 "{{le}}",
             )
@@ -573,19 +597,19 @@ grid.add(
     timeseries(
         "Spam-filter score (p50, p95) per filter",
         shows="Scores of delivered probes on each filter's own scale (rspamd and SpamAssassin "
-        "points, Microsoft SCL -1..9), from a six-bucket histogram (0, 2, 4, 6, 10, 15): read "
-        "it as a band, not an exact value.",
+        "points, Microsoft SCL -1..9), from a six-bucket histogram per seed mailbox (0, 2, 4, 6, "
+        "10, 15; all routes): read it as a band, not an exact value.",
         when_bad="Above 4-6: near rspamd's add-header (6) and SpamAssassin's default (5) "
         "thresholds, or Microsoft's spam SCL (5); the probe's filter fields say which rules hit.",
         targets=[
             target(
                 "histogram_quantile(0.5, sum by (source, le) (rate(deliverability_spam_score_bucket"
-                f"{{{PAIR}}}[$__rate_interval])))",
+                f"{{{MAILBOX}}}[$__rate_interval])))",
                 "{{source}} p50",
             ),
             target(
                 "histogram_quantile(0.95, sum by (source, le) "
-                f"(rate(deliverability_spam_score_bucket{{{PAIR}}}[$__rate_interval])))",
+                f"(rate(deliverability_spam_score_bucket{{{MAILBOX}}}[$__rate_interval])))",
                 "{{source}} p95",
             ),
         ],

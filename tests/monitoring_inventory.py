@@ -180,6 +180,8 @@ def vocabulary() -> Vocabulary:
         if spec.kind is metrics.MetricKind.HISTOGRAM:
             labels[f"{spec.name}_bucket"] = frozenset({*names, "le"})
             labels[f"{spec.name}_sum"] = labels[f"{spec.name}_count"] = frozenset(names)
+        if spec.kind is metrics.MetricKind.SUMMARY:  # no quantiles: count and sum only
+            labels[f"{spec.name}_sum"] = labels[f"{spec.name}_count"] = frozenset(names)
     for path in RULE_FILES:
         for rule in rules(path):
             if rule.record is not None:

@@ -134,6 +134,10 @@ NOT_FED: dict[str, str] = {
             "Newest report's period ended",
         )
     },
+    "Deliverability overview / Late probes": (
+        "a pair's series appears with its first late probe (the series budget), which arrives "
+        "after its deadline; tests/test_probe_loop.py holds mail for that"
+    ),
 }
 # Panels whose series are all 0 here: the events they count are rare, or over by the time the
 # queries run, or 0 is what the panel lists. Their queries still run against real series.
@@ -147,9 +151,6 @@ ALL_ZERO_OK: dict[str, str] = {
     "Deliverability overview / Missing probes per route and mailbox": (
         "a probe goes missing only after its deadline (minutes in production); "
         "tests/test_probe_loop.py reproduces it"
-    ),
-    "Deliverability overview / Late probes": (
-        "a late probe arrives after its deadline; tests/test_probe_loop.py holds mail for that"
     ),
     "Deliverability overview / IMAP errors, forged and malformed messages": (
         "the seed mailboxes are healthy and hold no forged or malformed mail"

@@ -46,6 +46,7 @@ __all__ = [
     "LEDGER_WRITABLE",
     "MAILBOX_INFO",
     "MALFORMED_MESSAGES",
+    "PAIR_DELIVERY_SECONDS",
     "PREFIX",
     "PROBES",
     "PROBES_FOUND",
@@ -85,6 +86,7 @@ class MetricKind(enum.StrEnum):
     COUNTER = "counter"
     GAUGE = "gauge"
     HISTOGRAM = "histogram"
+    SUMMARY = "summary"  # count and sum only: a mean that costs two series per child
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ SMTP_TRANSACTION_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 # Spam-filter scores, on each filter's own scale (rspamd and SpamAssassin points, Microsoft SCL).
 # Six bounds where the filters' defaults decide: <=0 trusted; rspamd greylists at 4, adds a header
 # at 6 and rejects at 15; SpamAssassin's required 5 falls in (4, 6]; Microsoft's SCL 5-6 (spam)
-# in (4, 6] and 9 (high confidence) in (6, 10]. Few buckets: 9 series per pair and filter.
+# in (4, 6] and 9 (high confidence) in (6, 10]. Few buckets: 9 series per mailbox and filter.
 SPAM_SCORE_BUCKETS: tuple[float, ...] = (0, 2, 4, 6, 10, 15)
 
 PROBES = MetricSpec(
@@ -128,8 +130,8 @@ PROBES = MetricSpec(
 PROBES_SENT = MetricSpec(
     "deliverability_probes_sent_total",
     MetricKind.COUNTER,
-    "Probes whose SMTP transaction was attempted.",
-    _PAIR,
+    "Probes whose SMTP transaction was attempted, per route.",
+    ("route",),
 )
 PROBES_IN_FLIGHT = MetricSpec(
     "deliverability_probes_in_flight",
@@ -156,17 +158,29 @@ SMTP_TRANSACTION_SECONDS = MetricSpec(
     ("route",),
     SMTP_TRANSACTION_BUCKETS,
 )
+# The series budget (docs/monitoring.md): the distribution is per seed mailbox, where delays are
+# made (greylisting, throttling, the server's IDLE); each pair keeps a count and a sum (its mean).
 DELIVERY_SECONDS = MetricSpec(
     "deliverability_delivery_seconds",
     MetricKind.HISTOGRAM,
-    "Time from the server accepting a probe to the probe being seen in the seed mailbox.",
-    _PAIR,
+    "Time from the server accepting a probe to the probe being seen in the seed mailbox, per "
+    "seed mailbox (all routes); per route and mailbox: deliverability_pair_delivery_seconds.",
+    ("mailbox",),
     DELIVERY_BUCKETS,
+)
+PAIR_DELIVERY_SECONDS = MetricSpec(
+    "deliverability_pair_delivery_seconds",
+    MetricKind.SUMMARY,
+    "Time from the server accepting a probe to the probe being seen in the seed mailbox, per "
+    "route and mailbox: count and sum only (the mean); the distribution is "
+    "deliverability_delivery_seconds.",
+    _PAIR,
 )
 LATE_PROBES = MetricSpec(
     "deliverability_late_probes_total",
     MetricKind.COUNTER,
-    "Probes seen in the seed mailbox after they were already counted as missing.",
+    "Probes seen in the seed mailbox after they were already counted as missing; a pair's series "
+    "appears with its first late probe.",
     _PAIR,
 )
 FORGED_MESSAGES = MetricSpec(
@@ -179,7 +193,8 @@ FORGED_MESSAGES = MetricSpec(
 AUTH_RESULTS = MetricSpec(
     "deliverability_auth_results_total",
     MetricKind.COUNTER,
-    "Authentication-Results verdicts of delivered probes, by method and result.",
+    "Authentication-Results verdicts of delivered probes, by method and result; a series "
+    "appears with the first verdict of its kind for the pair.",
     (*_PAIR, "method", "result"),
 )
 SPAM_VERDICTS = MetricSpec(
@@ -187,22 +202,25 @@ SPAM_VERDICTS = MetricSpec(
     MetricKind.COUNTER,
     "Spam-filter verdicts the receiving hop wrote into delivered probes, by filter (rspamd, "
     "spamassassin, microsoft) and category (ham, spam, bulk, phish, malware, spoof, "
-    "impersonation, other, unknown).",
+    "impersonation, other, unknown); a series appears with the first verdict of its kind for "
+    "the pair.",
     (*_PAIR, "source", "category"),
 )
 SPAM_SCORE = MetricSpec(
     "deliverability_spam_score",
     MetricKind.HISTOGRAM,
     "Spam-filter scores of delivered probes, on the filter's own scale (rspamd and SpamAssassin "
-    "points, Microsoft SCL -1..9); a filter's series appear with its first score.",
-    (*_PAIR, "source"),
+    "points, Microsoft SCL -1..9), per seed mailbox; a filter's series appear with its first "
+    "score.",
+    ("mailbox", "source"),
     SPAM_SCORE_BUCKETS,
 )
 LAST_OUTCOME_TIMESTAMP = MetricSpec(
     "deliverability_last_outcome_timestamp_seconds",
     MetricKind.GAUGE,
-    "When a probe last finished with this outcome (Unix time; 0 if never).",
-    (*_PAIR, "outcome"),
+    "When a probe of the route and mailbox last reached its final outcome, whatever the outcome "
+    "(Unix time; 0 if never).",
+    _PAIR,
 )
 IMAP_UP = MetricSpec(
     "deliverability_imap_up",
@@ -227,9 +245,9 @@ INBOX_CATEGORIES = MetricSpec(
     "deliverability_inbox_category_total",
     MetricKind.COUNTER,
     "Probes delivered to the inbox, by Gmail inbox tab (primary, promotions, social, updates, "
-    "forums); only for mailboxes whose IMAP server advertises X-GM-EXT-1, from their first "
-    "categorised probe on.",
-    (*_PAIR, "category"),
+    "forums), per seed mailbox (all routes); only for mailboxes whose IMAP server advertises "
+    "X-GM-EXT-1, from their first categorised probe on.",
+    ("mailbox", "category"),
 )
 MALFORMED_MESSAGES = MetricSpec(
     "deliverability_malformed_messages_total",
@@ -404,6 +422,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     SMTP_ERRORS,
     SMTP_TRANSACTION_SECONDS,
     DELIVERY_SECONDS,
+    PAIR_DELIVERY_SECONDS,
     LATE_PROBES,
     FORGED_MESSAGES,
     AUTH_RESULTS,

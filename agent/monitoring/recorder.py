@@ -1,10 +1,15 @@
 """The recorder: turns the agent's frozen results into Prometheus series of the catalog.
 
 Only this module and `agent.monitoring.catalog` import prometheus_client. Bounded labels only:
-stage, outcome, class, kind, method and result come from the `agent.model` enums and are
-pre-created at zero by `Recorder.declare` for every configured route/mailbox pair, so series never
-blink in and out. `code` and `enhanced_code` are created when seen (SMTP bounds them). Nothing is
-ever labelled by probe id, message id, recipient or subject.
+stage, outcome, class, kind, method and result come from the `agent.model` enums. Nothing is ever
+labelled by probe id, message id, recipient or subject.
+
+The series budget (docs/monitoring.md, "Series budget"): `Recorder.declare` pre-creates at zero
+what alerts take rate() ratios or staleness of, so those series never blink in and out: per pair
+only the eight outcomes, the in-flight gauge, the last-outcome time and the latency count and
+sum (12 series); the rest is per route or per mailbox. Series that only some pairs ever see
+(auth verdicts, spam verdicts, late probes) and SMTP reply codes appear when first seen; the
+first increment of such a series is not in a rate() (Prometheus has no sample before it).
 """
 
 from __future__ import annotations
@@ -12,14 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 from agent import __version__
 from agent.dns.records import DnsCheck, DnsReport
 from agent.model import (
     AUTH_ABSENT,
-    AuthMethod,
-    AuthResult,
     AuthVerdicts,
     BounceCounted,
     BounceReason,
@@ -49,8 +52,6 @@ from agent.model import (
     SendResult,
     SkipReason,
     SmtpTransaction,
-    SpamCategory,
-    SpamSource,
     SpamVerdict,
     Stage,
     TlsSessionsCounted,
@@ -81,6 +82,7 @@ from agent.monitoring.catalog import (
     LEDGER_WRITABLE,
     MAILBOX_INFO,
     MALFORMED_MESSAGES,
+    PAIR_DELIVERY_SECONDS,
     PROBES,
     PROBES_FOUND,
     PROBES_IN_FLIGHT,
@@ -139,15 +141,6 @@ _DNS_SPECS = (
 _ENHANCED_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _INVALID_ENHANCED_CODE = "invalid"
 
-# The categories each filter can report (agent.reading.spam): rspamd and SpamAssassin say only
-# spam or not, so only Microsoft's series carry its richer categories (15, not 27, per pair).
-_YES_NO = (SpamCategory.HAM, SpamCategory.SPAM, SpamCategory.UNKNOWN)
-_SPAM_CATEGORIES: dict[SpamSource, tuple[SpamCategory, ...]] = {
-    SpamSource.RSPAMD: _YES_NO,
-    SpamSource.SPAMASSASSIN: _YES_NO,
-    SpamSource.MICROSOFT: tuple(SpamCategory),
-}
-
 
 class Recorder:
     """Turns probe results into series on `registry`. Call from one thread (the event loop)."""
@@ -156,6 +149,7 @@ class Recorder:
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
         self._histograms: dict[str, Histogram] = {}
+        self._summaries: dict[str, Summary] = {}
         for spec in CATALOG:
             labels = list(spec.labels)
             match spec.kind:
@@ -169,6 +163,10 @@ class Recorder:
                     assert spec.buckets is not None  # checked by MetricSpec
                     self._histograms[spec.name] = Histogram(
                         spec.name, spec.help, labels, registry=registry, buckets=spec.buckets
+                    )
+                case MetricKind.SUMMARY:
+                    self._summaries[spec.name] = Summary(
+                        spec.name, spec.help, labels, registry=registry
                     )
         # Every labelled child we created, per metric, so declare() can remove the stale ones.
         self._children: dict[str, set[tuple[str, ...]]] = {spec.name: set() for spec in CATALOG}
@@ -195,8 +193,12 @@ class Recorder:
         self._children[spec.name].add(values)
         return self._histograms[spec.name].labels(*values)
 
+    def _s(self, spec: MetricSpec, *values: str) -> Summary:
+        self._children[spec.name].add(values)
+        return self._summaries[spec.name].labels(*values)
+
     def _remove(self, spec: MetricSpec, values: tuple[str, ...]) -> None:
-        metric: Counter | Gauge | Histogram
+        metric: Counter | Gauge | Histogram | Summary
         match spec.kind:
             case MetricKind.COUNTER:
                 metric = self._counters[spec.name]
@@ -204,6 +206,8 @@ class Recorder:
                 metric = self._gauges[spec.name]
             case MetricKind.HISTOGRAM:
                 metric = self._histograms[spec.name]
+            case MetricKind.SUMMARY:
+                metric = self._summaries[spec.name]
         metric.remove(*values)
         self._children[spec.name].discard(values)
 
@@ -218,12 +222,13 @@ class Recorder:
         mailbox_providers: Mapping[str, str] | None = None,
         report_mailboxes: Iterable[str] = (),
     ) -> None:
-        """Pre-create every bounded series of the configured (route, mailbox) pairs at zero, and
-        remove the series of routes, mailboxes and pairs no longer configured. Call at start and on
-        every successful reload. Existing values of pairs still configured are kept. Bounce
-        mailboxes get the per-mailbox series (IMAP health, malformed and forged messages); report
-        mailboxes their IMAP health and report counts (the rest of their series when seen). Each
-        route and mailbox gets one info series with its provider (absent from the maps: other)."""
+        """Pre-create the budgeted series of the configured routes, mailboxes and (route, mailbox)
+        pairs at zero, and remove the series of routes, mailboxes and pairs no longer configured.
+        Call at start and on every successful reload. Existing values of pairs still configured
+        are kept. Bounce mailboxes get the per-mailbox series (IMAP health, malformed and forged
+        messages); report mailboxes their IMAP health and report counts (the rest of their series
+        when seen). Each route and mailbox gets one info series with its provider (absent from the
+        maps: other)."""
         report_mailboxes = tuple(dict.fromkeys(report_mailboxes))
         ordered = tuple(dict.fromkeys(pairs))
         pair_set = set(ordered)
@@ -265,26 +270,22 @@ class Recorder:
                 for kind in ErrorKind:
                     self._c(SMTP_ERRORS, route, stage.value, kind.value)
             self._h(SMTP_TRANSACTION_SECONDS, route)
+            self._c(PROBES_SENT, route)
             for bounce_type in BounceType:
                 for source in BounceSource:
                     for reason in BounceReason:
                         self._c(BOUNCES, route, bounce_type.value, source.value, reason.value)
+        # Per pair, only what alerts take rate() ratios (outcomes, latency count) or staleness
+        # (last outcome) of: 12 series. The placement ratios divide by every accepted outcome, so
+        # all eight are here; a series born mid-window would lose its first probe to rate().
         for route, mailbox in ordered:
             for outcome in Outcome:
                 self._c(PROBES, route, mailbox, outcome.value)
-            self._c(PROBES_SENT, route, mailbox)
             self._g(PROBES_IN_FLIGHT, route, mailbox)
-            self._h(DELIVERY_SECONDS, route, mailbox)
-            self._c(LATE_PROBES, route, mailbox)
-            for method in AuthMethod:
-                for result_label in (*(result.value for result in AuthResult), AUTH_ABSENT):
-                    self._c(AUTH_RESULTS, route, mailbox, method.value, result_label)
-            for spam_source, categories in _SPAM_CATEGORIES.items():
-                for category in categories:
-                    self._c(SPAM_VERDICTS, route, mailbox, spam_source.value, category.value)
-            for outcome in Outcome:
-                self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value)
+            self._s(PAIR_DELIVERY_SECONDS, route, mailbox)
+            self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox)
         for mailbox in dict.fromkeys(mailbox for _, mailbox in ordered):
+            self._h(DELIVERY_SECONDS, mailbox)
             for found_by in FoundBy:
                 self._c(PROBES_FOUND, mailbox, found_by.value)
         for mailbox in mailboxes:
@@ -320,8 +321,8 @@ class Recorder:
     def record(self, result: Result) -> None:
         """Turn one result into series: every result of the agent comes in through here."""
         match result:
-            case ProbeSent(route, mailbox):
-                self._probe_sent(route, mailbox)
+            case ProbeSent(route, _):
+                self._probe_sent(route)
             case SmtpTransaction(route, send_result):
                 self._smtp_result(route, send_result)
             case ProbeFinished():
@@ -335,7 +336,7 @@ class Recorder:
                     found_by=result.arrival.found_by if result.arrival is not None else None,
                 )
                 if result.outcome is Outcome.INBOX and result.arrival is not None:
-                    self._inbox_category(result.route, result.mailbox, result.arrival.category)
+                    self._inbox_category(result.mailbox, result.arrival.category)
                 if result.arrival is not None:
                     self._spam(result.route, result.mailbox, result.arrival.spam)
             case ProbeLate(route, mailbox):
@@ -367,8 +368,8 @@ class Recorder:
 
     # -- probes -----------------------------------------------------------------------------------
 
-    def _probe_sent(self, route: str, mailbox: str) -> None:
-        self._c(PROBES_SENT, route, mailbox).inc()
+    def _probe_sent(self, route: str) -> None:
+        self._c(PROBES_SENT, route).inc()
 
     def _smtp_result(self, route: str, result: SendResult) -> None:
         """Count every reply and the error of one transaction; observe its duration and TLS."""
@@ -409,10 +410,12 @@ class Recorder:
         receiver that stops stamping, or trust rules that match nothing, show; how a probe was
         found is not counted when that was not recorded."""
         self._c(PROBES, route, mailbox, outcome.value).inc()
-        self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(finished_at)
+        self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox).set(finished_at)
         if latency_seconds is not None:
             # Sender and watcher share one clock; a negative value can only be a clock step.
-            self._h(DELIVERY_SECONDS, route, mailbox).observe(max(latency_seconds, 0.0))
+            latency = max(latency_seconds, 0.0)
+            self._h(DELIVERY_SECONDS, mailbox).observe(latency)
+            self._s(PAIR_DELIVERY_SECONDS, route, mailbox).observe(latency)
         if auth is not None:
             for method, result in auth.items():
                 label = AUTH_ABSENT if result is None else result.value
@@ -420,31 +423,35 @@ class Recorder:
         if found_by is not None:
             self._c(PROBES_FOUND, mailbox, found_by.value).inc()
 
-    def _inbox_category(self, route: str, mailbox: str, category: InboxCategory | None) -> None:
-        """Count the Gmail tab of an inbox probe. The pair's series are created with its first
-        categorised probe, all five at once, not declared at start: a pair whose server has no
-        X-GM-EXT-1 never gets any."""
+    def _inbox_category(self, mailbox: str, category: InboxCategory | None) -> None:
+        """Count the Gmail tab of an inbox probe, per mailbox (all routes). The mailbox's series
+        are created with its first categorised probe, all five at once, not declared at start: a
+        mailbox whose server has no X-GM-EXT-1 never gets any."""
         if category is None:
             return
         for tab in InboxCategory:
-            self._c(INBOX_CATEGORIES, route, mailbox, tab.value)
-        self._c(INBOX_CATEGORIES, route, mailbox, category.value).inc()
+            self._c(INBOX_CATEGORIES, mailbox, tab.value)
+        self._c(INBOX_CATEGORIES, mailbox, category.value).inc()
 
     def _spam(self, route: str, mailbox: str, verdicts: tuple[SpamVerdict, ...]) -> None:
-        """Count each filter's verdict on a delivered probe and observe its score. The score
-        histogram of a filter is created with its first score, not at declare(): a receiver runs
-        one filter, and pre-creating all three would triple its series for nothing."""
+        """Count each filter's verdict on a delivered probe (per pair) and observe its score (per
+        mailbox: the scale is the receiver's filter's). Both are created when first seen, not at
+        declare(): a receiver runs one filter and says ham or spam, nearly always the same."""
         for verdict in verdicts:
-            labels = (route, mailbox, verdict.source.value)
-            self._c(SPAM_VERDICTS, *labels, verdict.category.value).inc()
+            source = verdict.source.value
+            self._c(SPAM_VERDICTS, route, mailbox, source, verdict.category.value).inc()
             if verdict.score is not None:
-                self._h(SPAM_SCORE, *labels).observe(verdict.score)
+                self._h(SPAM_SCORE, mailbox, source).observe(verdict.score)
 
     def restore_last_outcomes(self, times: Mapping[tuple[str, str, Outcome], float]) -> None:
-        """Set the last-outcome gauges from the ledger after a restart (`Ledger.last_finished_at`),
-        so they do not read 0 ("never") and fire staleness alerts on every restart."""
-        for (route, mailbox, outcome), at in times.items():
-            self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(at)
+        """Set the last-outcome gauges from the ledger after a restart (`Ledger.last_finished_at`,
+        per outcome: the latest of a pair's outcomes wins), so they do not read 0 ("never") and
+        fire staleness alerts on every restart."""
+        latest: dict[tuple[str, str], float] = {}
+        for (route, mailbox, _), at in times.items():
+            latest[route, mailbox] = max(at, latest.get((route, mailbox), at))
+        for (route, mailbox), at in latest.items():
+            self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox).set(at)
 
     def _probe_late(self, route: str, mailbox: str) -> None:
         self._c(LATE_PROBES, route, mailbox).inc()
