@@ -48,6 +48,7 @@ __all__ = [
     "SpamVerdict",
     "Stage",
     "TlsMode",
+    "TokenRefreshed",
 ]
 
 
@@ -460,3 +461,14 @@ class ConfigLoaded:
 
     ok: bool
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRefreshed:
+    """One OAuth access-token request of a credential ended: `result` is "ok" or the
+    TokenErrorKind's value; `expires_at` the new token's expiry (Unix time), if known."""
+
+    credential: str
+    result: str
+    at: float
+    expires_at: float | None = None
