@@ -88,6 +88,7 @@ def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> No
     submission, relay = config.route("provider-submission"), config.route("relay-465")
     assert (submission.port, submission.tls, submission.tls_verify) == (587, TlsMode.STARTTLS, True)
     assert submission.auth is not None
+    assert submission.auth.password is not None
     assert submission.auth.password.get_secret_value() == "submission-password"
     assert (relay.port, relay.tls) == (465, TlsMode.IMPLICIT)
     gmail, m365 = config.mailbox("gmail-seed"), config.mailbox("m365-seed")
@@ -95,6 +96,7 @@ def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> No
     assert gmail.folders.junk == "[Gmail]/Spam"
     assert gmail.trusted_authserv_ids == ("mx.google.com",)
     assert (m365.host, m365.folders.junk) == ("outlook.office365.com", "Junk Email")
+    assert m365.auth.password is not None
     assert m365.auth.password.get_secret_value() == "m365-password"
     pairs = [(route.name, mailbox.name) for route, mailbox in config.pairs()]
     assert pairs == [("provider-submission", "gmail-seed"), ("relay-465", "m365-seed")]

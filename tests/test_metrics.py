@@ -61,6 +61,7 @@ from agent.model import (
     SpamSource,
     SpamVerdict,
     Stage,
+    TokenRefreshed,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -76,6 +77,7 @@ from agent.monitoring.catalog import (
     new_registry,
 )
 from agent.monitoring.recorder import Recorder
+from agent.oauth import TokenErrorKind
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 UPDATE_GOLDEN_ENV = "DELIVERABILITY_UPDATE_GOLDEN"
@@ -239,6 +241,9 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(LedgerHealth(writable=True))
     recorder.record(LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full"))
     recorder.record(LedgerHealth(writable=True))
+    recorder.declare_credentials([OUTLOOK])
+    recorder.record(TokenRefreshed(OUTLOOK, "ok", T0, T0 + 3600))
+    recorder.record(TokenRefreshed(OUTLOOK, "invalid_grant", T0 + 3300))
     recorder.declare_dns(
         [(SENDING, DnsCheck.SPF), (SENDING, DnsCheck.DKIM), (SENDING_IP, DnsCheck.FCRDNS)],
         [(SENDING_IP, ZONE)],
@@ -327,6 +332,8 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in LedgerErrorKind}
         | {str(m) for m in InboxCategory}
         | {str(m) for m in (*SpamSource, *SpamCategory)}
+        | {"ok"}
+        | {str(m) for m in TokenErrorKind}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -697,3 +704,29 @@ def test_metrics_restore_last_outcomes_after_restart(
     name = "deliverability_last_outcome_timestamp_seconds"
     assert value(registry, name, route=ROUTE, mailbox=GMAIL, outcome="inbox") == T0 + 7.0
     assert value(registry, name, route=ROUTE, mailbox=GMAIL, outcome="spam") == 0
+
+
+def test_oauth_credential_series_follow_the_configured_credentials(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare_credentials(["m365", "gmail"])
+    name = "deliverability_oauth_token_refreshes_total"
+    assert value(registry, name, credential="m365", result="invalid_grant") == 0
+    recorder.record(TokenRefreshed("m365", "timeout", 1000.0))
+    recorder.record(TokenRefreshed("m365", "ok", 1010.0, 4610.0))
+    assert value(registry, name, credential="m365", result="timeout") == 1
+    assert value(registry, name, credential="m365", result="ok") == 1
+    assert (
+        value(
+            registry, "deliverability_oauth_token_last_success_timestamp_seconds", credential="m365"
+        )
+        == 1010.0
+    )
+    assert (
+        value(registry, "deliverability_oauth_token_expiry_timestamp_seconds", credential="m365")
+        == 4610.0
+    )
+
+    recorder.declare_credentials(["gmail"])  # m365 removed by a reload
+    assert value(registry, name, credential="m365", result="ok") is None
+    assert value(registry, name, credential="gmail", result="ok") == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.model import TlsMode
+from agent.oauth.token_source import OAuthSignIn
 
 __all__ = ["ImapTarget"]
 
@@ -33,6 +34,7 @@ class ImapTarget:
     ca_file: Path | None = None
     connect_timeout: float = 15.0  # TCP connect, greeting, CAPABILITY, TLS (STARTTLS too)
     command_timeout: float = 30.0  # each command after that
+    oauth: OAuthSignIn | None = None
 
     def __post_init__(self) -> None:
         if self.tls not in _SUPPORTED_TLS:

@@ -61,6 +61,7 @@ from agent.model import (
     Stage,
     TlsMode,
 )
+from agent.oauth.token_source import OAuthSignIn
 from agent.secrets import Redactor, credential_forms
 from agent.server_text import valid_text
 from agent.smtp.replies import parse_enhanced_code
@@ -102,6 +103,7 @@ class SmtpTarget:
     connect_timeout: float  # TCP connect (DNS included)
     stage_timeout: float  # each reply, and each TLS handshake
     total_timeout: float  # the whole transaction
+    oauth: OAuthSignIn | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
