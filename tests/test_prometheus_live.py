@@ -116,6 +116,11 @@ NOT_FED: dict[str, str] = {
         "Dovecot has no X-GM-EXT-1, so no probe has a tab; tests/test_gmail_categories.py and "
         "tests/test_service_watchers.py feed it from a scripted Gmail-like server"
     ),
+    "Deliverability overview / OAuth token requests": (
+        "the scenario's routes and mailboxes sign in with passwords; tests/test_oauth_sources.py "
+        "and tests/test_oauth_wiring.py feed the series from a scripted token endpoint, and the "
+        "promtool tests of DeliverabilityOAuthTokenRefreshFailing a failing credential"
+    ),
 }
 # Panels whose series are all 0 here: the events they count are rare, or over by the time the
 # queries run, or 0 is what the panel lists. Their queries still run against real series.
