@@ -3,6 +3,7 @@ handed to the SMTP and IMAP targets; the agent's credential series and states.""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,11 @@ from agent.app.service import Agent
 from agent.config import Config
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
-from agent.oauth import SaslMechanism
+from agent.oauth import AccessToken, SaslMechanism, TokenError
 from agent.oauth.sources import TokenSources, refresh_token_path
 from agent.probing.targets import imap_target, smtp_target
 from tests.one_pair_config import one_pair_config
-from tests.token_endpoint import TokenEndpointServer, token
+from tests.token_endpoint import TokenEndpointServer, error, token
 
 
 def oauth_auth(url: str, **extra: Any) -> dict[str, Any]:
@@ -132,3 +133,43 @@ async def test_the_agent_declares_credential_series_and_reports_refreshes(
             assert state.last_success_at is not None
         finally:
             agent.ledger.close()
+
+
+async def test_a_reload_with_the_same_credential_keeps_its_cached_token(tmp_path: Path) -> None:
+    with TokenEndpointServer([token("at-1"), token("at-2")]) as server:
+        agent = Agent(shared_config(tmp_path, server.url), recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            before = agent.tokens.sign_in("route", "r")
+            assert before is not None
+            assert (await before.tokens.access_token()).value == "at-1"
+            await agent.reload(shared_config(tmp_path, server.url))
+            after = agent.tokens.sign_in("route", "r")
+            assert after is not None and after.tokens is before.tokens
+            assert (await after.tokens.access_token()).value == "at-1"
+        finally:
+            await agent.stop()
+    assert len(server.requests) == 1  # the route and the mailbox watcher share the one token
+
+
+async def test_a_revoked_credential_does_not_stop_another(tmp_path: Path) -> None:
+    with (
+        TokenEndpointServer([error("invalid_grant")]) as revoked,
+        TokenEndpointServer([token("at-route")]) as working,
+    ):
+        config = one_pair_config(
+            tmp_path,
+            route={"auth": oauth_auth(working.url), "allow_plaintext_auth": True},
+            mailbox={"auth": oauth_auth(revoked.url)},
+        )
+        sources = TokenSources(state_dir=config.state_dir)
+        sources.update(config)
+        mailbox, route = sources.sign_in("mailbox", "m"), sources.sign_in("route", "r")
+        assert mailbox is not None and route is not None
+        results = await asyncio.gather(
+            mailbox.tokens.access_token(), route.tokens.access_token(), return_exceptions=True
+        )
+    assert isinstance(results[0], TokenError) and results[0].kind == "invalid_grant"
+    assert isinstance(results[1], AccessToken) and results[1].value == "at-route"
+    states = {state.credential: state.error_kind for state in sources.states()}
+    assert states == {"m": "invalid_grant", "r": None}
