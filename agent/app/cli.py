@@ -361,7 +361,11 @@ def _credential_row(state: CredentialState) -> list[str]:
     return [
         state.credential,
         state.method,
-        str(state.error_kind) if state.error_kind is not None else "ok",
+        (
+            str(state.error_kind)
+            if state.error_kind is not None
+            else ("ok" if state.last_success_at is not None else "not asked yet")
+        ),
         _iso(state.last_success_at) or "never",
         state.error or "",
     ]
