@@ -7,11 +7,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.app.cli import _CREDENTIAL_HEADER, _credential_row, _print_table, credential_json
 from agent.app.service import Agent
 from agent.config import Config
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
-from agent.oauth import AccessToken, SaslMechanism, TokenError
+from agent.oauth import AccessToken, SaslMechanism, TokenError, TokenErrorKind
+from agent.oauth.lifecycle import CredentialState
 from agent.oauth.sources import TokenSources, refresh_token_path
 from agent.probing.targets import imap_target, smtp_target
 from tests.one_pair_config import one_pair_config
@@ -173,3 +177,34 @@ async def test_a_revoked_credential_does_not_stop_another(tmp_path: Path) -> Non
     assert isinstance(results[1], AccessToken) and results[1].value == "at-route"
     states = {state.credential: state.error_kind for state in sources.states()}
     assert states == {"m": "invalid_grant", "r": None}
+
+
+def test_once_lists_each_credential_after_the_probes(capsys: pytest.CaptureFixture[str]) -> None:
+    states = [
+        CredentialState(
+            "m365",
+            "refresh_token",
+            None,
+            None,
+            TokenErrorKind.INVALID_GRANT,
+            "token endpoint refused: invalid_grant",
+            2,
+            1060.0,
+        ),
+        CredentialState("gmail", "service_account", 1000.0, 4600.0, None, None, 0, None),
+        CredentialState("sidecar", "token_file", None, None, None, None, 0, None),
+    ]
+    _print_table([_credential_row(s) for s in states], _CREDENTIAL_HEADER)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["CREDENTIAL", "HOW", "STATE", "LAST", "TOKEN", "ERROR"]
+    assert lines[1].split()[:4] == ["m365", "refresh_token", "invalid_grant", "never"]
+    assert lines[2].split()[:4] == ["gmail", "service_account", "ok", "1970-01-01T00:16:40+00:00"]
+    assert "not asked yet" in lines[3]
+    assert credential_json(states[1]) == {
+        "credential": "gmail",
+        "method": "service_account",
+        "ok": True,
+        "last_success_at": "1970-01-01T00:16:40+00:00",
+        "expires_at": "1970-01-01T01:16:40+00:00",
+        "error": None,
+    }
