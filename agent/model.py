@@ -55,6 +55,7 @@ __all__ = [
     "Stage",
     "TlsMode",
     "TlsSessionsCounted",
+    "TokenRefreshed",
 ]
 
 
@@ -541,3 +542,14 @@ class TlsSessionsCounted:
     policy_type: str
     result: str  # "success", an RFC 8460 result type, or "other"
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRefreshed:
+    """One OAuth access-token request of a credential ended: `result` is "ok" or the
+    TokenErrorKind's value; `expires_at` the new token's expiry (Unix time), if known."""
+
+    credential: str
+    result: str
+    at: float
+    expires_at: float | None = None

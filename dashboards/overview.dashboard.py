@@ -982,6 +982,32 @@ grid.add(
     w=24,
 )
 
+grid.add(
+    timeseries(
+        "OAuth token requests",
+        shows="Per OAuth credential (a route's or mailbox's auth.oauth2, token_command or "
+        "token_file): its token requests by result (ok, or the error kind), and how long ago it "
+        "last got an access token.",
+        when_bad="Failures with no success for 30 min: every route and mailbox signing in with "
+        "the credential fails once its token expires. The result names the cause (invalid_grant: "
+        "sign in again; invalid_client: a new client secret). Follow the OAuth runbook.",
+        targets=[
+            target(
+                "sum by (credential, result) (increase("
+                "deliverability_oauth_token_refreshes_total[$__rate_interval])) > 0",
+                "{{credential}} {{result}}",
+            ),
+            target(
+                "time() - max by (credential) "
+                "(deliverability_oauth_token_last_success_timestamp_seconds > 0)",
+                "{{credential}} since last success (s)",
+            ),
+        ],
+        alerts=["DeliverabilityOAuthTokenRefreshFailing"],
+    ),
+    w=24,
+)
+
 # --- DMARC aggregate and SMTP TLS reports (docs/reports.md) ---------------------------------------
 # Reports cover a day each and arrive once: counters jump when one is read, so these panels use
 # windows of days, like the alerts. Report mailboxes are not seed mailboxes: no $mailbox filter.

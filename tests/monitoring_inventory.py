@@ -16,6 +16,7 @@ import yaml
 from agent import model
 from agent.dns.records import Alignment, DmarcPolicy, DnsCheck
 from agent.monitoring import catalog as metrics
+from agent.oauth import TokenErrorKind
 from agent.reading.reports import DISPOSITIONS, OTHER, TLS_POLICY_TYPES, TLS_RESULT_TYPES
 from agent.reports.reader import SUCCESS
 from tests.promql import selectors
@@ -209,6 +210,7 @@ def vocabulary() -> Vocabulary:
         (metrics.DMARC_POLICY_INFO.name, "subdomain_policy"): enum_values(DmarcPolicy),
         (metrics.DMARC_POLICY_INFO.name, "adkim"): enum_values(Alignment),
         (metrics.DMARC_POLICY_INFO.name, "aspf"): enum_values(Alignment),
+        (metrics.OAUTH_TOKEN_REFRESHES.name, "result"): enum_values(TokenErrorKind) | {"ok"},
         (metrics.SPAM_VERDICTS.name, "source"): enum_values(model.SpamSource),
         (metrics.SPAM_VERDICTS.name, "category"): enum_values(model.SpamCategory),
         (metrics.REPORTS.name, "kind"): enum_values(model.ReportKind),

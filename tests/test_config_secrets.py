@@ -44,7 +44,9 @@ def test_config_secrets_are_available_to_consumers() -> None:
     assert config.secret.get_secret_value() == f"{MARK}-0123456789abcdef"
     route_auth = config.routes[0].auth
     assert route_auth is not None
+    assert route_auth.password is not None
     assert route_auth.password.get_secret_value() == f"{MARK}-route"
+    assert config.mailboxes[0].auth.password is not None
     assert config.mailboxes[0].auth.password.get_secret_value() == f"{MARK}-seed"
 
 
@@ -75,6 +77,7 @@ def test_config_password_and_secret_files_are_read_at_load(tmp_path: Path) -> No
     assert config.secret_file == tmp_path / "secrets" / "hmac"
     route_auth = config.routes[0].auth
     assert route_auth is not None
+    assert route_auth.password is not None
     assert route_auth.password.get_secret_value() == f"{MARK}-route-file"
     assert route_auth.password_file == tmp_path / "route-password"
     assert MARK not in repr(config)
@@ -95,7 +98,9 @@ def test_config_password_file_loses_exactly_one_trailing_newline(
     (tmp_path / "pw").write_text(content, encoding="utf-8")
     data = _data()
     data["mailboxes"][0]["auth"] = {"username": "seed", "password_file": "pw"}
-    assert _validate(data, tmp_path).mailboxes[0].auth.password.get_secret_value() == password
+    auth = _validate(data, tmp_path).mailboxes[0].auth
+    assert auth.password is not None
+    assert auth.password.get_secret_value() == password
 
 
 @pytest.mark.parametrize(
@@ -151,6 +156,7 @@ def test_config_secret_from_environment_is_loaded(tmp_path: Path) -> None:
         path, environ={"AGENT_SECRET": f"{MARK}-from-env-0123", "SEED_PASSWORD": f"{MARK}-pw"}
     )
     assert config.secret.get_secret_value() == f"{MARK}-from-env-0123"
+    assert config.mailboxes[0].auth.password is not None
     assert config.mailboxes[0].auth.password.get_secret_value() == f"{MARK}-pw"
     assert MARK not in repr(config)
 

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydantic import BaseModel
 
-from agent.config import Config, ConfigError, Mailbox, load_config
+from agent.config import Config, load_config
 from agent.model import TlsMode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,21 +23,6 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
-
-
-def _auth_takes_oauth2() -> bool:
-    """Whether the auth section has `oauth2` yet (it lands with the token sources of issue 13);
-    until then the examples that sign in with OAuth cannot validate."""
-    auth = Mailbox.model_fields["auth"].annotation
-    return any("oauth2" in model.model_fields for model in _models_in(auth))
-
-
-OAUTH_PENDING = pytest.mark.xfail(
-    not _auth_takes_oauth2(),
-    reason="auth.oauth2 is not in the configuration model yet",
-    raises=ConfigError,
-    strict=True,
-)
 
 
 def _uncomment_examples(
@@ -120,11 +104,11 @@ def test_config_shipped_password_examples_validate_once_uncommented(tmp_path: Pa
     submission, relay = config.route("provider-submission"), config.route("relay-465")
     assert (submission.port, submission.tls, submission.tls_verify) == (587, TlsMode.STARTTLS, True)
     assert submission.auth is not None
+    assert submission.auth.password is not None
     assert submission.auth.password.get_secret_value() == "submission-password"
     assert (relay.port, relay.tls) == (465, TlsMode.IMPLICIT)
 
 
-@OAUTH_PENDING
 def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> None:
     text, blocks = _uncomment_examples(SHIPPED.read_text(encoding="utf-8"))
     assert blocks == 5
@@ -139,17 +123,18 @@ def test_config_shipped_examples_validate_once_uncommented(tmp_path: Path) -> No
     assert gmail.trust_rules == ("mx.google.com",)
     assert gmail.folders.junk is None  # found by SPECIAL-USE \Junk, in any language
     assert (m365.host, m365.port, m365.provider) == ("outlook.office365.com", 993, "microsoft365")
-    oauth = {name: config.mailbox(name).auth.oauth2 for name in ("gmail-seed", "m365-seed")}  # type: ignore[attr-defined,unused-ignore]
-    assert {name: str(o.provider) for name, o in oauth.items()} == {
+    oauth = {name: config.mailbox(name).auth.oauth2 for name in ("gmail-seed", "m365-seed")}
+    assert all(o is not None for o in oauth.values())
+    assert {name: str(o.provider) for name, o in oauth.items() if o is not None} == {
         "gmail-seed": "google",
         "m365-seed": "microsoft",
     }
+    assert oauth["m365-seed"] is not None
     assert oauth["m365-seed"].refresh_token_file == tmp_path / "secrets" / "m365-seed.refresh-token"
     pairs = [(route.name, mailbox.name) for route, mailbox in config.pairs()]
     assert pairs == [("provider-submission", "gmail-seed"), ("relay-465", "m365-seed")]
 
 
-@OAUTH_PENDING
 def test_config_docs_complete_example_validates(tmp_path: Path) -> None:
     docs = DOCS.read_text(encoding="utf-8")
     match = re.search(r"<!-- example: complete -->\n```yaml\n(.*?)```", docs, re.DOTALL)

@@ -95,3 +95,40 @@ def test_config_secrets_cover_every_password_of_the_config(tmp_path: Path) -> No
         "seed-password",
         "bounce-password",
     }
+
+
+def test_config_secrets_cover_the_oauth2_client_secret_and_refresh_token(tmp_path: Path) -> None:
+    oauth2 = {
+        "token_url": "https://login.example.com/token",
+        "client_id": "app-id",
+        "client_secret": "oauth-client-secret",
+        "refresh_token": "oauth-refresh-token",
+    }
+    config = validate_config(
+        {
+            "secret": "hmac-secret-0123456789",
+            "routes": [
+                {
+                    "name": "r",
+                    "host": "h",
+                    "from": "p@example.com",
+                    "auth": {"username": "u", "oauth2": oauth2},
+                }
+            ],
+            "mailboxes": [
+                {
+                    "name": "m",
+                    "host": "h",
+                    "address": "s@example.com",
+                    "auth": {"username": "u", "oauth2": oauth2},
+                }
+            ],
+        },
+        base_dir=tmp_path,
+        environ={},
+    )
+    assert set(config_secrets(config)) == {
+        "hmac-secret-0123456789",
+        "oauth-client-secret",
+        "oauth-refresh-token",
+    }

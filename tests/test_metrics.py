@@ -68,6 +68,7 @@ from agent.model import (
     SpamVerdict,
     Stage,
     TlsSessionsCounted,
+    TokenRefreshed,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -83,6 +84,7 @@ from agent.monitoring.catalog import (
     new_registry,
 )
 from agent.monitoring.recorder import Recorder
+from agent.oauth import TokenErrorKind
 from agent.providers import PROFILES
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
@@ -253,6 +255,9 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(LedgerHealth(writable=True))
     recorder.record(LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full"))
     recorder.record(LedgerHealth(writable=True))
+    recorder.declare_credentials([OUTLOOK])
+    recorder.record(TokenRefreshed(OUTLOOK, "ok", T0, T0 + 3600))
+    recorder.record(TokenRefreshed(OUTLOOK, "invalid_grant", T0 + 3300))
     recorder.declare_dns(
         [(SENDING, DnsCheck.SPF), (SENDING, DnsCheck.DKIM), (SENDING_IP, DnsCheck.FCRDNS)],
         [(SENDING_IP, ZONE)],
@@ -361,6 +366,8 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         # Report labels are bounded by the reader (top N per report mailbox, the rest "other").
         | {REPORTS_BOX, "google.com", "example.com", "192.0.2.1", "other", "Company-X"}
         | {"none", "reject", "pass", "fail", "sts", "success", "certificate-expired"}
+        | {"ok"}
+        | {str(m) for m in TokenErrorKind}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -762,3 +769,29 @@ def test_metrics_restore_last_outcomes_after_restart(
     name = "deliverability_last_outcome_timestamp_seconds"
     assert value(registry, name, route=ROUTE, mailbox=GMAIL) == T0 + 7.0
     assert value(registry, name, route=ROUTE, mailbox=OUTLOOK) == 0
+
+
+def test_oauth_credential_series_follow_the_configured_credentials(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare_credentials(["m365", "gmail"])
+    name = "deliverability_oauth_token_refreshes_total"
+    assert value(registry, name, credential="m365", result="invalid_grant") == 0
+    recorder.record(TokenRefreshed("m365", "timeout", 1000.0))
+    recorder.record(TokenRefreshed("m365", "ok", 1010.0, 4610.0))
+    assert value(registry, name, credential="m365", result="timeout") == 1
+    assert value(registry, name, credential="m365", result="ok") == 1
+    assert (
+        value(
+            registry, "deliverability_oauth_token_last_success_timestamp_seconds", credential="m365"
+        )
+        == 1010.0
+    )
+    assert (
+        value(registry, "deliverability_oauth_token_expiry_timestamp_seconds", credential="m365")
+        == 4610.0
+    )
+
+    recorder.declare_credentials(["gmail"])  # m365 removed by a reload
+    assert value(registry, name, credential="m365", result="ok") is None
+    assert value(registry, name, credential="gmail", result="ok") == 0

@@ -138,6 +138,11 @@ NOT_FED: dict[str, str] = {
         "a pair's series appears with its first late probe (the series budget), which arrives "
         "after its deadline; tests/test_probe_loop.py holds mail for that"
     ),
+    "Deliverability overview / OAuth token requests": (
+        "the scenario's routes and mailboxes sign in with passwords; tests/test_oauth_sources.py "
+        "and tests/test_oauth_wiring.py feed the series from a scripted token endpoint, and the "
+        "promtool tests of DeliverabilityOAuthTokenRefreshFailing a failing credential"
+    ),
 }
 # Panels whose series are all 0 here: the events they count are rare, or over by the time the
 # queries run, or 0 is what the panel lists. Their queries still run against real series.

@@ -72,6 +72,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
     assert [p.name for p in TEST_FILES] == [
         "agent.test.yml",
         "dns.test.yml",
+        "oauth.test.yml",
         "placement.test.yml",
         "recording.test.yml",
         "reports.test.yml",
@@ -124,6 +125,21 @@ _DELIVERY_CHECKS = 'check=~"spf|spf_lookups|spf_authorized|dkim|dmarc|mx|fcrdns"
             "          summary: The agent {{ $labels.instance }} cannot write",
             "DeliverabilityLedgerNotWritable",
             "agent.test.yml",
+        ),
+        # Fires on a stale last success alone: the healthy credential between hourly refreshes
+        # catches it.
+        (
+            "          ) > 0\n            and on (job, instance, credential)\n",
+            "          ) >= 0\n            and on (job, instance, credential)\n",
+            "DeliverabilityOAuthTokenRefreshFailing",
+            "oauth.test.yml",
+        ),
+        # Fires on failures alone: the healthy credential's one failed request catches it.
+        (
+            "          time() - deliverability_oauth_token_last_success_timestamp_seconds > 1800\n",
+            "          time() - deliverability_oauth_token_last_success_timestamp_seconds > -1\n",
+            "DeliverabilityOAuthTokenRefreshFailing",
+            "oauth.test.yml",
         ),
         # Fires on an informational check too: the optional records' series catch it.
         (

@@ -68,7 +68,9 @@ def shipped_passwords(path: Path) -> set[str]:
     assert config.sandbox is not None
     passwords = {user.password.get_secret_value() for user in config.sandbox.users}
     passwords |= {m.auth.password.get_secret_value() for m in config.sandbox.mailboxes}
-    passwords |= {r.auth.password.get_secret_value() for r in config.routes if r.auth}
+    passwords |= {
+        r.auth.password.get_secret_value() for r in config.routes if r.auth and r.auth.password
+    }
     return passwords
 
 

@@ -227,3 +227,26 @@ def test_an_interpolation_error_in_the_new_field_does_not_quote_it(tmp_path: Pat
         "<config>: routes[0].oauth_client_secret: invalid variable reference: expected ${NAME} "
         "or ${NAME:-default} (write $${ for a literal ${)"
     )
+
+
+def test_the_real_oauth2_secrets_are_found_by_type_and_never_echoed(tmp_path: Path) -> None:
+    oauth2 = {
+        "token_url": "https://login.example.com/token",
+        "client_id": "app-id",
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": "oauth-refresh-sekret-41c2",
+        "grant": "client_credentials",  # refresh_token is not for this grant: an error
+    }
+    data = _data(auth={"username": "u", "oauth2": oauth2})
+    del data["routes"][0]["oauth_client_secret"]
+    with pytest.raises(ConfigError) as caught:
+        validate_config(data, base_dir=tmp_path, environ={})
+    assert "routes[0].auth.oauth2.refresh_token: expected only with grant refresh_token" in str(
+        caught.value
+    )
+    assert CLIENT_SECRET not in str(caught.value) and "sekret" not in str(caught.value)
+
+    del oauth2["refresh_token"]
+    config = validate_config(data, base_dir=tmp_path, environ={})
+    assert CLIENT_SECRET in secret_values(config)
+    assert CLIENT_SECRET not in repr(config) and CLIENT_SECRET not in str(config)

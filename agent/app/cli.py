@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -33,6 +34,7 @@ from agent.errors import AgentError
 from agent.model import ConfigLoaded, Outcome
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
+from agent.oauth.lifecycle import CredentialState
 from agent.providers import parse_trust_rule, trust_rules_for
 from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
@@ -311,6 +313,7 @@ async def _once(config: Config, *, as_json: bool, progress: TextIO | None = None
                     )
                 await agent.wait_final(probe_ids)
             records = [agent.ledger.get(pid) for pid in probe_ids]
+            credentials = agent.credentials()
         finally:
             for handler in handlers:
                 handler.removeFilter(clear)
@@ -324,9 +327,55 @@ async def _once(config: Config, *, as_json: bool, progress: TextIO | None = None
             print(json.dumps(probe_json(record), sort_keys=False))
         else:
             rows.append(_table_row(record))
-    if not as_json:
+    if as_json:
+        for credential in credentials:
+            print(json.dumps(credential_json(credential), sort_keys=False))
+    else:
         _print_table(rows)
+        if credentials:
+            print()
+            _print_table([_credential_row(c) for c in credentials], _CREDENTIAL_HEADER)
     return EXIT_OK if all_inbox else EXIT_NOT_ALL_INBOX
+
+
+def credential_json(state: CredentialState) -> dict[str, Any]:
+    """The `once --json` object of one OAuth credential, after the probes' (a public format:
+    see the README's "Commands"); never a token or secret."""
+    return {
+        "credential": state.credential,
+        "method": state.method,
+        "ok": state.error_kind is None and state.last_success_at is not None,
+        "last_success_at": _iso(state.last_success_at),
+        "expires_at": _iso(state.expires_at),
+        "error": (
+            {"kind": str(state.error_kind), "message": state.error}
+            if state.error_kind is not None
+            else None
+        ),
+    }
+
+
+_CREDENTIAL_HEADER = ["CREDENTIAL", "HOW", "STATE", "LAST TOKEN", "ERROR"]
+
+
+def _credential_row(state: CredentialState) -> list[str]:
+    return [
+        state.credential,
+        state.method,
+        (
+            str(state.error_kind)
+            if state.error_kind is not None
+            else ("ok" if state.last_success_at is not None else "not asked yet")
+        ),
+        _iso(state.last_success_at) or "never",
+        state.error or "",
+    ]
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def _show(stream: TextIO, text: str) -> None:
@@ -399,8 +448,8 @@ def _table_row(record: ProbeRecord) -> list[str]:
     ]
 
 
-def _print_table(rows: list[list[str]]) -> None:
-    header = ["ROUTE", "MAILBOX", "OUTCOME", "FOLDER", "LATENCY", "AUTH", "DETAIL"]
+def _print_table(rows: list[list[str]], header: list[str] | None = None) -> None:
+    header = header or ["ROUTE", "MAILBOX", "OUTCOME", "FOLDER", "LATENCY", "AUTH", "DETAIL"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print(
@@ -468,6 +517,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
             config_loaded_at=state.config_loaded_at,
             mailboxes_up=dict(agent.mailboxes_up()),
             sandbox=state.sandbox,
+            credentials=tuple(agent.credentials()),
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time())
         refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0

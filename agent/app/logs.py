@@ -125,6 +125,6 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     # The libraries' own debug output can include protocol lines; keep them at warning.
-    for noisy in ("aioimaplib", "aiosmtplib", "apscheduler"):
+    for noisy in ("aioimaplib", "aiosmtplib", "apscheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return redactor

@@ -36,6 +36,8 @@ from agent.imap import (
 )
 from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome, ProbeStarted
 from agent.monitoring.recorder import Recorder
+from agent.oauth.lifecycle import CredentialState
+from agent.oauth.sources import TokenSources
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
 from agent.probing.prober import Prober
@@ -100,6 +102,11 @@ class Agent:
         self.ledger = Ledger.in_state_dir(config.state_dir, on_health=self._ledger_health)
         self.recorder.record(self.ledger.health)
         self.outcomes = Outcomes(self.ledger, recorder)
+        # One token source per OAuth credential, shared by its routes and mailboxes and kept
+        # across reloads (with its cached token) while its auth section does not change.
+        self.tokens = TokenSources(
+            state_dir=config.state_dir, clock=clock, on_refresh=self.recorder.record
+        )
         self.matcher = Matcher(
             ledger=self.ledger,
             outcomes=self.outcomes,
@@ -120,7 +127,10 @@ class Agent:
 
     def _build(self, config: Config) -> None:
         secret = config.secret.get_secret_value().encode()
-        self.prober = Prober(config=config, outcomes=self.outcomes, clock=self._clock)
+        self.tokens.update(config)
+        self.prober = Prober(
+            config=config, outcomes=self.outcomes, clock=self._clock, tokens=self.tokens
+        )
         # The matcher is kept across reloads: its key ring holds the secrets that signed probes
         # still in flight.
         self.matcher.reconfigure(secret=secret, cleanup=config.probes.cleanup)
@@ -155,6 +165,7 @@ class Agent:
             },
         )
         declare_dns_series(self.config, self.recorder)
+        self.recorder.declare_credentials(self.tokens.credentials())
         # Only the configured pairs: declare() just removed the series of the others.
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))
         for mailbox in (
@@ -351,6 +362,11 @@ class Agent:
             states[mailbox.name] = bool(folders) and all(folders.values())
         return states
 
+    def credentials(self) -> list[CredentialState]:
+        """Each OAuth credential's state (last refresh, error kind and message; no secret), for
+        the status page and `once`."""
+        return self.tokens.states()
+
     def scheduled_jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []
 
@@ -457,7 +473,7 @@ class Agent:
 
     async def _watch_mailbox(self, watch: _MailboxWatch) -> None:
         mailbox = watch.mailbox
-        target = imap_target(mailbox)
+        target = imap_target(mailbox, self.tokens.sign_in("mailbox", mailbox.name))
         delay = 1.0
         while True:
             try:

@@ -12,7 +12,7 @@ This package's surface; each part has its own module:
 
 from __future__ import annotations
 
-from agent.config.credentials import Auth
+from agent.config.credentials import Auth, MailAuth, OAuth2
 from agent.config.errors import ConfigError
 from agent.config.loader import load_config, read_config_file, validate_config
 from agent.config.models import (
@@ -63,8 +63,10 @@ __all__ = [
     "ImapTimeouts",
     "ListenAddress",
     "LogLevel",
+    "MailAuth",
     "Mailbox",
     "Nameserver",
+    "OAuth2",
     "PairRef",
     "Probes",
     "ReportMailbox",

@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from agent.config.base import _Model
-from agent.config.credentials import Auth
+from agent.config.credentials import Auth, MailAuth
 from agent.config.errors import _invalid, _Problems
 from agent.config.interpolation import _PLACEHOLDER, _fail_closed, _read_secret_file
 from agent.config.sandbox import Sandbox
@@ -94,15 +94,17 @@ class Timeouts(_Model):
                 )
 
 
-def _plaintext_auth_problem(tls: TlsMode) -> str | None:
+def _plaintext_auth_problem(tls: TlsMode, auth: MailAuth) -> str | None:
+    # An access token is as good as a password to whoever reads it off the wire.
+    what = "the access token" if auth.uses_token else "the password"
     if tls is TlsMode.NONE:
         return (
-            "refusing to send the password in clear text over tls: none; use TLS, or set "
+            f"refusing to send {what} in clear text over tls: none; use TLS, or set "
             "allow_plaintext_auth: true if the network path is trusted"
         )
     if tls is TlsMode.OPPORTUNISTIC:
         return (
-            "refusing auth over tls: opportunistic, which sends the password in clear text when "
+            f"refusing auth over tls: opportunistic, which sends {what} in clear text when "
             "STARTTLS is not offered; use starttls, or set allow_plaintext_auth: true"
         )
     return None
@@ -176,7 +178,7 @@ class Route(_Model):
     tls: TlsMode = TlsMode.STARTTLS  # default derived from the port in _prepare
     tls_verify: bool = True
     ca_file: ExistingFile | None = None
-    auth: Auth | None = None
+    auth: MailAuth | None = None
     allow_plaintext_auth: bool = False
     from_: HeaderAddress = Field(alias="from")
     envelope_from: AddrSpec = ""  # default: the address in `from`, filled in by _prepare
@@ -207,7 +209,7 @@ class Route(_Model):
 
     def _check(self, problems: _Problems) -> None:
         if self.auth is not None and not self.allow_plaintext_auth:
-            problem = _plaintext_auth_problem(self.tls)
+            problem = _plaintext_auth_problem(self.tls, self.auth)
             if problem is not None:
                 problems.add(("auth",), problem)
 
@@ -271,7 +273,7 @@ class Mailbox(_Model):
     tls: Annotated[TlsMode, BeforeValidator(_imap_tls)] = TlsMode.IMPLICIT  # from port: _prepare
     tls_verify: bool = True
     ca_file: ExistingFile | None = None
-    auth: Auth
+    auth: MailAuth
     allow_plaintext_auth: bool = False
     address: AddrSpec
     folders: Folders = Field(default_factory=Folders)
@@ -302,7 +304,7 @@ class Mailbox(_Model):
 
     def _check(self, problems: _Problems) -> None:
         if not self.allow_plaintext_auth:
-            problem = _plaintext_auth_problem(self.tls)
+            problem = _plaintext_auth_problem(self.tls, self.auth)
             if problem is not None:
                 problems.add(("auth",), problem)
 

@@ -46,6 +46,9 @@ __all__ = [
     "LEDGER_WRITABLE",
     "MAILBOX_INFO",
     "MALFORMED_MESSAGES",
+    "OAUTH_TOKEN_EXPIRY",
+    "OAUTH_TOKEN_LAST_SUCCESS",
+    "OAUTH_TOKEN_REFRESHES",
     "PAIR_DELIVERY_SECONDS",
     "PREFIX",
     "PROBES",
@@ -318,6 +321,25 @@ TLS_VERSION_INFO = MetricSpec(
     "Always 1; labelled with the TLS version last negotiated on the route.",
     ("route", "version"),
 )
+OAUTH_TOKEN_REFRESHES = MetricSpec(
+    "deliverability_oauth_token_refreshes_total",
+    MetricKind.COUNTER,
+    "Access-token requests of an OAuth credential (token endpoint, token_command or token_file), "
+    "by result: ok, invalid_grant, invalid_client, refused, endpoint, timeout, command, file.",
+    ("credential", "result"),
+)
+OAUTH_TOKEN_LAST_SUCCESS = MetricSpec(
+    "deliverability_oauth_token_last_success_timestamp_seconds",
+    MetricKind.GAUGE,
+    "When the credential last got an access token (Unix time; 0: not yet since the start).",
+    ("credential",),
+)
+OAUTH_TOKEN_EXPIRY = MetricSpec(
+    "deliverability_oauth_token_expiry_timestamp_seconds",
+    MetricKind.GAUGE,
+    "When the credential's current access token expires (Unix time; 0: not known).",
+    ("credential",),
+)
 DNS_CHECK_OK = MetricSpec(
     "deliverability_dns_check_ok",
     MetricKind.GAUGE,
@@ -445,6 +467,9 @@ CATALOG: tuple[MetricSpec, ...] = (
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
     BOUNCES,
+    OAUTH_TOKEN_REFRESHES,
+    OAUTH_TOKEN_LAST_SUCCESS,
+    OAUTH_TOKEN_EXPIRY,
     DNS_CHECK_OK,
     DNS_CHECK_ERRORS,
     DNS_CHECK_DURATION,

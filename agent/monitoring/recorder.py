@@ -55,6 +55,7 @@ from agent.model import (
     SpamVerdict,
     Stage,
     TlsSessionsCounted,
+    TokenRefreshed,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -82,6 +83,9 @@ from agent.monitoring.catalog import (
     LEDGER_WRITABLE,
     MAILBOX_INFO,
     MALFORMED_MESSAGES,
+    OAUTH_TOKEN_EXPIRY,
+    OAUTH_TOKEN_LAST_SUCCESS,
+    OAUTH_TOKEN_REFRESHES,
     PAIR_DELIVERY_SECONDS,
     PROBES,
     PROBES_FOUND,
@@ -103,6 +107,7 @@ from agent.monitoring.catalog import (
     MetricKind,
     MetricSpec,
 )
+from agent.oauth.token_source import TokenErrorKind
 
 __all__ = ["Recorder", "Result"]
 
@@ -124,6 +129,7 @@ Result = (
     | NewestReport
     | DmarcCounted
     | TlsSessionsCounted
+    | TokenRefreshed
 )
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
@@ -135,6 +141,11 @@ _DNS_SPECS = (
     DKIM_KEY_BITS,
     DMARC_POLICY_INFO,
 )
+
+# The OAuth credential series (declare_credentials drops those of removed credentials).
+_CREDENTIAL_SPECS = (OAUTH_TOKEN_REFRESHES, OAUTH_TOKEN_LAST_SUCCESS, OAUTH_TOKEN_EXPIRY)
+_TOKEN_OK = "ok"
+_TOKEN_RESULTS = (_TOKEN_OK, *(kind.value for kind in TokenErrorKind))
 
 # RFC 3463 status codes; anything else a server sends is labelled "invalid" so a hostile server
 # cannot mint series.
@@ -357,6 +368,8 @@ class Recorder:
                 self._set_pair_in_flight((route, mailbox), count)
             case LedgerHealth(writable, error):
                 self._ledger_health(writable, error)
+            case TokenRefreshed():
+                self._token_refreshed(result)
             case ConfigLoaded(ok, at):
                 self._config_loaded(ok, at)
             case ProbeStarted(lag_seconds):
@@ -539,6 +552,28 @@ class Recorder:
                 ).inc(result.count)
 
     # -- DNS checks -------------------------------------------------------------------------------
+
+    def declare_credentials(self, credentials: Iterable[str]) -> None:
+        """Pre-create the series of the configured OAuth credentials (every result at zero) and
+        remove those of credentials no longer configured: a few per credential, none per pair."""
+        wanted = set(credentials)
+        for spec in _CREDENTIAL_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if values[0] not in wanted:
+                    self._remove(spec, values)
+        for credential in sorted(wanted):
+            for result in _TOKEN_RESULTS:
+                self._c(OAUTH_TOKEN_REFRESHES, credential, result)
+            self._g(OAUTH_TOKEN_LAST_SUCCESS, credential)
+            self._g(OAUTH_TOKEN_EXPIRY, credential)
+
+    def _token_refreshed(self, refreshed: TokenRefreshed) -> None:
+        # Results come from an enum; anything else would be a bug, not a new series.
+        result = refreshed.result if refreshed.result in _TOKEN_RESULTS else "refused"
+        self._c(OAUTH_TOKEN_REFRESHES, refreshed.credential, result).inc()
+        if result == _TOKEN_OK:
+            self._g(OAUTH_TOKEN_LAST_SUCCESS, refreshed.credential).set(refreshed.at)
+            self._g(OAUTH_TOKEN_EXPIRY, refreshed.credential).set(refreshed.expires_at or 0)
 
     def declare_dns(
         self, checks: Iterable[tuple[str, DnsCheck]], blocklists: Iterable[tuple[str, str]]

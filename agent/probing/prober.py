@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from agent.config import Config, Mailbox, Route
 from agent.log_fields import probe_fields
+from agent.oauth.sources import TokenSources
 from agent.probing.outcomes import Outcomes
 from agent.probing.probe_message import build_probe_message
 from agent.probing.targets import smtp_target
@@ -48,8 +49,10 @@ class Prober:
         config: Config,
         outcomes: Outcomes,
         clock: Callable[[], float] = time.time,
+        tokens: TokenSources | None = None,
     ) -> None:
         self._config = config
+        self._tokens = tokens
         self._secret = config.secret.get_secret_value().encode()
         self._deadline = config.probes.deadline
         self._outcomes = outcomes
@@ -76,7 +79,7 @@ class Prober:
             deadline_at=created_at + self._deadline,
         )
         result = await send_probe(
-            smtp_target(route),
+            smtp_target(route, self._tokens.sign_in("route", route.name) if self._tokens else None),
             envelope_from=self._config.envelope_from(route, probe_id),
             recipients=[mailbox.address],
             message=message.as_bytes(policy=email.policy.SMTP),

@@ -26,6 +26,7 @@ from typing import Final
 from agent.config import Config
 from agent.errors import AgentError, ErrorCategory
 from agent.model import Outcome
+from agent.oauth.lifecycle import CredentialState
 from agent.secrets import Redactor
 from agent.smtp.replies import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
@@ -87,6 +88,8 @@ class Health:
     config_loaded_at: float | None
     mailboxes_up: Mapping[str, bool | None] = field(default_factory=dict)  # None: unknown
     sandbox: str | None = None  # where the sandbox listens, when there is one
+    # Each OAuth credential's token state (agent.oauth.lifecycle): no token or secret in it.
+    credentials: tuple[CredentialState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +437,41 @@ def _health(data: PageData) -> str:
     return '<dl id="health">' + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
+def _credentials(data: PageData, redact: Redactor) -> str:
+    """The OAuth credentials' token states; messages are the agent's own (never a token) and
+    masked once more with the configuration's secrets, as an endpoint may echo one."""
+    if not data.health.credentials:
+        return ""
+    rows = []
+    for state in data.health.credentials:
+        if state.error_kind is not None:
+            status = f'<span class="down">{_e(state.error_kind)}</span>'
+            if state.retry_at is not None and state.retry_at > data.now:
+                status += (
+                    f" (next try in {_e(_ago(state.retry_at - data.now).removesuffix(' ago'))})"
+                )
+        elif state.last_success_at is not None:
+            status = '<span class="up">ok</span>'
+        else:
+            status = '<span class="muted">not yet asked</span>'
+        last = _ago(data.now - state.last_success_at) if state.last_success_at else "never"
+        expires = (
+            f"in {_ago(state.expires_at - data.now).removesuffix(' ago')}"
+            if state.expires_at is not None and state.expires_at > data.now
+            else "—"
+        )
+        rows.append(
+            f"<tr><td>{_e(state.credential)}</td><td>{_e(state.method)}</td><td>{status}</td>"
+            f"<td>{_e(last)}</td><td>{_e(expires)}</td>"
+            f"<td>{_e(redact(state.error or ''))}</td></tr>"
+        )
+    return (
+        '<h2>OAuth credentials</h2><table id="credentials"><thead><tr><th>credential</th>'
+        "<th>how</th><th>state</th><th>last token</th><th>token expires</th><th>last error</th>"
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
 def render(
     data: PageData,
     *,
@@ -458,6 +496,7 @@ def render(
         f"{_pairs_view(data)}"
         f"<h2>Recent probes</h2>{_recent(data, redact)}"
         f"<h2>Agent</h2>{_health(data)}"
+        f"{_credentials(data, redact)}"
         f"<footer>Rendered {_e(_clock(data.now))}; refreshes every {int(refresh_seconds)} s "
         '(<a href="/?refresh=0">pause</a>, <a href="/">resume</a>) · '
         '<a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · '

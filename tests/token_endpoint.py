@@ -1,0 +1,125 @@
+"""A scripted OAuth 2.0 token endpoint on loopback (port 0), for the token sources' tests.
+
+No real identity provider runs here, so this plays one: each POST is answered by the next
+`Answer` of the script (the last one repeats), optionally over TLS (a trustme certificate). It
+records every request's form, so tests can assert what the agent sent (grant, client, refresh
+token, the service account's JWT). `Answer(hang=True)` holds the request until the server closes:
+a token endpoint that never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs
+
+__all__ = ["Answer", "TokenEndpointServer", "error", "token"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer: a status and a body (a JSON object, or raw bytes), or a hang."""
+
+    status: int = 200
+    body: dict[str, Any] | bytes = field(default_factory=dict)
+    hang: bool = False
+
+
+def token(value: str, *, expires_in: int | None = 3600, refresh_token: str | None = None) -> Answer:
+    """A successful token answer (RFC 6749 5.1)."""
+    body: dict[str, Any] = {"access_token": value, "token_type": "Bearer"}
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    if refresh_token is not None:
+        body["refresh_token"] = refresh_token
+    return Answer(200, body)
+
+
+def error(code: str, description: str = "", *, status: int = 400) -> Answer:
+    """An OAuth error answer (RFC 6749 5.2)."""
+    body = {"error": code}
+    if description:
+        body["error_description"] = description
+    return Answer(status, body)
+
+
+class TokenEndpointServer:
+    """Serves `script` on 127.0.0.1:0 in a thread; `url` is its token URL."""
+
+    def __init__(
+        self,
+        script: list[Answer] | Callable[[dict[str, str]], Answer],
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._script = script
+        self.requests: list[dict[str, str]] = []  # each request's form, one value per key
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                raw = self.rfile.read(length).decode("ascii")
+                form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+                answer = outer._next(form)
+                if answer.hang:
+                    outer._release.wait()
+                    return
+                body = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body)
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: pytest shows what matters
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/token"
+        # A short poll interval: shutdown() waits for the serving loop to notice.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def _next(self, form: dict[str, str]) -> Answer:
+        with self._lock:
+            self.requests.append(form)
+            if callable(self._script):
+                return self._script(form)
+            if len(self._script) > 1:
+                return self._script.pop(0)
+            return self._script[0]
+
+    def answer(self, *answers: Answer) -> None:
+        """Replace the script from the next request on."""
+        with self._lock:
+            self._script = list(answers)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
