@@ -133,6 +133,10 @@ BUDGET: dict[str, Cost] = {
     "deliverability_spf_dns_lookups": Cost(),
     "deliverability_dkim_key_bits": Cost(),
     "deliverability_dmarc_policy_info": Cost(),
+    # per OAuth credential: none configured here (a few series per credential, none per pair)
+    "deliverability_oauth_token_refreshes_total": Cost(),
+    "deliverability_oauth_token_last_success_timestamp_seconds": Cost(),
+    "deliverability_oauth_token_expiry_timestamp_seconds": Cost(),
     # per report mailbox (reports by kind and result, the newest report's end), and per reporting
     # org / domain / top-N source seen in reports: none configured here, bounded by the reader
     "deliverability_reports_total": Cost(),
