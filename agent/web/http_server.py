@@ -153,8 +153,11 @@ class BasicAuth:
 
 
 class WebhookAnswer(Protocol):
-    status: int
-    text: str
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 class WebhookSink(Protocol):
