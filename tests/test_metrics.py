@@ -40,6 +40,12 @@ from agent.model import (
     BounceType,
     ConfigLoaded,
     ErrorKind,
+    EspComplaint,
+    EspDelivered,
+    EspEventReceived,
+    EspEventType,
+    EspSuppressed,
+    EspUnmatched,
     FoundBy,
     ImapHealth,
     InboxCategory,
@@ -61,6 +67,8 @@ from agent.model import (
     SpamSource,
     SpamVerdict,
     Stage,
+    WebhookRefusal,
+    WebhookRefused,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -244,6 +252,18 @@ def play_fixed_sequence(recorder: Recorder) -> None:
         [(SENDING_IP, ZONE)],
     )
     recorder.record(DNS_REPORT)
+    # The route is an ESP's relay: its webhook's series, and one of each ESP result.
+    recorder.declare_esp([ROUTE])
+    recorder.record(WebhookRefused(ROUTE, WebhookRefusal.BAD_SIGNATURE))
+    recorder.record(EspEventReceived(ROUTE, EspEventType.DROPPED, T0 + 100.0))
+    recorder.record(EspEventReceived(ROUTE, EspEventType.DELIVERED, T0 + 120.0))
+    recorder.record(EspUnmatched(ROUTE))
+    recorder.record(EspDelivered(ROUTE, 3.2))
+    recorder.record(
+        BounceCounted(ROUTE, BounceType.HARD, BounceSource.ESP, BounceReason.SUPPRESSED)
+    )
+    recorder.record(EspSuppressed(ROUTE))
+    recorder.record(EspComplaint(ROUTE))
 
 
 def test_metrics_exposition_matches_golden_file(
@@ -320,6 +340,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource, *FoundBy)}
         | {str(m) for m in BounceReason}
+        | {str(m) for m in (*EspEventType, *WebhookRefusal)}
         | {AUTH_ABSENT}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}

@@ -34,6 +34,7 @@ from agent.imap import (
 )
 from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome, ProbeStarted
 from agent.monitoring.recorder import Recorder
+from agent.probing.esp import EspEvents
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
 from agent.probing.prober import Prober
@@ -87,6 +88,9 @@ class Agent:
         self.ledger = Ledger.in_state_dir(config.state_dir, on_health=self._ledger_health)
         self.recorder.record(self.ledger.health)
         self.outcomes = Outcomes(self.ledger, recorder)
+        self.esp = EspEvents(
+            ledger=self.ledger, outcomes=self.outcomes, config=lambda: self.config, clock=clock
+        )
         self.matcher = Matcher(
             ledger=self.ledger,
             outcomes=self.outcomes,
@@ -106,7 +110,7 @@ class Agent:
 
     def _build(self, config: Config) -> None:
         secret = config.secret.get_secret_value().encode()
-        self.prober = Prober(config=config, outcomes=self.outcomes, clock=self._clock)
+        self.prober = Prober(config=config, outcomes=self.outcomes, esp=self.esp, clock=self._clock)
         # The matcher is kept across reloads: its key ring holds the secrets that signed probes
         # still in flight.
         self.matcher.reconfigure(secret=secret, cleanup=config.probes.cleanup)
@@ -126,6 +130,7 @@ class Agent:
         pairs = [(route.name, mailbox.name) for route, mailbox in self.config.pairs()]
         bounce_names = [mailbox.name for mailbox in self.config.bounce_mailboxes]
         self.recorder.declare(pairs, bounce_mailboxes=bounce_names)
+        self.recorder.declare_esp(route.name for route in self.config.routes if route.esp)
         declare_dns_series(self.config, self.recorder)
         # Only the configured pairs: declare() just removed the series of the others.
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))

@@ -27,6 +27,12 @@ from agent.model import (
     BounceType,
     ConfigLoaded,
     ErrorKind,
+    EspComplaint,
+    EspDelivered,
+    EspEventReceived,
+    EspEventType,
+    EspSuppressed,
+    EspUnmatched,
     FoundBy,
     ImapHealth,
     InboxCategory,
@@ -47,6 +53,8 @@ from agent.model import (
     SpamSource,
     SpamVerdict,
     Stage,
+    WebhookRefusal,
+    WebhookRefused,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -62,6 +70,12 @@ from agent.monitoring.catalog import (
     DNS_CHECK_ERRORS,
     DNS_CHECK_OK,
     DNSBL_LISTED,
+    ESP_COMPLAINTS,
+    ESP_DELIVERY_SECONDS,
+    ESP_EVENTS,
+    ESP_SPECS,
+    ESP_SUPPRESSED,
+    ESP_UNMATCHED,
     FORGED_MESSAGES,
     IMAP_ERRORS,
     IMAP_UP,
@@ -84,6 +98,8 @@ from agent.monitoring.catalog import (
     SPF_DNS_LOOKUPS,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
+    WEBHOOK_LAST_EVENT,
+    WEBHOOK_REFUSALS,
     MetricKind,
     MetricSpec,
 )
@@ -104,7 +120,17 @@ Result = (
     | ConfigLoaded
     | ProbeStarted
     | DnsReport
+    | WebhookRefused
+    | EspEventReceived
+    | EspUnmatched
+    | EspDelivered
+    | EspSuppressed
+    | EspComplaint
 )
+
+# Bounce sources every route has; `esp` (and its `suppressed` reason) only routes with an ESP.
+_OWN_BOUNCE_SOURCES = (BounceSource.SMTP, BounceSource.DSN)
+_OWN_BOUNCE_REASONS = tuple(r for r in BounceReason if r is not BounceReason.SUPPRESSED)
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
 _DNS_SPECS = (
@@ -226,8 +252,8 @@ class Recorder:
                     self._c(SMTP_ERRORS, route, stage.value, kind.value)
             self._h(SMTP_TRANSACTION_SECONDS, route)
             for bounce_type in BounceType:
-                for source in BounceSource:
-                    for reason in BounceReason:
+                for source in _OWN_BOUNCE_SOURCES:
+                    for reason in _OWN_BOUNCE_REASONS:
                         self._c(BOUNCES, route, bounce_type.value, source.value, reason.value)
         for route, mailbox in ordered:
             for outcome in Outcome:
@@ -255,6 +281,31 @@ class Recorder:
             self._c(MALFORMED_MESSAGES, mailbox)
         self._pairs = ordered
         self._declared_pairs = frozenset(ordered)
+
+    def declare_esp(self, routes: Iterable[str]) -> None:
+        """Pre-create the webhook series of the routes with an ESP (per route: a few dozen, never
+        per pair), and remove those of routes that no longer have one. Call after `declare`."""
+        wanted = set(routes)
+        for spec in ESP_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if values[0] not in wanted:
+                    self._remove(spec, values)
+        for values in sorted(self._children[BOUNCES.name]):
+            if values[2] == BounceSource.ESP.value and values[0] not in wanted:
+                self._remove(BOUNCES, values)
+        for route in sorted(wanted):
+            for event_type in EspEventType:
+                self._c(ESP_EVENTS, route, event_type.value)
+            for refusal in WebhookRefusal:
+                self._c(WEBHOOK_REFUSALS, route, refusal.value)
+            self._c(ESP_UNMATCHED, route)
+            self._g(WEBHOOK_LAST_EVENT, route)
+            self._c(ESP_SUPPRESSED, route)
+            self._c(ESP_COMPLAINTS, route)
+            self._h(ESP_DELIVERY_SECONDS, route)
+            for bounce_type in BounceType:
+                for reason in BounceReason:
+                    self._c(BOUNCES, route, bounce_type.value, BounceSource.ESP.value, reason.value)
 
     def _bounce(
         self, route: str, bounce_type: BounceType, source: BounceSource, reason: BounceReason
@@ -315,6 +366,20 @@ class Recorder:
                 self._histograms[SCHEDULER_LAG_SECONDS.name].observe(max(0.0, lag_seconds))
             case DnsReport():
                 self._dns_report(result)
+            case WebhookRefused(route, reason):
+                self._c(WEBHOOK_REFUSALS, route, reason.value).inc()
+            case EspEventReceived(route, event_type, received_at):
+                self._c(ESP_EVENTS, route, event_type.value).inc()
+                self._g(WEBHOOK_LAST_EVENT, route).set(received_at)
+            case EspUnmatched(route):
+                self._c(ESP_UNMATCHED, route).inc()
+            case EspDelivered(route, latency_seconds):
+                if latency_seconds is not None:
+                    self._h(ESP_DELIVERY_SECONDS, route).observe(max(0.0, latency_seconds))
+            case EspSuppressed(route):
+                self._c(ESP_SUPPRESSED, route).inc()
+            case EspComplaint(route):
+                self._c(ESP_COMPLAINTS, route).inc()
 
     # -- probes -----------------------------------------------------------------------------------
 
