@@ -72,6 +72,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
     assert [p.name for p in TEST_FILES] == [
         "agent.test.yml",
         "dns.test.yml",
+        "esp.test.yml",
         "placement.test.yml",
         "recording.test.yml",
         "smtp.test.yml",
