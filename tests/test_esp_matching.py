@@ -228,3 +228,23 @@ def test_no_message_id_is_taken_from_a_reply_that_did_not_accept() -> None:
         duration_seconds=1.0,
     )
     assert _esp_message_id(result) is None
+
+
+def test_the_worked_examples_of_the_configuration_reference_validate() -> None:
+    import re as regex
+
+    import yaml
+
+    from agent.config.esp import Esp
+
+    docs = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    section = docs.split("## ESP event webhooks", 1)[1].split("\n## ", 1)[0]
+    blocks = regex.findall(r"```yaml\n(.*?)```", section, regex.DOTALL)
+    kinds = []
+    for block in blocks:
+        # ${VAR} and secret files stand for the operator's own values here.
+        text = regex.sub(r"\$\{[A-Z_]+\}", "value-from-the-environment", block)
+        text = text.replace("password_file: /run/secrets/postmark-webhook", "password: pw")
+        esp = Esp.model_validate(yaml.safe_load(text)["routes"][0]["esp"])
+        kinds.append(esp.kind.value)
+    assert kinds == ["sendgrid", "ses", "mailgun", "postmark", "generic"]

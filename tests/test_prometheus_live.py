@@ -110,7 +110,7 @@ QUIET_ALERTS = {
     "DeliverabilityLedgerNotWritable",
 }
 
-# Panels that return no series at all in this scenario, and why (none today).
+# Panels that return no series at all in this scenario, and why.
 NOT_FED: dict[str, str] = {
     "Deliverability overview / Gmail inbox tabs": (
         "Dovecot has no X-GM-EXT-1, so no probe has a tab; tests/test_gmail_categories.py and "
