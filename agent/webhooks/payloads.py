@@ -52,7 +52,10 @@ def parse_events(kind: EspKind, payload: Any, *, metadata_key: str) -> tuple[Esp
             items = [data] if isinstance(data, dict) else None
             reader = _mailgun
         case EspKind.POSTMARK:
-            items = [payload] if isinstance(payload, dict) and "RecordType" in payload else None
+            known = isinstance(payload, dict) and (
+                "RecordType" in payload or "MessageID" in payload
+            )
+            items = [payload] if known else None
             reader = _postmark
         case EspKind.SES:
             items = [payload] if isinstance(payload, dict) and "mail" in payload else None
@@ -182,6 +185,8 @@ _POSTMARK_BOUNCES: Final = {
 
 def _postmark(item: Mapping[str, Any], key: str) -> EspEvent:
     record = item.get("RecordType")
+    if record is None:  # the older posts, and Postmark's published examples, do not say
+        record = "Bounce" if "BouncedAt" in item else "Delivery" if "DeliveredAt" in item else None
     kind = EspEventType.OTHER
     at = None
     if record == "Bounce":
