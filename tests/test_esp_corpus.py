@@ -19,7 +19,7 @@ MANIFEST: list[dict[str, Any]] = yaml.safe_load((CORPUS / "manifest.yaml").read_
 
 
 def _body(sample: dict[str, Any]) -> bytes:
-    data = (CORPUS / sample["file"]).read_bytes()
+    data: bytes = (CORPUS / sample["file"]).read_bytes()
     if sample["kind"] == "sendgrid":  # the signed test vector: the body is one of its fields
         return str(json.loads(data)["body"]).encode()
     return data
