@@ -248,3 +248,33 @@ def test_the_worked_examples_of_the_configuration_reference_validate() -> None:
         esp = Esp.model_validate(yaml.safe_load(text)["routes"][0]["esp"])
         kinds.append(esp.kind.value)
     assert kinds == ["sendgrid", "ses", "mailgun", "postmark", "generic"]
+
+
+async def test_the_status_page_shows_each_webhooks_last_post_and_refusals(by_id: World) -> None:
+    from agent.web.status_page import Health, collect, render
+
+    await by_id.esp.take(WebhookRefused("r", WebhookRefusal.BAD_SIGNATURE))
+    by_id.post(_event(EspEventType.OTHER), at=T0 + 10)
+    health = by_id.esp.health()
+    assert health["r"].last_post_at == T0 + 10 and health["r"].refused == 1
+    page = render(
+        collect(
+            by_id.ledger,
+            by_id.config,
+            Health(
+                version="1",
+                ready=True,
+                ready_detail="ok",
+                started_at=T0,
+                config_ok=True,
+                config_loaded_at=T0,
+                webhooks={
+                    route: (h.last_post_at, h.refused, h.last_refusal)
+                    for route, h in health.items()
+                },
+            ),
+            now=T0 + 70,
+        )
+    )
+    assert "<dt>webhook r</dt><dd>last verified post 60 s ago" in page
+    assert "1 refused</span> (last: bad_signature)" in page

@@ -482,6 +482,10 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
             config_loaded_at=state.config_loaded_at,
             mailboxes_up=dict(agent.mailboxes_up()),
             sandbox=state.sandbox,
+            webhooks={
+                route: (h.last_post_at, h.refused, h.last_refusal)
+                for route, h in agent.esp.health().items()
+            },
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time())
         refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0

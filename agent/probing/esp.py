@@ -19,9 +19,11 @@ stored (its message id is not known yet, or the probe is still being sent) is ke
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from agent.config import Config
@@ -32,12 +34,21 @@ from agent.reading.bounces import bounce_reason
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 from agent.webhooks.receiver import EspPost
 
-__all__ = ["PENDING_CAP", "PENDING_TTL", "EspEvents"]
+__all__ = ["PENDING_CAP", "PENDING_TTL", "EspEvents", "WebhookHealth"]
 
 log = logging.getLogger(__name__)
 
 PENDING_CAP: Final = 10000  # early events kept at most (the oldest dropped first)
 PENDING_TTL: Final = 3600.0  # seconds an early event waits for its probe's 250
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookHealth:
+    """A route's webhook since the agent started, for the status page."""
+
+    last_post_at: float | None  # the last verified post; None: none yet
+    refused: int  # posts refused
+    last_refusal: str | None  # the reason of the last refused post
 
 
 class EspEvents:
@@ -55,12 +66,27 @@ class EspEvents:
         self._outcomes = outcomes
         self._config = config
         self._clock = clock
+        self._last_post: dict[str, float] = {}
+        self._refused: collections.Counter[str] = collections.Counter()
+        self._last_refusal: dict[str, str] = {}
+
+    def health(self) -> dict[str, WebhookHealth]:
+        """Per route with a webhook in the current config: its posts since the agent started."""
+        routes = [route.name for route in self._config().routes if route.esp is not None]
+        return {
+            route: WebhookHealth(
+                self._last_post.get(route), self._refused[route], self._last_refusal.get(route)
+            )
+            for route in routes
+        }
 
     async def take(self, item: WebhookRefused | EspPost) -> None:
         """A refusal to count, or a verified post's events to apply (raises LedgerError when
         the ledger cannot take them: the post is then answered 503 and retried by the ESP)."""
         if isinstance(item, WebhookRefused):
             self._outcomes.webhook_refused(item)
+            self._refused[item.route] += 1
+            self._last_refusal[item.route] = item.reason.value
             return
         self.receive(item)
 
@@ -71,6 +97,7 @@ class EspEvents:
             esp = None
         if esp is None:
             return  # the route lost its webhook in a reload since the post was verified
+        self._last_post[post.route] = post.received_at
         self._ledger.expire_esp_events(post.received_at - PENDING_TTL)
         for event in post.events:
             self._outcomes.esp_received(post.route, event.event_type, received_at=post.received_at)
