@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -495,10 +496,13 @@ def test_oversized_chunked_unknown_and_wrong_method_posts_get_their_status(
     response = sock_connection.getresponse()
     assert response.status == 413
     sock_connection.close()
-    chunked = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    chunked.request("POST", "/webhooks/gen", body=iter([b"{}"]), encode_chunked=True)
-    assert chunked.getresponse().status == 411
-    chunked.close()
+    # Head and chunked body in one write: the server answers from the head and closes.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as chunked:
+        chunked.sendall(
+            b"POST /webhooks/gen HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\n\r\n"
+        )
+        assert chunked.makefile("rb").readline().startswith(b"HTTP/1.1 411 ")
     assert _post(server, "nope", b"{}")[0] == 404
     assert _post(server, "gen", b"", method="GET")[0] == 405
     assert collected.refusals() == [WebhookRefusal.TOO_LARGE, WebhookRefusal.MALFORMED]
@@ -511,13 +515,17 @@ def test_a_body_on_any_other_path_is_still_refused(server: HttpServer) -> None:
     connection.close()
 
 
-def test_keep_alive_survives_a_taken_post(server: HttpServer, collected: Collected) -> None:
+def test_keep_alive_survives_taken_and_unknown_route_posts(
+    server: HttpServer, collected: Collected
+) -> None:
     body = json.dumps({"events": [{"type": "delivered", "message_id": "q2"}]}).encode()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    for _ in range(2):
-        connection.request("POST", "/webhooks/gen", body=body, headers=_generic_headers(body))
+    statuses = []
+    for route in ("gen", "nope", "gen"):  # a 404's body is read too: the connection goes on
+        connection.request("POST", f"/webhooks/{route}", body=body, headers=_generic_headers(body))
         response = connection.getresponse()
         response.read()
-        assert response.status == 200
+        statuses.append((response.status, response.getheader("Connection")))
     connection.close()
+    assert statuses == [(200, "keep-alive"), (404, "keep-alive"), (200, "keep-alive")]
     assert len(collected.posts()) == 2

@@ -413,21 +413,21 @@ class HttpServer:
         whether the body was read (if not, the connection is closed after the answer)."""
         route = environ["PATH_INFO"][len(_WEBHOOK_PREFIX) :]
         sink = self._webhooks
-        if sink is None or not route or "/" in route or not sink.accepts(route):
-            return _plain("404 Not Found", "no webhook for this route"), False
-        if environ["REQUEST_METHOD"] != "POST":
-            return _plain("405 Method Not Allowed", "use POST", ("Allow", "POST")), False
+        known = sink is not None and bool(route) and "/" not in route and sink.accepts(route)
+        # The body is framed (and read) before the answer, so a refusal on a kept-alive
+        # connection never leaves unread bytes that would reset it under the answer.
         headers: dict[str, str] = environ["agent.headers"]
-        if "transfer-encoding" in headers:
-            sink.refuse(route, "malformed")
-            return _plain("411 Length Required", "send a Content-Length"), False
-        raw = headers.get("content-length", "").strip()
-        if not raw.isdigit():
-            sink.refuse(route, "malformed")
+        raw = headers.get("content-length", "0").strip()
+        if "transfer-encoding" in headers or not raw.isdigit():
+            if sink is not None and known:
+                sink.refuse(route, "malformed")
+            if "transfer-encoding" in headers:
+                return _plain("411 Length Required", "send a Content-Length"), False
             return _plain("400 Bad Request", "expected a Content-Length"), False
         length = int(raw)
         if length > MAX_WEBHOOK_BODY:
-            sink.refuse(route, "too_large")
+            if sink is not None and known:
+                sink.refuse(route, "too_large")
             text = f"bodies of at most {MAX_WEBHOOK_BODY} bytes"
             return _plain("413 Content Too Large", text), False
         try:
@@ -442,6 +442,10 @@ class HttpServer:
             return _plain("408 Request Timeout", text), False
         body = bytes(pending[:length])
         del pending[:length]
+        if sink is None or not known:
+            return _plain("404 Not Found", "no webhook for this route"), True
+        if environ["REQUEST_METHOD"] != "POST":
+            return _plain("405 Method Not Allowed", "use POST", ("Allow", "POST")), True
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(self._workers, sink, route, headers, body)

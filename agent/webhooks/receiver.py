@@ -95,7 +95,13 @@ class WebhookReceiver:
 
     def refuse(self, route: str, reason: str) -> None:
         """Count a post refused before its body was read (too large, no length)."""
-        self._hand_over(WebhookRefused(route, WebhookRefusal(reason)))
+        self._count(WebhookRefused(route, WebhookRefusal(reason)))
+
+    def _count(self, refused: WebhookRefused) -> None:
+        try:
+            self._hand_over(refused)
+        except RuntimeError:  # the agent's loop has ended (shutting down): nothing to count on
+            log.debug("webhook %s: refusal not counted, the agent is stopping", refused.route)
 
     def __call__(self, route: str, headers: dict[str, str], body: bytes) -> WebhookReply:
         esp = self._routes().get(route)
@@ -106,13 +112,12 @@ class WebhookReceiver:
             events = self._read(route, esp, headers, body, now)
         except Refused as refused:
             log.info("webhook %s: refused a post (%s): %s", route, refused.reason, refused)
-            self._hand_over(WebhookRefused(route, refused.reason))
+            self._count(WebhookRefused(route, refused.reason))
             return WebhookReply(refused.status, f"refused: {refused.reason}")
         if events is None:
             return WebhookReply(200, "ok")
-        future = self._hand_over(EspPost(route, events, now))
         try:
-            future.result(timeout=self._timeout)
+            self._hand_over(EspPost(route, events, now)).result(timeout=self._timeout)
         except Exception as exc:
             # Not stored: the ESP retries a non-2xx answer later.
             log.warning("webhook %s: %d events not stored: %s", route, len(events), exc)
