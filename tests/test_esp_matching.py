@@ -278,3 +278,23 @@ async def test_the_status_page_shows_each_webhooks_last_post_and_refusals(by_id:
     )
     assert "<dt>webhook r</dt><dd>last verified post 60 s ago" in page
     assert "1 refused</span> (last: bad_signature)" in page
+
+
+def test_a_route_that_loses_its_esp_loses_its_webhook_series(by_id: World) -> None:
+    assert (
+        by_id.registry.get_sample_value(
+            "deliverability_webhook_refusals_total", {"route": "r", "reason": "unsigned"}
+        )
+        == 0
+    )
+    by_id.recorder.declare_esp([])
+    assert (
+        by_id.registry.get_sample_value(
+            "deliverability_webhook_refusals_total", {"route": "r", "reason": "unsigned"}
+        )
+        is None
+    )
+    esp_bounce = {"route": "r", "type": "hard", "source": "esp", "reason": "suppressed"}
+    assert by_id.registry.get_sample_value("deliverability_bounces_total", esp_bounce) is None
+    smtp_bounce = {"route": "r", "type": "hard", "source": "smtp", "reason": "policy"}
+    assert by_id.registry.get_sample_value("deliverability_bounces_total", smtp_bounce) == 0
