@@ -30,6 +30,7 @@ __all__ = [
     "EspEventReceived",
     "EspEventType",
     "EspKind",
+    "EspReceiverStage",
     "EspSuppressed",
     "EspUnmatched",
     "FoundBy",
@@ -554,6 +555,15 @@ class EspDelivered:
 
     route: str
     latency_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class EspReceiverStage:
+    """A probe the ESP delivered was seen in its mailbox: seconds from the ESP's delivered event
+    to the sighting (the receiver's own stage), once per probe."""
+
+    route: str
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -376,16 +376,21 @@ grid.add(
 grid.add(
     timeseries(
         "ESP delivery p95 (250 to delivered by the ESP)",
-        shows="95th percentile of the ESP's own stage: from its 250 to end of data to the "
-        "receiver's acceptance as the ESP's delivered event reports it, over a sliding hour.",
-        when_bad="Rising while the mailbox latency rises too: the ESP queues (throttling, its "
-        "own backlog); the rest of the delivery latency is the receiver's.",
+        shows="95th percentile, over a sliding hour, of the ESP's own stage (its 250 to end of "
+        "data -> its delivered event) and of the receiver's (that event -> seen in the mailbox).",
+        when_bad="The ESP's stage rising: it queues (throttling, its own backlog). The "
+        "receiver's rising: the receiving provider delays (greylisting, filtering).",
         targets=[
             target(
                 "histogram_quantile(0.95, sum by (le) (rate("
                 f"deliverability_esp_delivery_seconds_bucket{{{ROUTE}}}[1h])))",
-                "p95",
-            )
+                "ESP: 250 -> delivered",
+            ),
+            target(
+                "histogram_quantile(0.95, sum by (le) (rate("
+                f"deliverability_esp_receiver_seconds_bucket{{{ROUTE}}}[1h])))",
+                "receiver: delivered -> seen",
+            ),
         ],
         unit="s",
     )

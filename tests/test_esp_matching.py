@@ -298,3 +298,23 @@ def test_a_route_that_loses_its_esp_loses_its_webhook_series(by_id: World) -> No
     assert by_id.registry.get_sample_value("deliverability_bounces_total", esp_bounce) is None
     smtp_bounce = {"route": "r", "type": "hard", "source": "smtp", "reason": "policy"}
     assert by_id.registry.get_sample_value("deliverability_bounces_total", smtp_bounce) == 0
+
+
+@pytest.mark.parametrize("delivered_first", [True, False])
+def test_the_receivers_stage_is_observed_once_whichever_comes_first(
+    by_id: World, delivered_first: bool
+) -> None:
+    from agent.model import Arrival
+
+    by_id.sending("p1")
+    by_id.sent("p1")
+    delivered = _event(EspEventType.DELIVERED, at=T0 + 4)
+    arrival = Arrival("p1", "m", "INBOX", Outcome.INBOX, seen_at=T0 + 9)
+    if delivered_first:
+        by_id.post(delivered)
+    record = by_id.ledger.get("p1")
+    assert record is not None
+    by_id.outcomes.arrived(record, arrival)
+    by_id.post(delivered)
+    assert by_id.value("deliverability_esp_receiver_seconds_count", route="r") == 1
+    assert by_id.value("deliverability_esp_receiver_seconds_sum", route="r") == 5.0

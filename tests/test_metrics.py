@@ -44,6 +44,7 @@ from agent.model import (
     EspDelivered,
     EspEventReceived,
     EspEventType,
+    EspReceiverStage,
     EspSuppressed,
     EspUnmatched,
     FoundBy,
@@ -259,6 +260,7 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(EspEventReceived(ROUTE, EspEventType.DELIVERED, T0 + 120.0))
     recorder.record(EspUnmatched(ROUTE))
     recorder.record(EspDelivered(ROUTE, 3.2))
+    recorder.record(EspReceiverStage(ROUTE, 1.4))
     recorder.record(
         BounceCounted(ROUTE, BounceType.HARD, BounceSource.ESP, BounceReason.SUPPRESSED)
     )

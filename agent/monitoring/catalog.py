@@ -37,6 +37,7 @@ __all__ = [
     "ESP_COMPLAINTS",
     "ESP_DELIVERY_SECONDS",
     "ESP_EVENTS",
+    "ESP_RECEIVER_SECONDS",
     "ESP_SPECS",
     "ESP_SUPPRESSED",
     "ESP_UNMATCHED",
@@ -393,6 +394,15 @@ ESP_DELIVERY_SECONDS = MetricSpec(
     DELIVERY_BUCKETS,
 )
 
+ESP_RECEIVER_SECONDS = MetricSpec(
+    "deliverability_esp_receiver_seconds",
+    MetricKind.HISTOGRAM,
+    "Seconds from the ESP's delivered event to the probe being seen in its seed mailbox: the "
+    "receiver's stage after the ESP handed it over (per route, all of its seed mailboxes).",
+    ("route",),
+    DELIVERY_BUCKETS,
+)
+
 # The series of a route with an ESP, removed when the route no longer has one.
 ESP_SPECS: tuple[MetricSpec, ...] = (
     ESP_EVENTS,
@@ -402,6 +412,7 @@ ESP_SPECS: tuple[MetricSpec, ...] = (
     ESP_SUPPRESSED,
     ESP_COMPLAINTS,
     ESP_DELIVERY_SECONDS,
+    ESP_RECEIVER_SECONDS,
 )
 
 CATALOG: tuple[MetricSpec, ...] = (

@@ -31,6 +31,7 @@ from agent.model import (
     EspDelivered,
     EspEventReceived,
     EspEventType,
+    EspReceiverStage,
     EspSuppressed,
     EspUnmatched,
     FoundBy,
@@ -73,6 +74,7 @@ from agent.monitoring.catalog import (
     ESP_COMPLAINTS,
     ESP_DELIVERY_SECONDS,
     ESP_EVENTS,
+    ESP_RECEIVER_SECONDS,
     ESP_SPECS,
     ESP_SUPPRESSED,
     ESP_UNMATCHED,
@@ -124,6 +126,7 @@ Result = (
     | EspEventReceived
     | EspUnmatched
     | EspDelivered
+    | EspReceiverStage
     | EspSuppressed
     | EspComplaint
 )
@@ -303,6 +306,7 @@ class Recorder:
             self._c(ESP_SUPPRESSED, route)
             self._c(ESP_COMPLAINTS, route)
             self._h(ESP_DELIVERY_SECONDS, route)
+            self._h(ESP_RECEIVER_SECONDS, route)
             for bounce_type in BounceType:
                 for reason in BounceReason:
                     self._c(BOUNCES, route, bounce_type.value, BounceSource.ESP.value, reason.value)
@@ -376,6 +380,8 @@ class Recorder:
             case EspDelivered(route, latency_seconds):
                 if latency_seconds is not None:
                     self._h(ESP_DELIVERY_SECONDS, route).observe(max(0.0, latency_seconds))
+            case EspReceiverStage(route, seconds):
+                self._h(ESP_RECEIVER_SECONDS, route).observe(max(0.0, seconds))
             case EspSuppressed(route):
                 self._c(ESP_SUPPRESSED, route).inc()
             case EspComplaint(route):

@@ -26,6 +26,7 @@ from agent.model import (
     EspDelivered,
     EspEventReceived,
     EspEventType,
+    EspReceiverStage,
     EspSuppressed,
     EspUnmatched,
     InFlight,
@@ -269,6 +270,10 @@ class Outcomes:
                 route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
             ),
         )
+        if arrival is not None and record.esp_delivered_at is not None:
+            # The ESP's delivered event came first: the receiver's stage ends with this sighting.
+            seconds = arrival.seen_at - record.esp_delivered_at
+            self._recorder.record(EspReceiverStage(record.route, seconds))
         self._in_flight_changed((record.route, record.mailbox), -1)
         waiter = self._waiters.pop(record.probe_id, None)
         if waiter is not None and not waiter.done():
@@ -363,6 +368,8 @@ class Outcomes:
             return False
         latency = None if record.accepted_at is None else at - record.accepted_at
         self._recorder.record(EspDelivered(record.route, latency))
+        if record.arrival is not None:  # seen before the ESP's event came: the receiver's stage
+            self._recorder.record(EspReceiverStage(record.route, record.arrival.seen_at - at))
         return True
 
     def esp_complaint(self, record: ProbeRecord, *, at: float) -> bool:
