@@ -25,6 +25,15 @@ __all__ = [
     "DkimSignature",
     "DmarcCounted",
     "ErrorKind",
+    "EspComplaint",
+    "EspDelivered",
+    "EspEvent",
+    "EspEventReceived",
+    "EspEventType",
+    "EspKind",
+    "EspReceiverStage",
+    "EspSuppressed",
+    "EspUnmatched",
     "FoundBy",
     "ImapHealth",
     "InFlight",
@@ -56,6 +65,8 @@ __all__ = [
     "TlsMode",
     "TlsSessionsCounted",
     "TokenRefreshed",
+    "WebhookRefusal",
+    "WebhookRefused",
 ]
 
 
@@ -94,6 +105,7 @@ class BounceReason(enum.StrEnum):
     RECIPIENT_INVALID = "recipient_invalid"  # the address or its domain does not exist
     POLICY = "policy"  # refused by the receiver's policy (5.7.x): reputation, SPF/DMARC, spam
     MAILBOX_FULL = "mailbox_full"  # x.2.2, over quota
+    SUPPRESSED = "suppressed"  # an ESP dropped it: the address is on its suppression list
     OTHER = "other"
 
 
@@ -102,6 +114,7 @@ class BounceSource(enum.StrEnum):
 
     SMTP = "smtp"
     DSN = "dsn"
+    ESP = "esp"  # an ESP's event webhook (the ESP rewrote the envelope sender, so no DSN comes)
 
 
 class Stage(enum.StrEnum):
@@ -553,3 +566,108 @@ class TokenRefreshed:
     result: str
     at: float
     expires_at: float | None = None
+
+
+# --- ESP event webhooks ---------------------------------------------------------------------------
+
+
+class EspKind(enum.StrEnum):
+    """The ESPs whose event webhooks the agent verifies and reads (agent.webhooks)."""
+
+    SENDGRID = "sendgrid"
+    SES = "ses"  # Amazon SES, through an SNS topic
+    MAILGUN = "mailgun"
+    POSTMARK = "postmark"
+    GENERIC = "generic"  # this agent's own JSON form, signed with an HMAC secret
+
+
+class EspEventType(enum.StrEnum):
+    """What an ESP said happened to a message, folded into what changes a probe."""
+
+    DELIVERED = "delivered"  # the receiving server accepted it, as the ESP saw it
+    BOUNCE = "bounce"  # permanent failure: the probe ends `bounced`
+    SOFT_BOUNCE = "soft_bounce"  # transient failure: recorded, not final
+    DEFERRED = "deferred"  # the ESP retries: recorded, not final
+    DROPPED = "dropped"  # never sent (suppression list): the probe ends `rejected`
+    COMPLAINT = "complaint"  # a recipient marked it spam: a counter, never an outcome
+    OTHER = "other"  # opens, clicks, processed, sends: ignored
+
+
+class WebhookRefusal(enum.StrEnum):
+    """Why a post to a webhook was refused; it never touches the ledger."""
+
+    UNSIGNED = "unsigned"  # no signature or credentials (401)
+    BAD_SIGNATURE = "bad_signature"  # a signature or credentials that do not verify (403)
+    REPLAYED = "replayed"  # timestamp outside the window, or a token already used (403)
+    TOO_LARGE = "too_large"  # a body over the limit (413)
+    MALFORMED = "malformed"  # not the provider's format (400)
+    CERTIFICATE = "certificate"  # SNS: the signing certificate URL is refused or unreachable
+
+
+@dataclass(frozen=True, slots=True)
+class EspEvent:
+    """One ESP event read from a verified post: what happened and how to find the probe."""
+
+    event_type: EspEventType
+    at: float | None  # when the ESP says it happened (epoch seconds); None: not said
+    message_id: str | None = None  # the ESP's message id, as its 250 reply gave it
+    probe_id: str | None = None  # from the metadata the agent passed at send
+    status: str | None = None  # enhanced status code, e.g. 5.1.1
+    smtp_code: str | None = None
+    diagnostic: str | None = None  # the receiver's words, as the ESP reports them
+    recipient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRefused:
+    """A post to a configured route's webhook was refused."""
+
+    route: str
+    reason: WebhookRefusal
+
+
+@dataclass(frozen=True, slots=True)
+class EspEventReceived:
+    """A verified event arrived on a route's webhook (matched to a probe or not)."""
+
+    route: str
+    event_type: EspEventType
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EspUnmatched:
+    """A verified event named no probe the ledger knows on its route (other mail, or pruned)."""
+
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
+class EspDelivered:
+    """The ESP delivered a probe (once per probe); latency from its 250 to that delivery."""
+
+    route: str
+    latency_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class EspReceiverStage:
+    """A probe the ESP delivered was seen in its mailbox: seconds from the ESP's delivered event
+    to the sighting (the receiver's own stage), once per probe."""
+
+    route: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class EspSuppressed:
+    """The ESP dropped a probe because the address is on its suppression list (once per probe)."""
+
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
+class EspComplaint:
+    """A complaint about a probe (once per probe)."""
+
+    route: str

@@ -333,6 +333,90 @@ grid.add(
     )
 )
 
+# --- ESP webhook (routes with an `esp` section; empty for the others) ---------------------------
+grid.row("ESP webhook")
+grid.add(
+    timeseries(
+        "ESP events by type",
+        shows="Verified events the route's ESP webhook took, by type (delivered, bounce, "
+        "soft_bounce, deferred, dropped, complaint, other). Empty for routes without an ESP.",
+        when_bad="Nothing while probes are sent: the ESP stopped posting or its posts are "
+        "refused (next panel); follow the webhook quiet runbook.",
+        targets=[
+            target(
+                "sum by (type) (increase(deliverability_esp_events_total"
+                f"{{{ROUTE}}}[$__rate_interval]))",
+                "{{type}}",
+            )
+        ],
+        stacked=True,
+        bars=True,
+        alerts=["DeliverabilityEspWebhookQuiet"],
+    )
+)
+grid.add(
+    timeseries(
+        "Webhook refusals by reason",
+        shows="Posts the route's webhook refused: unsigned, bad_signature, replayed, too_large, "
+        "malformed, certificate. None of them changed a probe.",
+        when_bad="bad_signature or unsigned after a key rotation: update the key in the config; "
+        "replayed: check the agent's clock; see the webhook quiet runbook.",
+        targets=[
+            target(
+                "sum by (reason) (increase(deliverability_webhook_refusals_total"
+                f"{{{ROUTE}}}[$__rate_interval]))",
+                "{{reason}}",
+            )
+        ],
+        stacked=True,
+        bars=True,
+        alerts=["DeliverabilityEspWebhookQuiet"],
+    )
+)
+grid.add(
+    timeseries(
+        "ESP delivery p95 (250 to delivered by the ESP)",
+        shows="95th percentile, over a sliding hour, of the ESP's own stage (its 250 to end of "
+        "data -> its delivered event) and of the receiver's (that event -> seen in the mailbox).",
+        when_bad="The ESP's stage rising: it queues (throttling, its own backlog). The "
+        "receiver's rising: the receiving provider delays (greylisting, filtering).",
+        targets=[
+            target(
+                "histogram_quantile(0.95, sum by (le) (rate("
+                f"deliverability_esp_delivery_seconds_bucket{{{ROUTE}}}[1h])))",
+                "ESP: 250 -> delivered",
+            ),
+            target(
+                "histogram_quantile(0.95, sum by (le) (rate("
+                f"deliverability_esp_receiver_seconds_bucket{{{ROUTE}}}[1h])))",
+                "receiver: delivered -> seen",
+            ),
+        ],
+        unit="s",
+    )
+)
+grid.add(
+    timeseries(
+        "Suppression drops and complaints",
+        shows="Probes the ESP dropped because the seed address is suppressed, and complaints "
+        "about probes the ESP reported.",
+        when_bad="Any drop: remove the seed address from the ESP's suppression list; follow "
+        "the suppression drops runbook.",
+        targets=[
+            target(
+                f"sum(increase(deliverability_esp_suppressed_total{{{ROUTE}}}[$__rate_interval]))",
+                "suppressed",
+            ),
+            target(
+                f"sum(increase(deliverability_esp_complaints_total{{{ROUTE}}}[$__rate_interval]))",
+                "complaints",
+            ),
+        ],
+        bars=True,
+        alerts=["DeliverabilityEspSuppressionDrops"],
+    )
+)
+
 dashboard = Dashboard(
     title="Deliverability route",
     uid="deliverability-route",

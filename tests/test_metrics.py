@@ -41,6 +41,13 @@ from agent.model import (
     ConfigLoaded,
     DmarcCounted,
     ErrorKind,
+    EspComplaint,
+    EspDelivered,
+    EspEventReceived,
+    EspEventType,
+    EspReceiverStage,
+    EspSuppressed,
+    EspUnmatched,
     FoundBy,
     ImapHealth,
     InboxCategory,
@@ -69,6 +76,8 @@ from agent.model import (
     Stage,
     TlsSessionsCounted,
     TokenRefreshed,
+    WebhookRefusal,
+    WebhookRefused,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -278,6 +287,19 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(
         TlsSessionsCounted(REPORTS_BOX, "Company-X", "example.com", "sts", "certificate-expired", 3)
     )
+    # The route is an ESP's relay: its webhook's series, and one of each ESP result.
+    recorder.declare_esp([ROUTE])
+    recorder.record(WebhookRefused(ROUTE, WebhookRefusal.BAD_SIGNATURE))
+    recorder.record(EspEventReceived(ROUTE, EspEventType.DROPPED, T0 + 100.0))
+    recorder.record(EspEventReceived(ROUTE, EspEventType.DELIVERED, T0 + 120.0))
+    recorder.record(EspUnmatched(ROUTE))
+    recorder.record(EspDelivered(ROUTE, 3.2))
+    recorder.record(EspReceiverStage(ROUTE, 1.4))
+    recorder.record(
+        BounceCounted(ROUTE, BounceType.HARD, BounceSource.ESP, BounceReason.SUPPRESSED)
+    )
+    recorder.record(EspSuppressed(ROUTE))
+    recorder.record(EspComplaint(ROUTE))
 
 
 def test_metrics_exposition_matches_golden_file(
@@ -354,6 +376,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in (*Outcome, *Stage, *ErrorKind, *ErrorKind)}
         | {str(m) for m in (*AuthMethod, *AuthResult, *BounceType, *BounceSource, *FoundBy)}
         | {str(m) for m in BounceReason}
+        | {str(m) for m in (*EspEventType, *WebhookRefusal)}
         | {AUTH_ABSENT}
         | {"2xx", "3xx", "4xx", "5xx", "invalid"}
         | {SENDING, SENDING_IP, ZONE, "sel1", "rsa"}

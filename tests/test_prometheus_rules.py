@@ -73,6 +73,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
         "agent.test.yml",
         "dns.test.yml",
         "oauth.test.yml",
+        "esp.test.yml",
         "placement.test.yml",
         "recording.test.yml",
         "reports.test.yml",

@@ -102,8 +102,10 @@ BUDGET: dict[str, Cost] = {
     "deliverability_route_info": Cost(route=1),
     "deliverability_smtp_errors_total": Cost(route=len(Stage) * len(ErrorKind)),
     "deliverability_smtp_transaction_seconds": Cost(route=10 + 3),
+    # Sources smtp and dsn, every reason but `suppressed`: source `esp` and reason `suppressed`
+    # are pre-created only on routes with an ESP webhook (none here).
     "deliverability_bounces_total": Cost(
-        route=len(BounceType) * len(BounceSource) * len(BounceReason)
+        route=len(BounceType) * (len(BounceSource) - 1) * (len(BounceReason) - 1)
     ),
     "deliverability_smtp_replies_total": Cost(when_seen=True),
     "deliverability_tls_version_info": Cost(when_seen=True),
@@ -137,6 +139,15 @@ BUDGET: dict[str, Cost] = {
     "deliverability_oauth_token_refreshes_total": Cost(),
     "deliverability_oauth_token_last_success_timestamp_seconds": Cost(),
     "deliverability_oauth_token_expiry_timestamp_seconds": Cost(),
+    # per route with an ESP webhook (`routes[].esp`): none configured here
+    "deliverability_esp_events_total": Cost(),
+    "deliverability_esp_unmatched_events_total": Cost(),
+    "deliverability_webhook_refusals_total": Cost(),
+    "deliverability_webhook_last_event_timestamp_seconds": Cost(),
+    "deliverability_esp_suppressed_total": Cost(),
+    "deliverability_esp_complaints_total": Cost(),
+    "deliverability_esp_delivery_seconds": Cost(),
+    "deliverability_esp_receiver_seconds": Cost(),
     # per report mailbox (reports by kind and result, the newest report's end), and per reporting
     # org / domain / top-N source seen in reports: none configured here, bounded by the reader
     "deliverability_reports_total": Cost(),

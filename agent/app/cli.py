@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -31,7 +32,7 @@ from agent.app.logs import LogFormat, SecretRedactingFilter, configure_logging
 from agent.app.service import Agent
 from agent.config import Config, ConfigError, load_config
 from agent.errors import AgentError
-from agent.model import ConfigLoaded, Outcome
+from agent.model import ConfigLoaded, Outcome, WebhookRefused
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.oauth.lifecycle import CredentialState
@@ -43,6 +44,7 @@ from agent.smtp.replies import deciding_reply
 from agent.store.ledger import STATE_DIR_MODE, ProbeRecord, spam_verdict_json
 from agent.web.http_server import BasicAuth, HttpServer, Status
 from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
+from agent.webhooks.receiver import EspPost, WebhookReceiver
 
 if TYPE_CHECKING:
     pass
@@ -489,6 +491,19 @@ def readiness_of(agent: Agent) -> Status:
     return Status(True, "probing")
 
 
+def _webhooks(agent: Agent, loop: asyncio.AbstractEventLoop) -> WebhookReceiver:
+    """The ESP webhooks of the routes the agent's current config gives an `esp` section; posts
+    are verified on the HTTP server's workers and handed to the agent's loop."""
+
+    def hand_over(item: WebhookRefused | EspPost) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(agent.esp.take(item), loop)
+
+    return WebhookReceiver(
+        routes=lambda: {r.name: r.esp for r in agent.config.routes if r.esp is not None},
+        hand_over=hand_over,
+    )
+
+
 async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> int:
     registry = new_registry()
     recorder = Recorder(registry)
@@ -518,6 +533,10 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
             mailboxes_up=dict(agent.mailboxes_up()),
             sandbox=state.sandbox,
             credentials=tuple(agent.credentials()),
+            webhooks={
+                route: (h.last_post_at, h.refused, h.last_refusal)
+                for route, h in agent.esp.health().items()
+            },
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time())
         refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0
@@ -538,6 +557,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
         ),
         cert_file=http.tls.cert_file if http.tls is not None else None,
         key_file=http.tls.key_file if http.tls is not None else None,
+        webhooks=_webhooks(agent, loop),
     )
     stop = asyncio.Event()
     reloads: asyncio.Queue[None] = asyncio.Queue()

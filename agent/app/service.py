@@ -38,6 +38,7 @@ from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome, ProbeStart
 from agent.monitoring.recorder import Recorder
 from agent.oauth.lifecycle import CredentialState
 from agent.oauth.sources import TokenSources
+from agent.probing.esp import EspEvents
 from agent.probing.matcher import Matcher
 from agent.probing.outcomes import FinalOutcome, Outcomes
 from agent.probing.prober import Prober
@@ -107,6 +108,9 @@ class Agent:
         self.tokens = TokenSources(
             state_dir=config.state_dir, clock=clock, on_refresh=self.recorder.record
         )
+        self.esp = EspEvents(
+            ledger=self.ledger, outcomes=self.outcomes, config=lambda: self.config, clock=clock
+        )
         self.matcher = Matcher(
             ledger=self.ledger,
             outcomes=self.outcomes,
@@ -129,7 +133,11 @@ class Agent:
         secret = config.secret.get_secret_value().encode()
         self.tokens.update(config)
         self.prober = Prober(
-            config=config, outcomes=self.outcomes, clock=self._clock, tokens=self.tokens
+            config=config,
+            outcomes=self.outcomes,
+            esp=self.esp,
+            clock=self._clock,
+            tokens=self.tokens,
         )
         # The matcher is kept across reloads: its key ring holds the secrets that signed probes
         # still in flight.
@@ -164,6 +172,7 @@ class Agent:
                 )
             },
         )
+        self.recorder.declare_esp(route.name for route in self.config.routes if route.esp)
         declare_dns_series(self.config, self.recorder)
         self.recorder.declare_credentials(self.tokens.credentials())
         # Only the configured pairs: declare() just removed the series of the others.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from agent.config.credentials import Auth, MailAuth, OAuth2
 from agent.config.errors import ConfigError
+from agent.config.esp import Esp, EspMatch, EspWebhook
 from agent.config.loader import load_config, read_config_file, validate_config
 from agent.config.models import (
     Blocklists,
@@ -57,6 +58,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "Dns",
+    "Esp",
+    "EspMatch",
+    "EspWebhook",
     "Folders",
     "Http",
     "HttpTls",

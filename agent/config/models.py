@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from agent.config.base import _Model
 from agent.config.credentials import Auth, MailAuth
 from agent.config.errors import _invalid, _Problems
+from agent.config.esp import Esp
 from agent.config.interpolation import _PLACEHOLDER, _fail_closed, _read_secret_file
 from agent.config.sandbox import Sandbox
 from agent.config.scalars import (
@@ -189,6 +190,7 @@ class Route(_Model):
     bounce_mailbox: Name | None = None
     verp: bool = True
     sending_ips: tuple[IpAddress, ...] = ()  # the IPs mail leaves from, for the DNS checks
+    esp: Esp | None = None  # the route is an ESP's relay: its event webhook (off when None)
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:

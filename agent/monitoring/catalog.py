@@ -36,6 +36,13 @@ __all__ = [
     "DNS_CHECK_DURATION",
     "DNS_CHECK_ERRORS",
     "DNS_CHECK_OK",
+    "ESP_COMPLAINTS",
+    "ESP_DELIVERY_SECONDS",
+    "ESP_EVENTS",
+    "ESP_RECEIVER_SECONDS",
+    "ESP_SPECS",
+    "ESP_SUPPRESSED",
+    "ESP_UNMATCHED",
     "FORGED_MESSAGES",
     "IMAP_ERRORS",
     "IMAP_UP",
@@ -69,6 +76,8 @@ __all__ = [
     "TLSRPT_SESSIONS",
     "TLS_CERT_EXPIRY",
     "TLS_VERSION_INFO",
+    "WEBHOOK_LAST_EVENT",
+    "WEBHOOK_REFUSALS",
     "MetricKind",
     "MetricSpec",
     "exposition",
@@ -436,6 +445,77 @@ REPORT_NEWEST_END = MetricSpec(
     ("mailbox", "kind"),
 )
 
+# --- ESP event webhooks: per route with an `esp` section, never per pair --------------------------
+
+ESP_EVENTS = MetricSpec(
+    "deliverability_esp_events_total",
+    MetricKind.COUNTER,
+    "Verified events received on the route's ESP webhook, by type (delivered, bounce, "
+    "soft_bounce, deferred, dropped, complaint, other); duplicates an ESP retries count again.",
+    ("route", "type"),
+)
+ESP_UNMATCHED = MetricSpec(
+    "deliverability_esp_unmatched_events_total",
+    MetricKind.COUNTER,
+    "Verified ESP events that named no probe of the route (other mail, pruned or expired probes).",
+    ("route",),
+)
+WEBHOOK_REFUSALS = MetricSpec(
+    "deliverability_webhook_refusals_total",
+    MetricKind.COUNTER,
+    "Posts refused by the route's ESP webhook, by reason (unsigned, bad_signature, replayed, "
+    "too_large, malformed, certificate); a refused post never changes a probe.",
+    ("route", "reason"),
+)
+WEBHOOK_LAST_EVENT = MetricSpec(
+    "deliverability_webhook_last_event_timestamp_seconds",
+    MetricKind.GAUGE,
+    "When the route's ESP webhook last received a verified post (Unix time; 0: none since start).",
+    ("route",),
+)
+ESP_SUPPRESSED = MetricSpec(
+    "deliverability_esp_suppressed_total",
+    MetricKind.COUNTER,
+    "Probes the ESP dropped without sending them because the address is on its suppression "
+    "list (each probe once; the probe ends rejected).",
+    ("route",),
+)
+ESP_COMPLAINTS = MetricSpec(
+    "deliverability_esp_complaints_total",
+    MetricKind.COUNTER,
+    "Complaints (marked as spam) about probes, as the ESP reported them (each probe once).",
+    ("route",),
+)
+ESP_DELIVERY_SECONDS = MetricSpec(
+    "deliverability_esp_delivery_seconds",
+    MetricKind.HISTOGRAM,
+    "Seconds from the ESP's 250 to end of data to the receiver's acceptance as the ESP reports "
+    "it (its delivered event): the ESP's own stage of the delivery latency.",
+    ("route",),
+    DELIVERY_BUCKETS,
+)
+
+ESP_RECEIVER_SECONDS = MetricSpec(
+    "deliverability_esp_receiver_seconds",
+    MetricKind.HISTOGRAM,
+    "Seconds from the ESP's delivered event to the probe being seen in its seed mailbox: the "
+    "receiver's stage after the ESP handed it over (per route, all of its seed mailboxes).",
+    ("route",),
+    DELIVERY_BUCKETS,
+)
+
+# The series of a route with an ESP, removed when the route no longer has one.
+ESP_SPECS: tuple[MetricSpec, ...] = (
+    ESP_EVENTS,
+    ESP_UNMATCHED,
+    WEBHOOK_REFUSALS,
+    WEBHOOK_LAST_EVENT,
+    ESP_SUPPRESSED,
+    ESP_COMPLAINTS,
+    ESP_DELIVERY_SECONDS,
+    ESP_RECEIVER_SECONDS,
+)
+
 CATALOG: tuple[MetricSpec, ...] = (
     PROBES,
     PROBES_SENT,
@@ -482,6 +562,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     DMARC_SOURCE_MESSAGES,
     TLSRPT_SESSIONS,
     REPORT_NEWEST_END,
+    *ESP_SPECS,
 )
 
 

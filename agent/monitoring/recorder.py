@@ -31,6 +31,13 @@ from agent.model import (
     ConfigLoaded,
     DmarcCounted,
     ErrorKind,
+    EspComplaint,
+    EspDelivered,
+    EspEventReceived,
+    EspEventType,
+    EspReceiverStage,
+    EspSuppressed,
+    EspUnmatched,
     FoundBy,
     ImapHealth,
     InboxCategory,
@@ -56,6 +63,8 @@ from agent.model import (
     Stage,
     TlsSessionsCounted,
     TokenRefreshed,
+    WebhookRefusal,
+    WebhookRefused,
 )
 from agent.monitoring.catalog import (
     AUTH_RESULTS,
@@ -73,6 +82,13 @@ from agent.monitoring.catalog import (
     DNS_CHECK_ERRORS,
     DNS_CHECK_OK,
     DNSBL_LISTED,
+    ESP_COMPLAINTS,
+    ESP_DELIVERY_SECONDS,
+    ESP_EVENTS,
+    ESP_RECEIVER_SECONDS,
+    ESP_SPECS,
+    ESP_SUPPRESSED,
+    ESP_UNMATCHED,
     FORGED_MESSAGES,
     IMAP_ERRORS,
     IMAP_UP,
@@ -104,6 +120,8 @@ from agent.monitoring.catalog import (
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
     TLSRPT_SESSIONS,
+    WEBHOOK_LAST_EVENT,
+    WEBHOOK_REFUSALS,
     MetricKind,
     MetricSpec,
 )
@@ -130,7 +148,18 @@ Result = (
     | DmarcCounted
     | TlsSessionsCounted
     | TokenRefreshed
+    | WebhookRefused
+    | EspEventReceived
+    | EspUnmatched
+    | EspDelivered
+    | EspReceiverStage
+    | EspSuppressed
+    | EspComplaint
 )
+
+# Bounce sources every route has; `esp` (and its `suppressed` reason) only routes with an ESP.
+_OWN_BOUNCE_SOURCES = (BounceSource.SMTP, BounceSource.DSN)
+_OWN_BOUNCE_REASONS = tuple(r for r in BounceReason if r is not BounceReason.SUPPRESSED)
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
 _DNS_SPECS = (
@@ -283,8 +312,8 @@ class Recorder:
             self._h(SMTP_TRANSACTION_SECONDS, route)
             self._c(PROBES_SENT, route)
             for bounce_type in BounceType:
-                for source in BounceSource:
-                    for reason in BounceReason:
+                for source in _OWN_BOUNCE_SOURCES:
+                    for reason in _OWN_BOUNCE_REASONS:
                         self._c(BOUNCES, route, bounce_type.value, source.value, reason.value)
         # Per pair, only what alerts take rate() ratios (outcomes, latency count) or staleness
         # (last outcome) of: 12 series. The placement ratios divide by every accepted outcome, so
@@ -314,6 +343,32 @@ class Recorder:
                     self._c(REPORTS, mailbox, report_kind.value, report_result.value)
         self._pairs = ordered
         self._declared_pairs = frozenset(ordered)
+
+    def declare_esp(self, routes: Iterable[str]) -> None:
+        """Pre-create the webhook series of the routes with an ESP (per route: a few dozen, never
+        per pair), and remove those of routes that no longer have one. Call after `declare`."""
+        wanted = set(routes)
+        for spec in ESP_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if values[0] not in wanted:
+                    self._remove(spec, values)
+        for values in sorted(self._children[BOUNCES.name]):
+            if values[2] == BounceSource.ESP.value and values[0] not in wanted:
+                self._remove(BOUNCES, values)
+        for route in sorted(wanted):
+            for event_type in EspEventType:
+                self._c(ESP_EVENTS, route, event_type.value)
+            for refusal in WebhookRefusal:
+                self._c(WEBHOOK_REFUSALS, route, refusal.value)
+            self._c(ESP_UNMATCHED, route)
+            self._g(WEBHOOK_LAST_EVENT, route)
+            self._c(ESP_SUPPRESSED, route)
+            self._c(ESP_COMPLAINTS, route)
+            self._h(ESP_DELIVERY_SECONDS, route)
+            self._h(ESP_RECEIVER_SECONDS, route)
+            for bounce_type in BounceType:
+                for reason in BounceReason:
+                    self._c(BOUNCES, route, bounce_type.value, BounceSource.ESP.value, reason.value)
 
     def _bounce(
         self, route: str, bounce_type: BounceType, source: BounceSource, reason: BounceReason
@@ -378,6 +433,22 @@ class Recorder:
                 self._dns_report(result)
             case ReportRead() | NewestReport() | DmarcCounted() | TlsSessionsCounted():
                 self._report(result)
+            case WebhookRefused(route, reason):
+                self._c(WEBHOOK_REFUSALS, route, reason.value).inc()
+            case EspEventReceived(route, event_type, received_at):
+                self._c(ESP_EVENTS, route, event_type.value).inc()
+                self._g(WEBHOOK_LAST_EVENT, route).set(received_at)
+            case EspUnmatched(route):
+                self._c(ESP_UNMATCHED, route).inc()
+            case EspDelivered(route, latency_seconds):
+                if latency_seconds is not None:
+                    self._h(ESP_DELIVERY_SECONDS, route).observe(max(0.0, latency_seconds))
+            case EspReceiverStage(route, seconds):
+                self._h(ESP_RECEIVER_SECONDS, route).observe(max(0.0, seconds))
+            case EspSuppressed(route):
+                self._c(ESP_SUPPRESSED, route).inc()
+            case EspComplaint(route):
+                self._c(ESP_COMPLAINTS, route).inc()
 
     # -- probes -----------------------------------------------------------------------------------
 

@@ -22,6 +22,13 @@ from agent.model import (
     BounceReason,
     BounceSource,
     BounceType,
+    EspComplaint,
+    EspDelivered,
+    EspEventReceived,
+    EspEventType,
+    EspReceiverStage,
+    EspSuppressed,
+    EspUnmatched,
     InFlight,
     MessageSkipped,
     Outcome,
@@ -33,6 +40,7 @@ from agent.model import (
     SendResult,
     SkipReason,
     SmtpTransaction,
+    WebhookRefused,
 )
 from agent.monitoring.recorder import Recorder
 from agent.reading.bounces import bounce_reason
@@ -90,9 +98,12 @@ class Outcomes:
         self._recorder.record(ProbeSent(route, mailbox))
         self._in_flight_changed((route, mailbox), +1)
 
-    def sent(self, probe_id: str, result: SendResult) -> ProbeRecord:
-        """The SMTP transaction ended: store and record its result; the probe as stored now."""
-        self._ledger.record_send_result(probe_id, result)
+    def sent(
+        self, probe_id: str, result: SendResult, *, esp_message_id: str | None = None
+    ) -> ProbeRecord:
+        """The SMTP transaction ended: store and record its result (with the ESP's message id
+        from its 250, on a route with an ESP); the probe as stored now."""
+        self._ledger.record_send_result(probe_id, result, esp_message_id=esp_message_id)
         record = self._ledger.get(probe_id)
         assert record is not None  # recorded by `sending`
         self._recorder.record(SmtpTransaction(record.route, result))
@@ -259,6 +270,10 @@ class Outcomes:
                 route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
             ),
         )
+        if arrival is not None and record.esp_delivered_at is not None:
+            # The ESP's delivered event came first: the receiver's stage ends with this sighting.
+            seconds = arrival.seen_at - record.esp_delivered_at
+            self._recorder.record(EspReceiverStage(record.route, seconds))
         self._in_flight_changed((record.route, record.mailbox), -1)
         waiter = self._waiters.pop(record.probe_id, None)
         if waiter is not None and not waiter.done():
@@ -334,6 +349,76 @@ class Outcomes:
             ),
         )
         return True
+
+    # -- ESP event webhooks (agent.probing.esp decides which of these an event means) -------------
+
+    def webhook_refused(self, refused: WebhookRefused) -> None:
+        """A post to a webhook was refused: counted, nothing else."""
+        self._recorder.record(refused)
+
+    def esp_received(self, route: str, event_type: EspEventType, *, received_at: float) -> None:
+        self._recorder.record(EspEventReceived(route, event_type, received_at))
+
+    def esp_unmatched(self, route: str) -> None:
+        self._recorder.record(EspUnmatched(route))
+
+    def esp_delivered(self, record: ProbeRecord, *, at: float) -> bool:
+        """The ESP delivered the probe: its own latency stage, once per probe."""
+        if not self._ledger.mark_esp_delivered(record.probe_id, at=at):
+            return False
+        latency = None if record.accepted_at is None else at - record.accepted_at
+        self._recorder.record(EspDelivered(record.route, latency))
+        if record.arrival is not None:  # seen before the ESP's event came: the receiver's stage
+            self._recorder.record(EspReceiverStage(record.route, record.arrival.seen_at - at))
+        return True
+
+    def esp_complaint(self, record: ProbeRecord, *, at: float) -> bool:
+        """A complaint about the probe: a counter, once per probe, never an outcome."""
+        if not self._ledger.mark_esp_complaint(record.probe_id, at=at):
+            return False
+        self._recorder.record(EspComplaint(record.route))
+        log.warning(
+            "probe %s %s -> %s: a complaint (marked as spam) reported by the ESP",
+            record.probe_id,
+            record.route,
+            record.mailbox,
+            extra=probe_fields(
+                route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+            ),
+        )
+        return True
+
+    def esp_suppressed(
+        self, record: ProbeRecord, *, at: float, recipient: str | None, diagnostic: str | None
+    ) -> bool:
+        """The ESP dropped the probe (suppression list): a hard bounce with the reason
+        `suppressed`, counted once, and the outcome `rejected` if it had none."""
+        counted = self.bounce(
+            record,
+            BounceType.HARD,
+            BounceSource.ESP,
+            status=None,
+            reporting_mta=None,
+            seen_at=at,
+            reason=BounceReason.SUPPRESSED,
+            action="dropped",
+            recipient=recipient,
+        )
+        if counted:
+            self._recorder.record(EspSuppressed(record.route))
+            log.warning(
+                "probe %s %s -> %s: dropped by the ESP, the address is suppressed: %s",
+                record.probe_id,
+                record.route,
+                record.mailbox,
+                diagnostic or "no reason given",
+                extra=probe_fields(
+                    route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
+                ),
+            )
+        if record.outcome is None:
+            self.finalize(record, Outcome.REJECTED, finished_at=at)
+        return counted
 
     def refresh_in_flight(self) -> None:
         """Recount open probes from the ledger (at start and after a reload), every pair."""

@@ -9,11 +9,13 @@ id and its signature travel in the `X-Deliverability-Probe` header, the Message-
 from __future__ import annotations
 
 import email.policy
+import json
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
+from agent.model import EspKind
 from agent.reading.probe_token import (
     PROBE_HEADER,
     SUBJECT_PREFIX,
@@ -21,7 +23,25 @@ from agent.reading.probe_token import (
     sign_probe_id,
 )
 
-__all__ = ["build_probe_message"]
+__all__ = ["build_probe_message", "esp_metadata_headers"]
+
+
+def esp_metadata_headers(kind: EspKind, key: str, probe_id: str) -> dict[str, str]:
+    """The header that makes the ESP repeat the probe id in its events, under `key`: SendGrid's
+    X-SMTPAPI unique_args, Mailgun's X-Mailgun-Variables, SES message tags (events published
+    through a configuration set carry them), Postmark's X-PM-Metadata-<key>. The generic form
+    reads the probe header every probe has. ESPs strip these headers before delivery."""
+    match kind:
+        case EspKind.SENDGRID:
+            return {"X-SMTPAPI": json.dumps({"unique_args": {key: probe_id}})}
+        case EspKind.MAILGUN:
+            return {"X-Mailgun-Variables": json.dumps({key: probe_id})}
+        case EspKind.SES:
+            return {"X-SES-MESSAGE-TAGS": f"{key}={probe_id}"}
+        case EspKind.POSTMARK:
+            return {f"X-PM-Metadata-{key}": probe_id}
+        case EspKind.GENERIC:
+            return {}
 
 
 def _single_address(value: str, what: str) -> Address:
@@ -62,6 +82,7 @@ def build_probe_message(
     route: str,
     mailbox: str,
     sent_at: datetime,
+    extra_headers: dict[str, str] | None = None,
 ) -> EmailMessage:
     """The probe email for `probe_id`, signed with `secret`, ready for the SMTP sender."""
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
@@ -81,6 +102,8 @@ def build_probe_message(
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: well-behaved responders stay quiet
     message["X-Auto-Response-Suppress"] = "All"  # the Exchange equivalent
     message[PROBE_HEADER] = format_probe_header(probe_id, signature)
+    for name, value in (extra_headers or {}).items():
+        message[name] = value
     body = (
         "This is an automated email deliverability probe.\n"
         "\n"

@@ -16,18 +16,23 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.config import Config, Mailbox, Route
 from agent.log_fields import probe_fields
+from agent.model import SendResult, Stage
 from agent.oauth.sources import TokenSources
 from agent.probing.outcomes import Outcomes
-from agent.probing.probe_message import build_probe_message
+from agent.probing.probe_message import build_probe_message, esp_metadata_headers
 from agent.probing.targets import smtp_target
 from agent.reading.probe_token import new_probe_id
 from agent.smtp.replies import verdict_of
 from agent.smtp.sender import send_probe
 from agent.store.ledger import LedgerError
+from agent.webhooks.payloads import message_id_from_reply
+
+if TYPE_CHECKING:
+    from agent.probing.esp import EspEvents
 
 __all__ = ["Prober"]
 
@@ -48,11 +53,13 @@ class Prober:
         *,
         config: Config,
         outcomes: Outcomes,
+        esp: EspEvents | None = None,
         clock: Callable[[], float] = time.time,
         tokens: TokenSources | None = None,
     ) -> None:
         self._config = config
         self._tokens = tokens
+        self._esp = esp
         self._secret = config.secret.get_secret_value().encode()
         self._deadline = config.probes.deadline
         self._outcomes = outcomes
@@ -70,6 +77,11 @@ class Prober:
             route=route.name,
             mailbox=mailbox.name,
             sent_at=datetime.fromtimestamp(created_at, UTC),
+            extra_headers=(
+                esp_metadata_headers(route.esp.kind, route.esp.metadata_key, probe_id)
+                if route.esp is not None
+                else None
+            ),
         )
         self._outcomes.sending(
             probe_id=probe_id,
@@ -86,7 +98,10 @@ class Prober:
         )
         fields = probe_fields(route=route.name, mailbox=mailbox.name, probe_id=probe_id)
         # Stored before it is logged: a log line never claims what a crash could still undo.
-        record = await _until_stored(lambda: self._outcomes.sent(probe_id, result), fields)
+        esp_message_id = _esp_message_id(result) if route.esp is not None else None
+        record = await _until_stored(
+            lambda: self._outcomes.sent(probe_id, result, esp_message_id=esp_message_id), fields
+        )
         if verdict_of(result) is None:
             log.debug(
                 "probe %s accepted by %s in %.2f s",
@@ -109,7 +124,21 @@ class Prober:
         await _until_stored(
             lambda: self._outcomes.conclude(record, result, finished_at=finished_at), fields
         )
+        esp = self._esp
+        if esp is not None and route.esp is not None:
+            # Events that came before this 250 was stored wait in the ledger: apply them now.
+            await _until_stored(lambda: esp.settle(probe_id), fields)
         return probe_id
+
+
+def _esp_message_id(result: SendResult) -> str | None:
+    """The ESP's message id in the 250 reply to end of data, if it gave one."""
+    if not result.accepted:
+        return None
+    for reply in reversed(result.transcript):
+        if reply.stage is Stage.END_OF_DATA and reply.code == 250:
+            return message_id_from_reply(reply.text)
+    return None
 
 
 async def _until_stored(write: Callable[[], T], fields: dict[str, str]) -> T:

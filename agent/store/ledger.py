@@ -61,6 +61,8 @@ from agent.model import (
     BounceType,
     DkimSignature,
     ErrorKind,
+    EspEvent,
+    EspEventType,
     FoundBy,
     InboxCategory,
     LedgerErrorKind,
@@ -87,12 +89,14 @@ __all__ = [
     "ProbeRecord",
     "ProbeState",
     "UnknownProbeError",
+    "esp_event_from_json",
+    "esp_event_json",
     "spam_verdict_json",
     "transcript_json",
 ]
 
 LEDGER_FILENAME = "ledger.sqlite3"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Seconds a writer waits for another connection's write lock before failing; writes are tiny, so
 # hitting this means something is badly wrong, not that the other side is slow.
@@ -200,6 +204,28 @@ _MIGRATE_V4_TO_V5 = (
     " WHERE outcome IS NOT NULL",
 )
 
+# Version 6: ESP event webhooks (agent.webhooks). The ESP's message id from the 250 reply, indexed
+# per route for matching its events; when the ESP delivered the probe and when a complaint came
+# (each set once); and events that came before the probe's 250 was stored (the id was not known
+# yet), kept a bounded while in esp_pending until the send result names them.
+_MIGRATE_V5_TO_V6 = (
+    "ALTER TABLE probes ADD COLUMN esp_message_id TEXT",
+    "ALTER TABLE probes ADD COLUMN esp_delivered_at REAL",
+    "ALTER TABLE probes ADD COLUMN esp_complained_at REAL",
+    "CREATE INDEX probes_esp_message_id ON probes (route, esp_message_id)"
+    " WHERE esp_message_id IS NOT NULL",
+    """
+CREATE TABLE esp_pending (
+    route       TEXT NOT NULL,
+    key         TEXT NOT NULL,  -- m:<ESP message id> or p:<probe id>
+    received_at REAL NOT NULL,
+    event       TEXT NOT NULL   -- JSON object
+) STRICT
+""",
+    "CREATE INDEX esp_pending_key ON esp_pending (route, key)",
+    "CREATE INDEX esp_pending_received ON esp_pending (received_at)",
+)
+
 # Each step takes the schema from version N to N + 1; a new file runs v1, then every step, so the
 # migrations are exercised on every start of a fresh agent.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -207,13 +233,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: _MIGRATE_V2_TO_V3,
     3: _MIGRATE_V3_TO_V4,
     4: _MIGRATE_V4_TO_V5,
+    5: _MIGRATE_V5_TO_V6,
 }
 
 _COLUMNS = (
     "probe_id, route, mailbox, created_at, deadline_at, accepted, accepted_at,"
     " send_duration_seconds, transcript, send_error, tls_version, tls_cert_not_after,"
     " outcome, finished_at, folder, latency_seconds, arrival,"
-    " late_seen_at, late_folder, late_latency_seconds, interrupted_at"
+    " late_seen_at, late_folder, late_latency_seconds, interrupted_at,"
+    " esp_message_id, esp_delivered_at, esp_complained_at"
 )
 
 
@@ -297,6 +325,9 @@ class ProbeRecord:
     late_folder: str | None
     late_latency_seconds: float | None
     interrupted_at: float | None = None  # set when a restart found the transaction cut
+    esp_message_id: str | None = None  # the ESP's id from the 250 reply (routes with an esp)
+    esp_delivered_at: float | None = None  # when the ESP says it delivered the probe
+    esp_complained_at: float | None = None  # when a complaint about the probe came
 
     @property
     def state(self) -> ProbeState:
@@ -412,6 +443,17 @@ class Ledger:
                 self._conn.execute("ROLLBACK")
                 raise
 
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """Several statements as one transaction (the connection autocommits otherwise)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
     def _check_or_create_schema(self) -> None:
         version: int = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
@@ -499,14 +541,17 @@ class Ledger:
                     f"ledger {self._path}: probe {probe_id} is already recorded"
                 ) from exc
 
-    def record_send_result(self, probe_id: str, result: SendResult) -> bool:
-        """Store what the sender learned. Returns False if a result or outcome was already stored
-        (the first result stands). Raises UnknownProbeError for a probe never recorded."""
+    def record_send_result(
+        self, probe_id: str, result: SendResult, *, esp_message_id: str | None = None
+    ) -> bool:
+        """Store what the sender learned (and the ESP's message id from its 250, for a route
+        with an ESP). Returns False if a result or outcome was already stored (the first result
+        stands). Raises UnknownProbeError for a probe never recorded."""
         with self._translate("record a send result", write=True):
             cursor = self._conn.execute(
                 "UPDATE probes SET accepted = ?, accepted_at = ?, send_duration_seconds = ?,"
-                " transcript = ?, send_error = ?, tls_version = ?, tls_cert_not_after = ?"
-                " WHERE probe_id = ? AND accepted IS NULL AND outcome IS NULL",
+                " transcript = ?, send_error = ?, tls_version = ?, tls_cert_not_after = ?,"
+                " esp_message_id = ? WHERE probe_id = ? AND accepted IS NULL AND outcome IS NULL",
                 (
                     int(result.accepted),
                     result.accepted_at,
@@ -515,6 +560,7 @@ class Ledger:
                     None if result.error is None else json.dumps(_error_to_json(result.error)),
                     result.tls_version,
                     result.tls_cert_not_after,
+                    esp_message_id,
                     probe_id,
                 ),
             )
@@ -651,7 +697,87 @@ class Ledger:
             )
         return cursor.rowcount
 
+    def mark_esp_delivered(self, probe_id: str, *, at: float) -> bool:
+        """Record when the ESP delivered the probe; True only the first time."""
+        with self._translate("record an ESP delivery", write=True):
+            cursor = self._conn.execute(
+                "UPDATE probes SET esp_delivered_at = ? WHERE probe_id = ?"
+                " AND esp_delivered_at IS NULL",
+                (at, probe_id),
+            )
+        return cursor.rowcount == 1
+
+    def mark_esp_complaint(self, probe_id: str, *, at: float) -> bool:
+        """Record a complaint about the probe; True only the first time."""
+        with self._translate("record an ESP complaint", write=True):
+            cursor = self._conn.execute(
+                "UPDATE probes SET esp_complained_at = ? WHERE probe_id = ?"
+                " AND esp_complained_at IS NULL",
+                (at, probe_id),
+            )
+        return cursor.rowcount == 1
+
+    def keep_esp_event(
+        self, route: str, key: str, event: EspEvent, *, received_at: float, cap: int
+    ) -> None:
+        """Keep an event whose probe is not known yet (its 250 is not stored); at most `cap`
+        events are kept, the oldest dropped first."""
+        with self._translate("keep an early ESP event", write=True), self._atomic():
+            self._conn.execute(
+                "INSERT INTO esp_pending (route, key, received_at, event) VALUES (?, ?, ?, ?)",
+                (route, key, received_at, json.dumps(esp_event_json(event))),
+            )
+            self._conn.execute(
+                "DELETE FROM esp_pending WHERE rowid IN (SELECT rowid FROM esp_pending"
+                " ORDER BY received_at DESC LIMIT -1 OFFSET ?)",
+                (cap,),
+            )
+
+    def take_esp_events(self, route: str, keys: Iterable[str]) -> list[EspEvent]:
+        """The kept events of `route` under any of `keys`, oldest first, removed from the ledger."""
+        wanted = list(keys)
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._translate("take early ESP events", write=True), self._atomic():
+            rows = self._conn.execute(
+                f"SELECT rowid, event FROM esp_pending WHERE route = ? AND key IN ({marks})"
+                " ORDER BY received_at, rowid",
+                (route, *wanted),
+            ).fetchall()
+            self._conn.executemany(
+                "DELETE FROM esp_pending WHERE rowid = ?", [(row[0],) for row in rows]
+            )
+        events: list[EspEvent] = []
+        for _, text in rows:
+            try:
+                events.append(esp_event_from_json(json.loads(text)))
+            except (ValueError, TypeError, KeyError):
+                continue  # written by a newer agent: dropped, as it would expire anyway
+        return events
+
+    def expire_esp_events(self, older_than: float) -> int:
+        """Drop kept events received before `older_than`; how many were dropped."""
+        with self._translate("expire early ESP events", write=True):
+            cursor = self._conn.execute(
+                "DELETE FROM esp_pending WHERE received_at < ?", (older_than,)
+            )
+        return cursor.rowcount
+
+    def pending_esp_events(self) -> int:
+        with self._translate("count early ESP events"):
+            row = self._conn.execute("SELECT count(*) FROM esp_pending").fetchone()
+        return int(row[0])
+
     # -- reads ------------------------------------------------------------------------------------
+
+    def by_esp_message_id(self, route: str, message_id: str) -> ProbeRecord | None:
+        """The probe of `route` whose 250 reply carried this ESP message id."""
+        rows = self._select(
+            "WHERE route = ? AND esp_message_id = ? ORDER BY created_at DESC LIMIT 1",
+            (route, message_id),
+        )
+        return rows[0] if rows else None
 
     def get(self, probe_id: str) -> ProbeRecord | None:
         rows = self._select("WHERE probe_id = ?", (probe_id,))
@@ -822,6 +948,32 @@ def _create_private(path: Path) -> None:
 
 
 # -- JSON encoding of the structured columns ------------------------------------------------------
+
+
+def esp_event_json(event: EspEvent) -> dict[str, Any]:
+    return {
+        "type": event.event_type.value,
+        "at": event.at,
+        "message_id": event.message_id,
+        "probe_id": event.probe_id,
+        "status": event.status,
+        "smtp_code": event.smtp_code,
+        "diagnostic": event.diagnostic,
+        "recipient": event.recipient,
+    }
+
+
+def esp_event_from_json(data: dict[str, Any]) -> EspEvent:
+    return EspEvent(
+        EspEventType(data["type"]),
+        data.get("at"),
+        message_id=data.get("message_id"),
+        probe_id=data.get("probe_id"),
+        status=data.get("status"),
+        smtp_code=data.get("smtp_code"),
+        diagnostic=data.get("diagnostic"),
+        recipient=data.get("recipient"),
+    )
 
 
 def transcript_json(transcript: Iterable[SmtpReply]) -> str:
@@ -1014,6 +1166,9 @@ def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
         late_folder,
         late_latency_seconds,
         interrupted_at,
+        esp_message_id,
+        esp_delivered_at,
+        esp_complained_at,
     ) = row
     return ProbeRecord(
         probe_id=probe_id,
@@ -1039,4 +1194,7 @@ def _record_from_row(row: tuple[Any, ...]) -> ProbeRecord:
         late_folder=late_folder,
         late_latency_seconds=late_latency_seconds,
         interrupted_at=interrupted_at,
+        esp_message_id=esp_message_id,
+        esp_delivered_at=esp_delivered_at,
+        esp_complained_at=esp_complained_at,
     )

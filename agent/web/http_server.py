@@ -33,7 +33,12 @@ slow the probes down, so:
   open connections (more wait in the backlog); a TLS handshake within 10 s; a request's head
   (request line and headers) complete within 10 s of the connection opening or of the previous
   response (HTTP/1.1 keep-alive), which also cuts off idle and slowloris clients; at most 16 KiB
-  of head; no request bodies; a response taken by the client within 30 s.
+  of head; a response taken by the client within 30 s.
+* Request bodies only for `POST /webhooks/<route>` (ESP event webhooks, `WebhookSink`), with a
+  Content-Length of at most 1 MiB (more: 413 without reading it; chunked: 411), read within the
+  request timeout; the post is verified and read on a worker, never on this thread or the agent's.
+  Other requests with a body get 413. The server's basic auth does not cover webhooks: each
+  provider's own signature or credentials do.
 """
 
 from __future__ import annotations
@@ -66,11 +71,22 @@ from prometheus_client import CollectorRegistry
 from agent.errors import AgentError, ErrorCategory
 from agent.monitoring.catalog import metrics_app
 
-__all__ = ["BasicAuth", "HttpServer", "HttpServerError", "Limits", "PageSource", "Status"]
+__all__ = [
+    "BasicAuth",
+    "HttpServer",
+    "HttpServerError",
+    "Limits",
+    "PageSource",
+    "Status",
+    "WebhookAnswer",
+    "WebhookSink",
+]
 
 log = logging.getLogger(__name__)
 
 _HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
+_WEBHOOK_PREFIX: Final = "/webhooks/"
+MAX_WEBHOOK_BODY: Final = 1024 * 1024
 _READ_CHUNK: Final = 65536
 # Transient accept() failures: out of descriptors or buffers. Retried after a pause, as asyncio's
 # own server does, rather than spinning on a listener that stays readable.
@@ -136,6 +152,30 @@ class BasicAuth:
         return bool(sep) and user_ok and password_ok
 
 
+class WebhookAnswer(Protocol):
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+class WebhookSink(Protocol):
+    """Takes posts to /webhooks/<route> (agent.webhooks.WebhookReceiver)."""
+
+    def accepts(self, route: str) -> bool:
+        """Whether the route has a webhook; cheap (called on the server's thread)."""
+        ...
+
+    def refuse(self, route: str, reason: Any) -> None:
+        """Count a post refused before its body was read; cheap and non-blocking."""
+        ...
+
+    def __call__(self, route: str, headers: dict[str, str], body: bytes) -> WebhookAnswer:
+        """Verify, read and hand over a post; runs on a worker, in bounded time."""
+        ...
+
+
 class PageSource(Protocol):
     """Builds the status page; raises any exception to answer 503."""
 
@@ -173,8 +213,10 @@ class HttpServer:
         cert_file: Path | None = None,
         key_file: Path | None = None,
         limits: Limits | None = None,
+        webhooks: WebhookSink | None = None,
     ) -> None:
         self._metrics = metrics_app(registry)
+        self._webhooks = webhooks
         self._health = health
         self._readiness = readiness
         self._page = page
@@ -289,7 +331,7 @@ class HttpServer:
                     return
                 if head is None:  # the client left, or stayed silent past request_timeout
                     return
-                response, head_only, keep_alive = await self._handle(head, peer)
+                response, head_only, keep_alive = await self._handle(head, peer, reader, pending)
                 if not await self._send(writer, response, head_only, keep_alive):
                     return
                 if not keep_alive:
@@ -335,7 +377,9 @@ class HttpServer:
             f"request head over {limits.max_head_bytes} bytes",
         )
 
-    async def _handle(self, head: bytes, peer: Any) -> tuple[_Response, bool, bool]:
+    async def _handle(
+        self, head: bytes, peer: Any, reader: asyncio.StreamReader, pending: bytearray
+    ) -> tuple[_Response, bool, bool]:
         """The response, whether to send its head only (HEAD), and whether to keep the
         connection open."""
         try:
@@ -344,6 +388,13 @@ class HttpServer:
             return bad.response, False, False
         method = environ["REQUEST_METHOD"]
         keep_alive = _keeps_alive(environ)
+        if environ["PATH_INFO"].startswith(_WEBHOOK_PREFIX):
+            response, body_read = await self._webhook(environ, reader, pending)
+            return response, False, keep_alive and body_read
+        if environ["agent.has_body"]:
+            # Nothing else takes a body; refusing one spares reading and framing it.
+            response = _plain("413 Content Too Large", "request bodies are not accepted")
+            return response, False, False
         if method not in ("GET", "HEAD"):
             response = _plain("405 Method Not Allowed", "use GET or HEAD", ("Allow", "GET, HEAD"))
             return response, False, keep_alive
@@ -354,6 +405,55 @@ class HttpServer:
         else:
             response = await self._shared(key, environ)
         return response, method == "HEAD", keep_alive
+
+    async def _webhook(
+        self, environ: WSGIEnvironment, reader: asyncio.StreamReader, pending: bytearray
+    ) -> tuple[_Response, bool]:
+        """POST /webhooks/<route>: the body read here, the post verified on a worker; and
+        whether the body was read (if not, the connection is closed after the answer)."""
+        route = environ["PATH_INFO"][len(_WEBHOOK_PREFIX) :]
+        sink = self._webhooks
+        known = sink is not None and bool(route) and "/" not in route and sink.accepts(route)
+        # The body is framed (and read) before the answer, so a refusal on a kept-alive
+        # connection never leaves unread bytes that would reset it under the answer.
+        headers: dict[str, str] = environ["agent.headers"]
+        raw = headers.get("content-length", "0").strip()
+        if "transfer-encoding" in headers or not raw.isdigit():
+            if sink is not None and known:
+                sink.refuse(route, "malformed")
+            if "transfer-encoding" in headers:
+                return _plain("411 Length Required", "send a Content-Length"), False
+            return _plain("400 Bad Request", "expected a Content-Length"), False
+        length = int(raw)
+        if length > MAX_WEBHOOK_BODY:
+            if sink is not None and known:
+                sink.refuse(route, "too_large")
+            text = f"bodies of at most {MAX_WEBHOOK_BODY} bytes"
+            return _plain("413 Content Too Large", text), False
+        try:
+            async with asyncio.timeout(self.limits.request_timeout):
+                while len(pending) < length:
+                    chunk = await reader.read(_READ_CHUNK)
+                    if not chunk:
+                        return _plain("400 Bad Request", "the body ended early"), False
+                    pending += chunk
+        except TimeoutError:
+            text = f"body not complete within {self.limits.request_timeout:g} s"
+            return _plain("408 Request Timeout", text), False
+        body = bytes(pending[:length])
+        del pending[:length]
+        if sink is None or not known:
+            return _plain("404 Not Found", "no webhook for this route"), True
+        if environ["REQUEST_METHOD"] != "POST":
+            return _plain("405 Method Not Allowed", "use POST", ("Allow", "POST")), True
+        loop = asyncio.get_running_loop()
+        try:
+            answer = await loop.run_in_executor(self._workers, sink, route, headers, body)
+        except Exception:
+            log.warning("webhook %s failed", route, exc_info=True)
+            return _plain("500 Internal Server Error", "internal error; see the log"), False
+        status = f"{answer.status} {http.client.responses.get(answer.status, '')}".rstrip()
+        return _plain(status, answer.text), True
 
     def _build_key(self, environ: WSGIEnvironment) -> Hashable | None:
         """What makes two requests' responses the same when building it costs CPU; None for the
@@ -423,9 +523,7 @@ class HttpServer:
         except http.client.HTTPException as exc:
             raise _BadRequest("400 Bad Request", f"unreadable headers ({exc})") from None
         length = headers.get("Content-Length", "0").strip()
-        if headers.get("Transfer-Encoding") is not None or length != "0":
-            # Nothing here takes a body; refusing one spares reading and framing it.
-            raise _BadRequest("413 Content Too Large", "request bodies are not accepted")
+        has_body = headers.get("Transfer-Encoding") is not None or length != "0"
         if target.startswith(("http://", "https://")):  # absolute form
             split = urlsplit(target)
             path, query = split.path or "/", split.query
@@ -447,6 +545,8 @@ class HttpServer:
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
+            "agent.has_body": has_body,
+            "agent.headers": {name.lower(): value for name, value in headers.items()},
         }
         for name, value in headers.items():
             key = name.upper().replace("-", "_")

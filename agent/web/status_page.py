@@ -90,6 +90,8 @@ class Health:
     sandbox: str | None = None  # where the sandbox listens, when there is one
     # Each OAuth credential's token state (agent.oauth.lifecycle): no token or secret in it.
     credentials: tuple[CredentialState, ...] = ()
+    # Routes with an ESP webhook: (last verified post, posts refused, last refusal reason).
+    webhooks: Mapping[str, tuple[float | None, int, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +434,15 @@ def _health(data: PageData) -> str:
             else ('<span class="up">connected</span>' if up else '<span class="down">down</span>')
         )
         items.append((f"IMAP {mailbox}", state))
+    for route, (last_post_at, refused, last_refusal) in sorted(health.webhooks.items()):
+        state = (
+            '<span class="muted">no verified post since start</span>'
+            if last_post_at is None
+            else f"last verified post {_e(_ago(data.now - last_post_at))}"
+        )
+        if refused:
+            state += f'; <span class="down">{refused} refused</span> (last: {_e(last_refusal)})'
+        items.append((f"webhook {route}", state))
     if health.sandbox is not None:
         items.append(("sandbox", _e(health.sandbox)))
     return '<dl id="health">' + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
