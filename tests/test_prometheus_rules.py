@@ -72,8 +72,8 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
     assert [p.name for p in TEST_FILES] == [
         "agent.test.yml",
         "dns.test.yml",
-        "oauth.test.yml",
         "esp.test.yml",
+        "oauth.test.yml",
         "placement.test.yml",
         "recording.test.yml",
         "reports.test.yml",
