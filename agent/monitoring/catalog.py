@@ -34,6 +34,7 @@ __all__ = [
     "DNS_CHECK_DURATION",
     "DNS_CHECK_ERRORS",
     "DNS_CHECK_OK",
+    "FOREIGN_PROBES",
     "FORGED_MESSAGES",
     "IMAP_ERRORS",
     "IMAP_UP",
@@ -49,6 +50,9 @@ __all__ = [
     "PROBES_IN_FLIGHT",
     "PROBES_SENT",
     "SCHEDULER_LAG_SECONDS",
+    "SHARD_INFO",
+    "SHARD_MAILBOX_OWNED",
+    "SHARD_OWNED_MAILBOXES",
     "SMTP_ERRORS",
     "SMTP_REPLIES",
     "SMTP_TRANSACTION_SECONDS",
@@ -169,6 +173,13 @@ FORGED_MESSAGES = MetricSpec(
     "that named a probe without proving it (bounce mailboxes).",
     ("mailbox",),
 )
+FOREIGN_PROBES = MetricSpec(
+    "deliverability_foreign_probes_total",
+    MetricKind.COUNTER,
+    "Signed probes and bounces found in a mailbox that this agent's ledger does not hold: "
+    "another replica's (sharded agents share the secret) or pruned; left in the mailbox.",
+    ("mailbox",),
+)
 AUTH_RESULTS = MetricSpec(
     "deliverability_auth_results_total",
     MetricKind.COUNTER,
@@ -258,6 +269,24 @@ BUILD_INFO = MetricSpec(
     MetricKind.GAUGE,
     "Always 1; labelled with the agent's version.",
     ("version",),
+)
+SHARD_INFO = MetricSpec(
+    "deliverability_shard_info",
+    MetricKind.GAUGE,
+    "Always 1; labelled with this replica's shard index and the shard count it was given.",
+    ("shard", "total"),
+)
+SHARD_OWNED_MAILBOXES = MetricSpec(
+    "deliverability_shard_owned_mailboxes",
+    MetricKind.GAUGE,
+    "Seed mailboxes this replica owns (probes and watches); all of them when not sharded.",
+)
+SHARD_MAILBOX_OWNED = MetricSpec(
+    "deliverability_shard_mailbox_owned",
+    MetricKind.GAUGE,
+    "1 for a configured seed mailbox this replica owns, 0 for one it does not; summed across "
+    "replicas, every mailbox should be 1.",
+    ("mailbox",),
 )
 TLS_CERT_EXPIRY = MetricSpec(
     "deliverability_tls_cert_expiry_timestamp_seconds",
@@ -360,6 +389,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,
+    SHARD_INFO,
+    SHARD_OWNED_MAILBOXES,
+    SHARD_MAILBOX_OWNED,
+    FOREIGN_PROBES,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
     BOUNCES,

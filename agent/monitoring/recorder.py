@@ -41,6 +41,7 @@ from agent.model import (
     ProbeSent,
     ProbeStarted,
     SendResult,
+    ShardOwnership,
     SkipReason,
     SmtpTransaction,
     SpamCategory,
@@ -62,6 +63,7 @@ from agent.monitoring.catalog import (
     DNS_CHECK_ERRORS,
     DNS_CHECK_OK,
     DNSBL_LISTED,
+    FOREIGN_PROBES,
     FORGED_MESSAGES,
     IMAP_ERRORS,
     IMAP_UP,
@@ -76,6 +78,9 @@ from agent.monitoring.catalog import (
     PROBES_IN_FLIGHT,
     PROBES_SENT,
     SCHEDULER_LAG_SECONDS,
+    SHARD_INFO,
+    SHARD_MAILBOX_OWNED,
+    SHARD_OWNED_MAILBOXES,
     SMTP_ERRORS,
     SMTP_REPLIES,
     SMTP_TRANSACTION_SECONDS,
@@ -104,6 +109,7 @@ Result = (
     | ConfigLoaded
     | ProbeStarted
     | DnsReport
+    | ShardOwnership
 )
 
 # The DNS series that follow the configured checks (declare_dns drops the stale ones).
@@ -299,6 +305,9 @@ class Recorder:
                 self._malformed_message(mailbox)
             case MessageSkipped(mailbox, SkipReason.FORGED):
                 self._forged_message(mailbox)
+            case MessageSkipped(mailbox, SkipReason.FOREIGN):
+                # Created when first seen: most mailboxes never see one (not sharded).
+                self._c(FOREIGN_PROBES, mailbox).inc()
             case ImapHealth(mailbox, up, error):
                 if error is not None:
                     self._imap_error(mailbox, error)
@@ -315,6 +324,8 @@ class Recorder:
                 self._histograms[SCHEDULER_LAG_SECONDS.name].observe(max(0.0, lag_seconds))
             case DnsReport():
                 self._dns_report(result)
+            case ShardOwnership():
+                self._shard_ownership(result)
 
     # -- probes -----------------------------------------------------------------------------------
 
@@ -442,6 +453,23 @@ class Recorder:
 
     def _malformed_message(self, mailbox: str) -> None:
         self._c(MALFORMED_MESSAGES, mailbox).inc()
+
+    # -- sharding ---------------------------------------------------------------------------------
+
+    def _shard_ownership(self, ownership: ShardOwnership) -> None:
+        """This replica's shard and the seed mailboxes it owns: one series per configured
+        mailbox (0 or 1), so a sum across replicas shows a mailbox nobody, or two, own."""
+        shard = (str(ownership.index), str(ownership.count))
+        for spec, keep in (
+            (SHARD_INFO, {shard}),
+            (SHARD_MAILBOX_OWNED, {(name,) for name in ownership.owned}),
+        ):
+            for values in set(self._children[spec.name]) - keep:
+                self._remove(spec, values)
+        self._g(SHARD_INFO, *shard).set(1)
+        for name, owned in ownership.owned.items():
+            self._g(SHARD_MAILBOX_OWNED, name).set(1 if owned else 0)
+        self._g(SHARD_OWNED_MAILBOXES).set(sum(ownership.owned.values()))
 
     # -- DNS checks -------------------------------------------------------------------------------
 
