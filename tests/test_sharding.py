@@ -8,9 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from agent.app.cli import main
 from agent.config import Config, validate_config
 from agent.errors import ErrorCategory
-from agent.sharding import ENV_COUNT, ENV_INDEX, Shard, ShardError, owner, shard_from, shard_view
+from agent.sharding import (
+    ENV_COUNT,
+    ENV_INDEX,
+    Shard,
+    ShardError,
+    lingering_mailboxes,
+    owner,
+    shard_from,
+    shard_view,
+)
 
 MAILBOXES = [f"seed-{number:04d}" for number in range(2000)]
 
@@ -228,3 +238,33 @@ def test_dns_checks_run_on_shard_zero_only(tmp_path: Path) -> None:
 def test_one_shard_sees_the_config_unchanged(tmp_path: Path) -> None:
     config = _config(tmp_path)
     assert shard_view(config, Shard()) is config
+
+
+def test_run_with_a_bad_shard_setting_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "secret: sharding-test-secret-0123456789\n"
+        "routes: [{name: r, host: 127.0.0.1, port: 1, tls: none, from: p@client.test}]\n"
+        "mailboxes: [{name: m, host: 127.0.0.1, port: 1, tls: none, allow_plaintext_auth: true,"
+        " auth: {username: u, password: imap-password-1}, address: s@seed.test}]\n"
+    )
+    monkeypatch.setenv(ENV_COUNT, "3")
+    monkeypatch.setenv("HOSTNAME", "deliverability-agent")
+    assert main(["run", "--config", str(path), "--shard-index-from-hostname"]) == 2
+    assert capsys.readouterr().err == (
+        "deliverability-agent: --shard-index-from-hostname: expected a hostname ending in "
+        "-<ordinal> (a StatefulSet pod, e.g. deliverability-agent-2), got 'deliverability-agent'\n"
+    )
+    monkeypatch.delenv(ENV_COUNT)
+    assert main(["run", "--config", str(path), "--shard-index", "1"]) == 2
+    assert "--shard-index: needs a shard count" in capsys.readouterr().err
+
+
+def test_mailboxes_with_our_probes_in_flight_stay_watched_until_they_finish() -> None:
+    in_flight = {("r1", "seed1"): 2, ("r2", "seed1"): 1, ("r1", "box000"): 0, ("r1", "seed2"): 1}
+    assert lingering_mailboxes(in_flight, owned=["seed2"]) == ["seed1"]
+    assert lingering_mailboxes(in_flight, owned=["seed1", "seed2"]) == []
+    assert lingering_mailboxes({}, owned=[]) == []
