@@ -371,7 +371,11 @@ class Recorder:
         receiver that stops stamping, or trust rules that match nothing, show; how a probe was
         found is not counted when that was not recorded."""
         self._c(PROBES, route, mailbox, outcome.value).inc()
-        self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(finished_at)
+        if (route, mailbox) in self._declared_pairs:
+            # A probe finished for a pair this agent no longer probes (a sharded replica's probe
+            # to a mailbox a rescale gave to another, a pair a reload removed): a timestamp that
+            # never moves again would read as a stale pair.
+            self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox, outcome.value).set(finished_at)
         if latency_seconds is not None:
             # Sender and watcher share one clock; a negative value can only be a clock step.
             self._h(DELIVERY_SECONDS, route, mailbox).observe(max(latency_seconds, 0.0))
