@@ -3,14 +3,20 @@ or the pod's hostname."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from agent.app.cli import main
+from agent.app.service import Agent
 from agent.config import Config, validate_config
 from agent.errors import ErrorCategory
+from agent.model import Outcome
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
 from agent.sharding import (
     ENV_COUNT,
     ENV_INDEX,
@@ -21,6 +27,9 @@ from agent.sharding import (
     shard_from,
     shard_view,
 )
+from tests.agent_process import WAIT
+from tests.one_pair_config import one_pair_config
+from tests.scripted_smtp import Script, ScriptedSmtpServer
 
 MAILBOXES = [f"seed-{number:04d}" for number in range(2000)]
 
@@ -268,3 +277,42 @@ def test_mailboxes_with_our_probes_in_flight_stay_watched_until_they_finish() ->
     assert lingering_mailboxes(in_flight, owned=["seed2"]) == ["seed1"]
     assert lingering_mailboxes(in_flight, owned=["seed1", "seed2"]) == []
     assert lingering_mailboxes({}, owned=[]) == []
+
+
+async def test_a_replica_watches_a_mailbox_it_no_longer_owns_until_its_probes_there_finish(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedSmtpServer(Script()) as server:
+        config = one_pair_config(tmp_path, smtp_port=server.port, probes={"deadline": "5s"})
+        before = Agent(config, recorder=Recorder(new_registry()))  # one agent: owns "m"
+        await before.start()
+        probe_id = await before.probe_pair("r", "m")
+        await before.stop()
+    assert probe_id is not None
+    # Rescaled: this replica's shard no longer owns "m", its ledger has a probe in flight there.
+    now = [time.time()]
+    registry = new_registry()
+    shard = Shard(1 - owner("m", 2), 2)
+    agent = Agent(config, recorder=Recorder(registry), shard=shard, clock=lambda: now[0])
+    await agent.start()
+    try:
+        assert agent.config.mailboxes == () and agent.config.pairs() == []
+        assert agent.watched_mailboxes() == ["m"]
+        assert (
+            registry.get_sample_value("deliverability_shard_mailbox_owned", {"mailbox": "m"}) == 0
+        )
+        now[0] += 10  # past the probe's deadline: the reaper finishes it, the watch ends
+        for _ in range(2):  # a sweep may have begun before the clock moved
+            agent.swept.clear()
+            await asyncio.wait_for(agent.swept.wait(), WAIT)
+        assert agent.watched_mailboxes() == []
+        record = agent.ledger.get(probe_id)
+        assert record is not None and record.outcome is Outcome.MISSING
+    finally:
+        await agent.stop()
+    # Counted once, by the replica that sent it; no stale last-outcome series for a pair it
+    # does not probe.
+    labels = {"route": "r", "mailbox": "m", "outcome": "missing"}
+    assert registry.get_sample_value("deliverability_probes_total", labels) == 1
+    last = "deliverability_last_outcome_timestamp_seconds"
+    assert registry.get_sample_value(last, labels) is None

@@ -340,6 +340,11 @@ class Agent:
             states[mailbox.name] = bool(folders) and all(folders.values())
         return states
 
+    def watched_mailboxes(self) -> list[str]:
+        """The mailboxes this agent watches now: its own, its bounce mailboxes, and (sharded) the
+        ones it no longer owns but has probes in flight to."""
+        return sorted(self._watches)
+
     def scheduled_jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []
 
