@@ -55,6 +55,7 @@ __all__ = [
     "ReportRead",
     "ReportResult",
     "SendResult",
+    "ShardOwnership",
     "SkipReason",
     "SmtpReply",
     "SmtpTransaction",
@@ -411,6 +412,9 @@ class SkipReason(enum.StrEnum):
 
     MALFORMED = "malformed"  # could not be parsed safely
     FORGED = "forged"  # looked like a probe, but its signature is invalid
+    # Signed, but not in this agent's ledger: another replica's probe (sharded agents share the
+    # secret) or one pruned long ago; left in the mailbox for its sender.
+    FOREIGN = "foreign"
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +462,16 @@ class InFlight:
     pair at once (at start and after a reload)."""
 
     counts: Mapping[tuple[str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOwnership:
+    """Which shard this agent is (`index` of `count`) and, for every configured seed mailbox,
+    whether it owns it (`agent.sharding`); at start and after every reload."""
+
+    index: int
+    count: int
+    owned: Mapping[str, bool]
 
 
 @dataclass(frozen=True, slots=True)

@@ -829,10 +829,11 @@ grid.add(
     timeseries(
         "IMAP connection up",
         shows="1 while the agent's watcher of the seed mailbox has a working IMAP connection "
-        "for every watched folder, 0 otherwise.",
+        "for every watched folder, 0 otherwise. Sharded replicas: the lowest of the replicas "
+        "that watch it (every replica watches each bounce mailbox).",
         when_bad="0 for minutes: check the mailbox's credentials, host, TLS and the IMAP errors "
         "next. Follow the IMAP runbook.",
-        targets=[target(f"deliverability_imap_up{{{MAILBOX}}}", "{{mailbox}} {{instance}}")],
+        targets=[target(f"min by (mailbox) (deliverability_imap_up{{{MAILBOX}}})", "{{mailbox}}")],
         alerts=["DeliverabilityImapMailboxUnreachable"],
     )
 )
@@ -920,6 +921,28 @@ grid.add(
     h=4,
 )
 grid.add(
+    timeseries(
+        "Shards: seed mailboxes per replica",
+        shows="How many seed mailboxes each replica owns (all of them when not sharded), how "
+        "many replicas run with each shard count, and how many mailboxes have no owner or two.",
+        when_bad="More than one shard count, or mailboxes without exactly one owner for longer "
+        "than a rollout: set the shard count to the replica count (docs/scaling.md).",
+        targets=[
+            target("deliverability_shard_owned_mailboxes", "{{instance}} owns"),
+            target(
+                "count by (total) (deliverability_shard_info)",
+                "replicas with shard count {{total}}",
+            ),
+            target(
+                "count(sum by (mailbox) (deliverability_shard_mailbox_owned) != 1) or vector(0)",
+                "mailboxes without exactly one owner",
+            ),
+        ],
+        alerts=["DeliverabilityShardCountMismatch", "DeliverabilityMailboxOwnerMissingOrDoubled"],
+    ),
+    w=24,
+)
+grid.add(
     table(
         "Agents (build info)",
         shows="Every agent Prometheus scrapes, with its version.",
@@ -936,7 +959,14 @@ grid.add(
         shows="The TLS version each route's SMTP server negotiated last.",
         when_bad="TLS 1.0/1.1, or no row for a route that should use TLS: fix the route's TLS "
         "settings or the server.",
-        targets=[target(f"deliverability_tls_version_info{{{ROUTE}}}", instant=True, table=True)],
+        # One row per route and version, not per replica: every replica sends through every route.
+        targets=[
+            target(
+                f"max by (route, version) (deliverability_tls_version_info{{{ROUTE}}})",
+                instant=True,
+                table=True,
+            )
+        ],
     ),
     w=8,
     h=4,
@@ -950,7 +980,8 @@ grid.add(
         "runbook.",
         targets=[
             target(
-                f"deliverability_tls_cert_expiry_timestamp_seconds{{{ROUTE}}} - time()",
+                "min by (route) (deliverability_tls_cert_expiry_timestamp_seconds"
+                f"{{{ROUTE}}}) - time()",
                 "{{route}}",
             ),
             threshold("tls_cert_expiry_seconds_min"),

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from queue import Empty, Queue
 
@@ -23,9 +24,12 @@ def agent_command(*args: str) -> list[str]:
 class AgentProcess:
     """`deliverability-agent run` in a subprocess, with its log lines readable as they come."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self, config: Path, *, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            agent_command("run", "--config", str(config)),
+            agent_command("run", "--config", str(config), *args),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

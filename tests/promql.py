@@ -23,6 +23,7 @@ __all__ = [
     "label_values_selector",
     "metric_names",
     "selectors",
+    "unaggregated_metrics",
 ]
 
 
@@ -103,6 +104,30 @@ def selectors(expr: str) -> list[Selector]:
             found.append(_selector(node))
 
     promql_parser.walk(_parse(expr), pre_visit=visit)
+    return found
+
+
+def unaggregated_metrics(expr: str) -> set[str]:
+    """Metric names in `expr` read outside any aggregation (sum, min, max, count, ...): their
+    series keep every label the target adds, `instance` and `pod` included."""
+    found: set[str] = set()
+    depth = 0
+
+    def enter(node: promql_parser.Expr) -> None:
+        nonlocal depth
+        if isinstance(node, promql_parser.AggregateExpr):
+            depth += 1
+        elif isinstance(node, promql_parser.VectorSelector) and depth == 0:
+            name = _selector(node).metric
+            if name is not None:
+                found.add(name)
+
+    def leave(node: promql_parser.Expr) -> None:
+        nonlocal depth
+        if isinstance(node, promql_parser.AggregateExpr):
+            depth -= 1
+
+    promql_parser.walk(_parse(expr), pre_visit=enter, post_visit=leave)
     return found
 
 

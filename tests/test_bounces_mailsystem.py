@@ -17,6 +17,8 @@ from agent.app.service import Agent
 from agent.config import Config, load_config
 from agent.model import BounceReason, BounceSource, BounceType, Outcome
 from agent.monitoring.catalog import new_registry
+from agent.reading.probe_token import new_probe_id
+from agent.sharding import Shard, owner
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem
 from tests.mailsystem.topology import SEED_DOMAIN, Account
@@ -152,6 +154,44 @@ async def test_a_forged_bounce_is_counted_and_changes_no_outcome(
     assert bounces == []
     assert metric(registry, "deliverability_forged_messages_total", mailbox="bounces") == 1
     assert bounce_count(registry, route="good", type="hard", source="dsn") == 0
+
+
+async def test_a_sharded_replica_leaves_another_replicas_bounce_alone_and_not_as_forged(
+    setup: AgentSetup, mail_system: MailSystem
+) -> None:
+    # Every replica watches every bounce mailbox; only the sender can check a bounce's VERP tag.
+    bounce_box = mail_system.new_mailbox()
+    held = mail_system.new_held_mailbox()
+    config = with_bounces(setup, bounce_box, to=held.address)
+    registry = new_registry()
+    agent = Agent(
+        config,
+        recorder=SignallingRecorder(registry),
+        poll_interval=0.5,
+        shard=Shard(owner("seed", 2), 2),
+    )
+    await agent.start()
+    try:
+        probe_id = await agent.probe_pair("good", "seed")
+        assert probe_id is not None
+        local, domain = bounce_box.address.split("@")
+        theirs = new_probe_id()  # another replica's probe: not in this ledger
+        mail_system.append(bounce_box, _dsn_for(theirs, f"{local}+{theirs}@{domain}", held.address))
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("foreign").wait()
+        assert metric(registry, "deliverability_forged_messages_total", mailbox="bounces") == 0
+        # A bounce naming this replica's own probe without its tag is still forged.
+        mail_system.append(
+            bounce_box, _dsn_for(probe_id, f"{local}+{probe_id}@{domain}", held.address)
+        )
+        async with asyncio.timeout(WAIT):
+            await recorder_of(agent).event("forged").wait()
+        record = agent.ledger.get(probe_id)
+    finally:
+        await agent.stop(drain_timeout=WAIT)
+    assert record is not None and record.outcome is None
+    assert metric(registry, "deliverability_foreign_probes_total", mailbox="bounces") == 1
+    assert metric(registry, "deliverability_forged_messages_total", mailbox="bounces") == 1
 
 
 async def test_auto_replies_and_foreign_bounces_are_never_counted(

@@ -33,6 +33,7 @@ from tests.promql import (
     label_values_selector,
     metric_names,
     selectors,
+    unaggregated_metrics,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,3 +369,33 @@ def test_generated_json_is_plain_json_with_sorted_keys() -> None:
     for path in DASHBOARDS.values():
         text = path.read_text()
         assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
+
+
+# Panels that show one series per agent on purpose, and metrics only one replica exports.
+PER_REPLICA_PANELS = {
+    "Agents (build info)": "one row per agent: a rollout shows as mixed versions",
+    "Shards: seed mailboxes per replica": "how many mailboxes each replica owns",
+}
+ONE_REPLICA_METRICS = {
+    # DNS checks run on shard 0 only (agent/sharding.py): one series per check, never summed.
+    "deliverability_dns_check_ok": "shard 0 only",
+    "deliverability_dnsbl_listed": "shard 0 only",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panels_aggregate_across_sharded_replicas(name: str) -> None:
+    """With N replicas behind one job, a raw selector shows one series per replica (instance,
+    pod): panels aggregate to the labels they need; recording rules already do."""
+    problems = {}
+    for query in panel_queries(DASHBOARDS[name]):
+        if query.panel in PER_REPLICA_PANELS:
+            continue
+        raw = {
+            metric
+            for metric in unaggregated_metrics(query.expr)
+            if ":" not in metric and metric not in ONE_REPLICA_METRICS
+        }
+        if raw:
+            problems[query.name] = sorted(raw)
+    assert problems == {}

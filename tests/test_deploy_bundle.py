@@ -55,6 +55,7 @@ RULE_FILES = (
 ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 K8S = DEPLOY / "kubernetes"
 K8S_OPERATOR = K8S / "prometheus-operator"
+K8S_SHARDED = DEPLOY / "kubernetes-sharded"
 DEPLOY_DOCS = ROOT / "docs" / "deploy.md"
 
 STATE_DIR = "/var/lib/deliverability-agent"
@@ -713,6 +714,105 @@ def test_kubernetes_service_and_servicemonitor_select_the_agents_metrics_port() 
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == port["name"]
     assert endpoint["path"] == "/metrics"
+
+
+# --- Kubernetes, sharded replicas (docs/scaling.md) ---------------------------------------------
+
+
+def _merged(base: Any, patch: Any) -> Any:
+    """A strategic merge of maps (what the kustomization's patches need: no lists)."""
+    if not isinstance(base, dict) or not isinstance(patch, dict):
+        return patch
+    return {**base, **{key: _merged(base.get(key), value) for key, value in patch.items()}}
+
+
+def _sharded_bundle() -> dict[tuple[str, str], Any]:
+    """What `kubectl apply -k deploy/kubernetes-sharded` applies, built offline as its
+    kustomization says: the base's objects, less those its patches delete, patched, plus its own
+    (cross-checked against kustomize itself below, where kubectl is installed)."""
+    kustomization = _yaml(K8S_SHARDED / "kustomization.yaml")
+    own = _manifests(K8S_SHARDED)
+    assert kustomization["resources"] == ["../kubernetes", *sorted(own)]
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _manifests(K8S).values()}
+    for entry in kustomization["patches"]:
+        patch = yaml.safe_load(entry["patch"])
+        key = (patch["kind"], patch["metadata"]["name"])
+        assert key in objects, key
+        if patch.pop("$patch", None) == "delete":
+            del objects[key]
+        else:
+            objects[key] = _merged(objects[key], patch)
+    for obj in own.values():
+        objects[obj["kind"], obj["metadata"]["name"]] = obj
+    return objects
+
+
+def test_sharded_bundle_is_a_statefulset_with_a_ledger_volume_per_replica() -> None:
+    bundle = _sharded_bundle()
+    assert sorted(kind for kind, _ in bundle) == ["ConfigMap", "Secret", "Service", "StatefulSet"]
+    (statefulset,) = (obj for (kind, _), obj in bundle.items() if kind == "StatefulSet")
+    (service,) = (obj for (kind, _), obj in bundle.items() if kind == "Service")
+    spec = statefulset["spec"]
+    # Headless, and the one Service the ServiceMonitor selects: each pod scraped once.
+    assert service["spec"]["clusterIP"] == "None"
+    assert spec["serviceName"] == service["metadata"]["name"]
+    monitor = _k8s("ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    assert monitor.items() <= service["metadata"]["labels"].items()
+    # Each replica its own ledger: a claim template mounted at the state dir, never a shared claim.
+    (template,) = spec["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "state"
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = spec["template"]["spec"]
+    assert not any("persistentVolumeClaim" in volume for volume in pod["volumes"])
+    (container,) = pod["containers"]
+    assert {"name": "state", "mountPath": STATE_DIR} in container["volumeMounts"]
+    assert spec["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
+    # The shard: the pod's ordinal and a count that is the replica count.
+    assert container["args"][-1] == "--shard-index-from-hostname"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env == {"DELIVERABILITY_SHARD_COUNT": str(spec["replicas"])}
+    assert spec["replicas"] > 1
+    # SIGTERM drains within the grace period, as the single agent's does.
+    assert pod["terminationGracePeriodSeconds"] > _drain_bound()
+
+
+def test_sharded_pod_is_the_single_agents_pod_but_for_the_sharding_lines() -> None:
+    (statefulset,) = _manifests(K8S_SHARDED).values()
+    pod = json.loads(json.dumps(statefulset["spec"]["template"]))
+    (container,) = pod["spec"]["containers"]
+    container["args"].remove("--shard-index-from-hostname")
+    del container["env"]
+    single = json.loads(json.dumps(_k8s("Deployment")["spec"]["template"]))
+    single["spec"]["volumes"] = [v for v in single["spec"]["volumes"] if v["name"] != "state"]
+    assert pod == single
+
+
+def test_sharded_bundle_validates_against_the_kubernetes_schema() -> None:
+    try:
+        validator: Any = importlib.import_module("kubernetes_validate")
+    except ImportError:
+        _missing("kubernetes-validate is not installed")
+    for (kind, name), obj in _sharded_bundle().items():
+        try:
+            validator.validate(obj, K8S_VERSION, strict=True)
+        except validator.ValidationError as exc:
+            pytest.fail(f"{kind}/{name}: {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_sharded_bundle_is_what_kustomize_builds() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the offline build above is checked anyway)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S_SHARDED)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    built = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(result.stdout) if o}
+    assert built == _sharded_bundle()
 
 
 # --- PrometheusRule ------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from agent.model import (
     ReportRead,
     ReportResult,
     SendResult,
+    ShardOwnership,
     SkipReason,
     SmtpReply,
     SmtpTransaction,
@@ -261,6 +262,8 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(ImapHealth(OUTLOOK, up=False, error=ErrorKind.TIMEOUT))
     recorder.record(MessageSkipped(GMAIL, SkipReason.FORGED))
     recorder.record(MessageSkipped(OUTLOOK, SkipReason.MALFORMED))
+    recorder.record(MessageSkipped(OUTLOOK, SkipReason.FOREIGN))
+    recorder.record(ShardOwnership(1, 3, {GMAIL: True, OUTLOOK: False}))
     recorder.record(LedgerHealth(writable=True))
     recorder.record(LedgerHealth(False, LedgerErrorKind.DISK_FULL, "database or disk is full"))
     recorder.record(LedgerHealth(writable=True))
@@ -391,6 +394,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {"none", "reject", "pass", "fail", "sts", "success", "certificate-expired"}
         | {"ok"}
         | {str(m) for m in TokenErrorKind}
+        | {"1", "3"}  # the shard index and count: at most the replica count
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
@@ -818,3 +822,33 @@ def test_oauth_credential_series_follow_the_configured_credentials(
     recorder.declare_credentials(["gmail"])  # m365 removed by a reload
     assert value(registry, name, credential="m365", result="ok") is None
     assert value(registry, name, credential="gmail", result="ok") == 0
+
+
+def test_shard_ownership_is_one_series_per_configured_mailbox_and_follows_the_config(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.record(ShardOwnership(1, 3, {GMAIL: True, OUTLOOK: False}))
+    assert registry.get_sample_value("deliverability_shard_info", {"shard": "1", "total": "3"}) == 1
+    assert registry.get_sample_value("deliverability_shard_owned_mailboxes") == 1
+    owned = "deliverability_shard_mailbox_owned"
+    assert registry.get_sample_value(owned, {"mailbox": GMAIL}) == 1
+    assert registry.get_sample_value(owned, {"mailbox": OUTLOOK}) == 0
+    # A reload that drops a mailbox drops its series; a new count replaces the old info series.
+    recorder.record(ShardOwnership(1, 2, {GMAIL: False}))
+    assert registry.get_sample_value(owned, {"mailbox": OUTLOOK}) is None
+    assert (
+        registry.get_sample_value("deliverability_shard_info", {"shard": "1", "total": "3"}) is None
+    )
+    assert registry.get_sample_value("deliverability_shard_info", {"shard": "1", "total": "2"}) == 1
+    assert registry.get_sample_value("deliverability_shard_owned_mailboxes") == 0
+
+
+def test_a_foreign_probe_is_counted_apart_from_forged_ones(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL)])
+    recorder.record(MessageSkipped(GMAIL, SkipReason.FOREIGN))
+    foreign = "deliverability_foreign_probes_total"
+    assert registry.get_sample_value(foreign, {"mailbox": GMAIL}) == 1
+    forged = "deliverability_forged_messages_total"
+    assert registry.get_sample_value(forged, {"mailbox": GMAIL}) == 0

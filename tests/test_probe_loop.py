@@ -69,6 +69,8 @@ class SignallingRecorder(Recorder):
                 self.event("forged").set()
             case MessageSkipped(_, SkipReason.MALFORMED):
                 self.event("malformed").set()
+            case MessageSkipped(_, SkipReason.FOREIGN):
+                self.event("foreign").set()
             case ProbeLate():
                 self.event("late").set()
             case BounceCounted():

@@ -77,6 +77,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
         "placement.test.yml",
         "recording.test.yml",
         "reports.test.yml",
+        "sharding.test.yml",
         "smtp.test.yml",
     ]
     # One promtool per file, concurrently: the suite stays fast on two cores.
@@ -162,6 +163,20 @@ _DELIVERY_CHECKS = 'check=~"spf|spf_lookups|spf_authorized|dkim|dmarc|mx|fcrdns"
             "        for: 1h\n",
             "DeliverabilityDnsChecksFailing",
             "dns.test.yml",
+        ),
+        # Two owners are as wrong as none: the doubled mailbox must fire too.
+        (
+            "(deliverability_shard_mailbox_owned) != 1",
+            "(deliverability_shard_mailbox_owned) < 1",
+            "DeliverabilityMailboxOwnerMissingOrDoubled",
+            "sharding.test.yml",
+        ),
+        # Per job: counting totals across fleets would fire on the healthy one's own count.
+        (
+            "count by (job) (count by (job, total) (deliverability_shard_info)) > 1",
+            "count(count by (total) (deliverability_shard_info)) > 1",
+            "DeliverabilityShardCountMismatch",
+            "sharding.test.yml",
         ),
     ],
 )

@@ -43,6 +43,7 @@ from agent.model import (
     ProbeSent,
     ProbeStarted,
     SendResult,
+    ShardOwnership,
     SkipReason,
     SmtpReply,
     SmtpTransaction,
@@ -148,6 +149,11 @@ BUDGET: dict[str, Cost] = {
     "deliverability_esp_complaints_total": Cost(),
     "deliverability_esp_delivery_seconds": Cost(),
     "deliverability_esp_receiver_seconds": Cost(),
+    # sharding: this replica's shard and, per configured seed mailbox, whether it owns it
+    "deliverability_shard_info": Cost(fixed=1),
+    "deliverability_shard_owned_mailboxes": Cost(fixed=1),
+    "deliverability_shard_mailbox_owned": Cost(mailbox=1),
+    "deliverability_foreign_probes_total": Cost(when_seen=True),
     # per report mailbox (reports by kind and result, the newest report's end), and per reporting
     # org / domain / top-N source seen in reports: none configured here, bounded by the reader
     "deliverability_reports_total": Cost(),
@@ -255,6 +261,8 @@ def play_a_day(recorder: Recorder) -> Seen:
     """Four probes per pair (every outcome across the pairs) and the events around them."""
     seen = Seen()
     recorder.declare(PAIRS, bounce_mailboxes=[BOUNCE_MAILBOX])
+    # As the agent does right after declare (one shard: every mailbox its own).
+    recorder.record(ShardOwnership(0, 1, dict.fromkeys(MAILBOXES, True)))
     recorder.record(ConfigLoaded(True, T0))
     recorder.record(LedgerHealth(writable=True))
     recorder.record(InFlight({pair: 1 for pair in PAIRS}))
@@ -359,6 +367,7 @@ _SEEN: dict[str, Callable[[Seen], int]] = {
     "deliverability_auth_results_total": lambda seen: len(seen.auth),
     "deliverability_spam_verdicts_total": lambda seen: len(seen.spam_verdicts),
     "deliverability_late_probes_total": lambda seen: len(seen.late),
+    "deliverability_foreign_probes_total": lambda seen: 0,
     "deliverability_smtp_replies_total": lambda seen: len(seen.replies),
     "deliverability_tls_version_info": lambda seen: len(seen.tls_routes),
     "deliverability_tls_cert_expiry_timestamp_seconds": lambda seen: len(seen.tls_routes),
@@ -388,7 +397,9 @@ def test_series_budget_covers_every_metric_of_the_catalog() -> None:
 
 def test_series_budget_declare_precreates_exactly_the_formula() -> None:
     registry = new_registry()
-    Recorder(registry).declare(PAIRS, bounce_mailboxes=[BOUNCE_MAILBOX])
+    recorder = Recorder(registry)
+    recorder.declare(PAIRS, bounce_mailboxes=[BOUNCE_MAILBOX])
+    recorder.record(ShardOwnership(0, 1, dict.fromkeys(MAILBOXES, True)))  # as the agent does
 
     counted = series_by_family(registry)
     expected = {name: count for name, count in _expected(None).items() if count}

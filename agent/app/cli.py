@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -40,6 +41,7 @@ from agent.providers import parse_trust_rule, trust_rules_for
 from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
 from agent.secrets import secret_values
+from agent.sharding import ENV_COUNT, ENV_INDEX, Shard, ShardError, shard_from
 from agent.smtp.replies import deciding_reply
 from agent.store.ledger import STATE_DIR_MODE, ProbeRecord, spam_verdict_json
 from agent.web.http_server import BasicAuth, HttpServer, Status
@@ -86,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                 help="log lines as readable text (default), logfmt or JSON; logfmt and JSON carry "
                 "route, mailbox and probe_id as fields",
             )
+        if name == "run":
+            _shard_flags(sub)
         if name == "once":
             sub.add_argument("--json", action="store_true", help="one JSON object per probe")
             sub.add_argument(
@@ -122,6 +126,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shard_flags(sub: argparse.ArgumentParser) -> None:
+    """Sharded replicas (agent.sharding): each owns a share of the seed mailboxes."""
+    sub.add_argument(
+        "--shard-index",
+        metavar="I",
+        help=f"this replica's shard, 0 .. N-1 (default: ${ENV_INDEX}, else not sharded)",
+    )
+    sub.add_argument(
+        "--shard-count",
+        metavar="N",
+        help=f"how many replicas share the seed mailboxes (default: ${ENV_COUNT}, else 1)",
+    )
+    sub.add_argument(
+        "--shard-index-from-hostname",
+        action="store_true",
+        help="the shard index is the ordinal at the end of the hostname, as in a StatefulSet "
+        "(deliverability-agent-2 -> 2)",
+    )
+
+
+def _shard_of(args: argparse.Namespace) -> Shard:
+    return shard_from(
+        index=args.shard_index,
+        count=args.shard_count,
+        from_hostname=args.shard_index_from_hostname,
+        environ=os.environ,
+        hostname=os.environ.get("HOSTNAME") or socket.gethostname(),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "inspect":
@@ -131,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"deliverability-agent: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
+    shard = Shard()
+    if args.command == "run":
+        try:
+            shard = _shard_of(args)
+        except ShardError as exc:
+            print(f"deliverability-agent: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "check-config":
         pairs = config.pairs()
         print(
@@ -154,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "once":
             return asyncio.run(_once(config, as_json=args.json, progress=progress))
-        return asyncio.run(_run(config, args.config, redactor))
+        return asyncio.run(_run(config, args.config, redactor, shard=shard))
     except AgentError as exc:
         print(f"deliverability-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -504,13 +545,13 @@ def _webhooks(agent: Agent, loop: asyncio.AbstractEventLoop) -> WebhookReceiver:
     )
 
 
-async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> int:
+async def _run(config: Config, path: Path, redactor: SecretRedactingFilter, *, shard: Shard) -> int:
     registry = new_registry()
     recorder = Recorder(registry)
     now = time.time()
     recorder.record(ConfigLoaded(True, now))
     state = _RunState(started_at=now, config_ok=True, config_loaded_at=now)
-    agent = Agent(config, recorder=recorder)
+    agent = Agent(config, recorder=recorder, shard=shard)
     loop = asyncio.get_running_loop()
     last_tick = [loop.time()]
 
@@ -574,10 +615,17 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
                 log.info(
                     "deliverability-agent %s probing %d pair(s) every %g s; ledger in %s",
                     __version__,
-                    len(config.pairs()),
+                    len(agent.config.pairs()),
                     config.probes.interval,
                     config.state_dir,
                 )
+                if shard.sharded:
+                    log.info(
+                        "%s: %d of %d seed mailbox(es)",
+                        shard,
+                        len(agent.config.mailboxes),
+                        len(config.mailboxes),
+                    )
                 host, port = config.listen.host, server.port
                 if http.status_page:
                     log.info("status page on %s", _url(server.scheme, host, port, "/"))

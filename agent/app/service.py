@@ -34,7 +34,14 @@ from agent.imap import (
     OnMessage,
     detect_folders,
 )
-from agent.model import ErrorKind, ImapHealth, LedgerHealth, Outcome, ProbeStarted
+from agent.model import (
+    ErrorKind,
+    ImapHealth,
+    LedgerHealth,
+    Outcome,
+    ProbeStarted,
+    ShardOwnership,
+)
 from agent.monitoring.recorder import Recorder
 from agent.oauth.lifecycle import CredentialState
 from agent.oauth.sources import TokenSources
@@ -46,6 +53,7 @@ from agent.probing.reaper import reap
 from agent.probing.targets import imap_target
 from agent.reading.probe_token import KeyRing
 from agent.reports import ReportReader, ReportStore
+from agent.sharding import Shard, lingering_mailboxes, shard_view
 from agent.smtp.replies import verdict_of
 from agent.store.ledger import Ledger, LedgerError, ProbeState
 
@@ -93,8 +101,13 @@ class Agent:
         use_idle: bool = True,
         poll_interval: float = 15.0,
         clock: Callable[[], float] = time.time,
+        shard: Shard = Shard(),  # noqa: B008 (frozen)
     ) -> None:
-        self.config = config
+        # `config` is what this shard probes (its own mailboxes, agent.sharding); `full_config`
+        # what was loaded, for what is not sharded (DNS checks, bounces of any mailbox).
+        self.shard = shard
+        self.full_config = config
+        self.config = shard_view(config, shard)
         self.recorder = recorder
         self._clock = clock
         self._use_idle = use_idle
@@ -116,8 +129,9 @@ class Agent:
             outcomes=self.outcomes,
             keys=KeyRing(config.secret.get_secret_value().encode()),
             cleanup=config.probes.cleanup,
+            sharded=shard.sharded,
         )
-        self._build(config)
+        self._build(self.config)
         self._watches: dict[str, _MailboxWatch] = {}
         self._scheduler: AsyncIOScheduler | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -151,6 +165,7 @@ class Agent:
         self._recover()
         for mailbox, role in _watched_mailboxes(self.config).values():
             self._start_watch(mailbox, role=role)
+        self._watch_lingering()
         self._reaper = asyncio.create_task(self._reap_forever(), name="reaper")
         self.started = True
 
@@ -173,8 +188,16 @@ class Agent:
             },
         )
         self.recorder.declare_esp(route.name for route in self.config.routes if route.esp)
-        declare_dns_series(self.config, self.recorder)
+        declare_dns_series(self._dns_config(), self.recorder)
         self.recorder.declare_credentials(self.tokens.credentials())
+        owned = {mailbox.name for mailbox in self.config.mailboxes}
+        self.recorder.record(
+            ShardOwnership(
+                self.shard.index,
+                self.shard.count,
+                {mailbox.name: mailbox.name in owned for mailbox in self.full_config.mailboxes},
+            )
+        )
         # Only the configured pairs: declare() just removed the series of the others.
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))
         for mailbox in (
@@ -356,9 +379,13 @@ class Agent:
 
     async def check_dns(self) -> None:
         """One run of the configured DNS checks, recorded as metrics."""
-        report = await run_dns_checks(self.config)
+        report = await run_dns_checks(self._dns_config())
         if report is not None:
             self.recorder.record(report)
+
+    def _dns_config(self) -> Config:
+        """DNS checks are about the routes: shard 0 runs them for the whole config."""
+        return self.full_config if self.config.dns is not None else self.config
 
     def mailboxes_up(self) -> dict[str, bool]:
         """Each seed mailbox's IMAP state, as deliverability_imap_up shows it (up only while
@@ -376,6 +403,11 @@ class Agent:
         the status page and `once`."""
         return self.tokens.states()
 
+    def watched_mailboxes(self) -> list[str]:
+        """The mailboxes this agent watches now: its own, its bounce mailboxes, and (sharded) the
+        ones it no longer owns but has probes in flight to."""
+        return sorted(self._watches)
+
     def scheduled_jobs(self) -> list[Job]:
         return self._scheduler.get_jobs() if self._scheduler is not None else []
 
@@ -387,6 +419,7 @@ class Agent:
             now = self._clock()
             try:
                 reap(self.ledger, self.outcomes, now=now)
+                await self._release_lingering()
                 if now >= next_prune:
                     next_prune = now + PRUNE_INTERVAL  # a failed prune waits for the next one
                     pruned = await self._prune(older_than=now - self.config.probes.retention)
@@ -427,9 +460,10 @@ class Agent:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         old_mailboxes = _watched_mailboxes(self.config)
-        self.config = config.model_copy(
+        self.full_config = config.model_copy(
             update={"state_dir": self.config.state_dir, "listen": self.config.listen}
         )
+        self.config = shard_view(self.full_config, self.shard)
         self._build(self.config)
         new_mailboxes = _watched_mailboxes(self.config)
         changed = [
@@ -449,8 +483,42 @@ class Agent:
         for name, (mailbox, role) in new_mailboxes.items():
             if name not in self._watches:
                 self._start_watch(mailbox, role=role)
+        self._watch_lingering()
         if rescheduling:
             self.schedule()
+
+    # --- sharding: finishing our own probes to mailboxes another replica owns -----------------
+
+    def _watch_lingering(self) -> None:
+        """Watch the mailboxes this shard does not own (any more: a rescale, a reload) while its
+        ledger has probes in flight to them, so the replica that sent a probe finishes it."""
+        owned = _watched_mailboxes(self.config)
+        for name in lingering_mailboxes(self.ledger.in_flight_counts(), owned):
+            if name in self._watches:
+                continue
+            try:
+                mailbox = self.full_config.mailbox(name)
+            except KeyError:
+                continue  # no longer configured: the reaper ends its probes at their deadline
+            log.info(
+                "mailbox %s: owned by another shard; watching it for our probes in flight", name
+            )
+            self._start_watch(mailbox)
+
+    async def _release_lingering(self) -> None:
+        """Stop watching a mailbox we do not own once our last probe to it is finished."""
+        owned = _watched_mailboxes(self.config)
+        lingering = [name for name in self._watches if name not in owned]
+        if not lingering:
+            return
+        still = lingering_mailboxes(self.ledger.in_flight_counts(), owned)
+        done = [name for name in lingering if name not in still]
+        if not done:
+            return
+        log.info("no more probes in flight to %s: stopped watching", ", ".join(done))
+        await _stop_watches([self._watches[name] for name in done], grace=RELOAD_CLEANUP_GRACE)
+        for name in done:
+            self._watches.pop(name, None)
 
     # --- the ledger -----------------------------------------------------------------------------
 
@@ -538,7 +606,7 @@ class Agent:
             try:
                 if watch.role is _Role.BOUNCES:
                     delete = self.matcher.handle_bounce(
-                        self.config, watch.mailbox, message.raw, seen_at=message.seen_at
+                        self.full_config, watch.mailbox, message.raw, seen_at=message.seen_at
                     )
                 else:
                     delete = self.matcher.handle(

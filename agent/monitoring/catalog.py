@@ -43,6 +43,7 @@ __all__ = [
     "ESP_SPECS",
     "ESP_SUPPRESSED",
     "ESP_UNMATCHED",
+    "FOREIGN_PROBES",
     "FORGED_MESSAGES",
     "IMAP_ERRORS",
     "IMAP_UP",
@@ -66,6 +67,9 @@ __all__ = [
     "REPORT_NEWEST_END",
     "ROUTE_INFO",
     "SCHEDULER_LAG_SECONDS",
+    "SHARD_INFO",
+    "SHARD_MAILBOX_OWNED",
+    "SHARD_OWNED_MAILBOXES",
     "SMTP_ERRORS",
     "SMTP_REPLIES",
     "SMTP_TRANSACTION_SECONDS",
@@ -202,6 +206,13 @@ FORGED_MESSAGES = MetricSpec(
     "that named a probe without proving it (bounce mailboxes).",
     ("mailbox",),
 )
+FOREIGN_PROBES = MetricSpec(
+    "deliverability_foreign_probes_total",
+    MetricKind.COUNTER,
+    "Signed probes and bounces found in a mailbox that this agent's ledger does not hold: "
+    "another replica's (sharded agents share the secret) or pruned; left in the mailbox.",
+    ("mailbox",),
+)
 AUTH_RESULTS = MetricSpec(
     "deliverability_auth_results_total",
     MetricKind.COUNTER,
@@ -309,6 +320,24 @@ ROUTE_INFO = MetricSpec(
     "Always 1; labelled with the provider profile of the route's submission server "
     "(docs/providers.md).",
     ("route", "provider"),
+)
+SHARD_INFO = MetricSpec(
+    "deliverability_shard_info",
+    MetricKind.GAUGE,
+    "Always 1; labelled with this replica's shard index and the shard count it was given.",
+    ("shard", "total"),
+)
+SHARD_OWNED_MAILBOXES = MetricSpec(
+    "deliverability_shard_owned_mailboxes",
+    MetricKind.GAUGE,
+    "Seed mailboxes this replica owns (probes and watches); all of them when not sharded.",
+)
+SHARD_MAILBOX_OWNED = MetricSpec(
+    "deliverability_shard_mailbox_owned",
+    MetricKind.GAUGE,
+    "1 for a configured seed mailbox this replica owns, 0 for one it does not; summed across "
+    "replicas, every mailbox should be 1.",
+    ("mailbox",),
 )
 TLS_CERT_EXPIRY = MetricSpec(
     "deliverability_tls_cert_expiry_timestamp_seconds",
@@ -544,6 +573,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     BUILD_INFO,
     MAILBOX_INFO,
     ROUTE_INFO,
+    SHARD_INFO,
+    SHARD_OWNED_MAILBOXES,
+    SHARD_MAILBOX_OWNED,
+    FOREIGN_PROBES,
     TLS_CERT_EXPIRY,
     TLS_VERSION_INFO,
     BOUNCES,

@@ -57,6 +57,7 @@ from agent.model import (
     ReportRead,
     ReportResult,
     SendResult,
+    ShardOwnership,
     SkipReason,
     SmtpTransaction,
     SpamVerdict,
@@ -89,6 +90,7 @@ from agent.monitoring.catalog import (
     ESP_SPECS,
     ESP_SUPPRESSED,
     ESP_UNMATCHED,
+    FOREIGN_PROBES,
     FORGED_MESSAGES,
     IMAP_ERRORS,
     IMAP_UP,
@@ -111,6 +113,9 @@ from agent.monitoring.catalog import (
     REPORTS,
     ROUTE_INFO,
     SCHEDULER_LAG_SECONDS,
+    SHARD_INFO,
+    SHARD_MAILBOX_OWNED,
+    SHARD_OWNED_MAILBOXES,
     SMTP_ERRORS,
     SMTP_REPLIES,
     SMTP_TRANSACTION_SECONDS,
@@ -155,6 +160,7 @@ Result = (
     | EspReceiverStage
     | EspSuppressed
     | EspComplaint
+    | ShardOwnership
 )
 
 # Bounce sources every route has; `esp` (and its `suppressed` reason) only routes with an ESP.
@@ -413,6 +419,9 @@ class Recorder:
                 self._malformed_message(mailbox)
             case MessageSkipped(mailbox, SkipReason.FORGED):
                 self._forged_message(mailbox)
+            case MessageSkipped(mailbox, SkipReason.FOREIGN):
+                # Created when first seen: most mailboxes never see one (not sharded).
+                self._c(FOREIGN_PROBES, mailbox).inc()
             case ImapHealth(mailbox, up, error):
                 if error is not None:
                     self._imap_error(mailbox, error)
@@ -449,6 +458,8 @@ class Recorder:
                 self._c(ESP_SUPPRESSED, route).inc()
             case EspComplaint(route):
                 self._c(ESP_COMPLAINTS, route).inc()
+            case ShardOwnership():
+                self._shard_ownership(result)
 
     # -- probes -----------------------------------------------------------------------------------
 
@@ -494,7 +505,11 @@ class Recorder:
         receiver that stops stamping, or trust rules that match nothing, show; how a probe was
         found is not counted when that was not recorded."""
         self._c(PROBES, route, mailbox, outcome.value).inc()
-        self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox).set(finished_at)
+        if (route, mailbox) in self._declared_pairs:
+            # Not for a pair this agent no longer probes (a sharded replica's probe to a mailbox
+            # a rescale gave to another, a pair a reload removed): a timestamp that never moves
+            # again would read as a stale pair.
+            self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox).set(finished_at)
         if latency_seconds is not None:
             # Sender and watcher share one clock; a negative value can only be a clock step.
             latency = max(latency_seconds, 0.0)
@@ -621,6 +636,23 @@ class Recorder:
                     result.policy_type,
                     result.result,
                 ).inc(result.count)
+
+    # -- sharding ---------------------------------------------------------------------------------
+
+    def _shard_ownership(self, ownership: ShardOwnership) -> None:
+        """This replica's shard and the seed mailboxes it owns: one series per configured
+        mailbox (0 or 1), so a sum across replicas shows a mailbox nobody, or two, own."""
+        shard = (str(ownership.index), str(ownership.count))
+        for spec, keep in (
+            (SHARD_INFO, {shard}),
+            (SHARD_MAILBOX_OWNED, {(name,) for name in ownership.owned}),
+        ):
+            for values in set(self._children[spec.name]) - keep:
+                self._remove(spec, values)
+        self._g(SHARD_INFO, *shard).set(1)
+        for name, owned in ownership.owned.items():
+            self._g(SHARD_MAILBOX_OWNED, name).set(1 if owned else 0)
+        self._g(SHARD_OWNED_MAILBOXES).set(sum(ownership.owned.values()))
 
     # -- DNS checks -------------------------------------------------------------------------------
 

@@ -38,8 +38,15 @@ class Matcher:
     """Matches arrivals to probes; one instance serves every mailbox."""
 
     def __init__(
-        self, *, ledger: Ledger, outcomes: Outcomes, keys: KeyRing, cleanup: Cleanup
+        self,
+        *,
+        ledger: Ledger,
+        outcomes: Outcomes,
+        keys: KeyRing,
+        cleanup: Cleanup,
+        sharded: bool = False,
     ) -> None:
+        self._sharded = sharded  # other replicas' probes and bounces are expected here
         self._ledger = ledger
         self._outcomes = outcomes
         self._keys = keys
@@ -101,8 +108,10 @@ class Matcher:
 
         record = self._ledger.get(triage.probe_id)
         if record is None or record.mailbox != mailbox.name:
-            # Signed with our secret but not in this ledger (another agent sharing the secret,
-            # or a probe pruned long ago): not ours to count or delete.
+            # Signed with our secret but not in this ledger (another replica's, or another agent
+            # sharing the secret, or a probe pruned long ago): not ours to finish or delete, and
+            # not forged either; its sender's watcher finishes it.
+            self._outcomes.skipped(mailbox.name, SkipReason.FOREIGN)
             log.info(
                 "probe %s in %s/%s is not in the ledger for this mailbox",
                 triage.probe_id,
@@ -134,11 +143,15 @@ class Matcher:
         if report.bounce_type is None or report.probe_id is None:
             log.debug("%s: not a bounce of a probe: %s", bounce_mailbox.name, report.reason)
             return False
-        if report.forgery is not None:
+        record = self._ledger.get(report.probe_id)
+        if report.forgery is not None and (record is not None or not self._sharded):
             self._forged_bounce(bounce_mailbox, report.probe_id, report.forgery)
             return False
-        record = self._ledger.get(report.probe_id)
         if record is None:
+            # Sharded, every replica watches every bounce mailbox: a bounce of a probe this
+            # ledger does not hold is another replica's (or forged: only the sender can tell),
+            # counted as foreign here and left for its sender.
+            self._outcomes.skipped(bounce_mailbox.name, SkipReason.FOREIGN)
             log.info(
                 "%s: bounce names probe %s, which is not in the ledger",
                 bounce_mailbox.name,

@@ -1,6 +1,7 @@
 """Benchmark: what the agent process costs at 100, 1,000 and 10,000 (route, mailbox) pairs.
 
     .venv/bin/python -m tests.benchmarks.scale [--sizes 100,1000,10000] [--page-timeout 60]
+        [--shard-count 1]
 
 Method: for each size N it writes a config of R routes x M mailboxes (R = M = sqrt(N), rounded
 up to a square), every pair probed once an hour with the default jitter, where every SMTP route
@@ -14,6 +15,10 @@ It starts `deliverability-agent run` as a subprocess and measures, from outside:
 - the status page: the time of one GET /, or "no answer" after --page-timeout seconds;
 - peak RSS (VmHWM) and CPU time (user + system, all threads) of the agent process at that point;
 - SIGTERM -> exit (bounded by the drain timeout; killed after 90 s).
+
+With --shard-count S > 1 the agent runs as shard 0 of S (`--shard-index 0 --shard-count S`): one
+replica of a sharded fleet, owning the seed mailboxes rendezvous hashing gives shard 0 (about
+M/S of them, with all their pairs); "owned" is its share of the pairs.
 
 Figures depend on the machine; the method is printed with them. Nothing here runs in the suite.
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from agent.sharding import owner
 from tests.mailsystem.system import free_ports
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -44,6 +50,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True, slots=True)
 class Figures:
     pairs: int
+    owned_pairs: int
     routes: int
     mailboxes: int
     ready_seconds: float
@@ -107,15 +114,19 @@ def _proc_figures(pid: int) -> tuple[float, float]:
     return peak_kib / 1024, cpu
 
 
-def _measure(pairs: int, page_timeout: float) -> Figures:
+def _measure(pairs: int, page_timeout: float, shard_count: int = 1) -> Figures:
     side = math.isqrt(pairs - 1) + 1
+    owned = sum(1 for index in range(side) if owner(f"m{index:03d}", shard_count) == 0)
     (port,) = free_ports(1)
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as workdir:
         config = _config(Path(workdir), side, side, port)
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            [sys.executable, "-m", "agent", "run", "--config", str(config)]
+            + (
+                ["--shard-index", "0", "--shard-count", str(shard_count)] if shard_count > 1 else []
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -158,6 +169,7 @@ def _measure(pairs: int, page_timeout: float) -> Figures:
                 process.wait()
     return Figures(
         pairs=side * side,
+        owned_pairs=side * owned,
         routes=side,
         mailboxes=side,
         ready_seconds=ready,
@@ -175,23 +187,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000", help="pair counts, comma-separated")
     parser.add_argument("--page-timeout", type=float, default=60.0)
+    parser.add_argument("--shard-count", type=int, default=1, help="run as shard 0 of this many")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     print(__doc__.split("Method:", 1)[1].split("Figures depend", 1)[0].strip())
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")
     header = (
-        "| pairs (R x M) | start -> /readyz | series | series/pair | /metrics | scrape "
+        "| pairs (R x M) | owned | start -> /readyz | series | series/pair | /metrics | scrape "
         "| status page | peak RSS | CPU | SIGTERM -> exit |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for size in sizes:
-        f = _measure(size, args.page_timeout)
+        f = _measure(size, args.page_timeout, args.shard_count)
         page = f"{f.page_seconds:.2f} s" if f.page_seconds is not None else "no answer"
         stop = f"{f.stop_seconds:.1f} s" if f.stop_seconds is not None else "killed"
         print(
-            f"| {f.pairs} ({f.routes} x {f.mailboxes}) | {f.ready_seconds:.1f} s | {f.series} "
-            f"| {f.series / f.pairs:.1f} | {f.metrics_bytes / 1e6:.1f} MB "
+            f"| {f.pairs} ({f.routes} x {f.mailboxes}) | {f.owned_pairs} "
+            f"| {f.ready_seconds:.1f} s | {f.series} "
+            f"| {f.series / f.owned_pairs:.1f} | {f.metrics_bytes / 1e6:.1f} MB "
             f"| {f.scrape_seconds:.2f} s | {page} | {f.peak_rss_mib:.0f} MiB "
             f"| {f.cpu_seconds:.1f} s | {stop} |",
             flush=True,
