@@ -208,6 +208,7 @@ class Seen:
     replies: set[tuple[str, ...]] = field(default_factory=set)
     tls_routes: set[str] = field(default_factory=set)
     gmail_mailboxes: set[str] = field(default_factory=set)
+    foreign: set[str] = field(default_factory=set)
 
 
 def _reply(stage: Stage, code: int, enhanced: str | None) -> SmtpReply:
@@ -357,6 +358,8 @@ def play_a_day(recorder: Recorder) -> Seen:
     recorder.record(ImapHealth(MAILBOXES[0], up=False, error=ErrorKind.TIMEOUT))
     recorder.record(MessageSkipped(BOUNCE_MAILBOX, SkipReason.FORGED))
     recorder.record(MessageSkipped(MAILBOXES[1], SkipReason.MALFORMED))
+    recorder.record(MessageSkipped(MAILBOXES[2], SkipReason.FOREIGN))  # a pruned probe's return
+    seen.foreign.add(MAILBOXES[2])
     recorder.record(LedgerHealth(False, LedgerErrorKind.BUSY, "database is locked"))
     recorder.record(LedgerHealth(writable=True))
     return seen
@@ -367,7 +370,7 @@ _SEEN: dict[str, Callable[[Seen], int]] = {
     "deliverability_auth_results_total": lambda seen: len(seen.auth),
     "deliverability_spam_verdicts_total": lambda seen: len(seen.spam_verdicts),
     "deliverability_late_probes_total": lambda seen: len(seen.late),
-    "deliverability_foreign_probes_total": lambda seen: 0,
+    "deliverability_foreign_probes_total": lambda seen: len(seen.foreign),
     "deliverability_smtp_replies_total": lambda seen: len(seen.replies),
     "deliverability_tls_version_info": lambda seen: len(seen.tls_routes),
     "deliverability_tls_cert_expiry_timestamp_seconds": lambda seen: len(seen.tls_routes),
