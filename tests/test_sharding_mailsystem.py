@@ -125,8 +125,10 @@ def test_three_replicas_probe_each_pair_once_and_a_rescale_loses_and_doubles_not
             for scrape in scrapes
         ]
         assert owned_by == [1.0 if index == OWNERS_3[name] else 0.0 for index in range(3)]
+        # Held mail: each owner has its one probe to the mailbox in flight, the others none
+        # (probes_sent_total is per route since the series budget).
         sent = [
-            total(scrape, "deliverability_probes_sent_total", mailbox=name) for scrape in scrapes
+            total(scrape, "deliverability_probes_in_flight", mailbox=name) for scrape in scrapes
         ]
         assert sent == [1.0 if index == OWNERS_3[name] else 0.0 for index in range(3)]
     for index, scrape in enumerate(scrapes):
