@@ -460,6 +460,45 @@ async def test_smtp_sender_untrusted_certificate_is_a_tls_error(
     assert not any(session.messages for session in server.sessions)
 
 
+async def test_smtp_sender_reuses_one_tls_context_for_every_probe_of_a_route(
+    server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    async with ScriptedSmtpServer(Script(tls_context=server_tls, implicit_tls=True)) as server:
+        for _ in range(3):
+            result = await send(target(server.port, tls=TlsMode.IMPLICIT, ca_file=ca_file))
+            assert result.accepted
+
+    contexts = [
+        context for key, context in smtp_sender._TLS_CONTEXTS.items() if key[0] == str(ca_file)
+    ]
+    assert len(contexts) == 1
+    assert contexts[0].session_stats()["connect"] == 3  # every handshake on that one context
+
+
+def install_ca_file(path: Path, source: Path) -> None:
+    """Put `source`'s certificates at `path` the way deploy tools and Kubernetes secret volumes
+    do: a new file renamed over the old one."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(source.read_bytes())
+    staged.replace(path)
+
+
+async def test_smtp_sender_uses_a_replaced_ca_file_without_a_restart(
+    server_tls: ssl.SSLContext, ca_file: Path, untrusted_ca_file: Path, tmp_path: Path
+) -> None:
+    configured = tmp_path / "route-ca.pem"
+    install_ca_file(configured, untrusted_ca_file)
+    script = Script(tls_context=server_tls, implicit_tls=True)
+    async with ScriptedSmtpServer(script) as server:
+        smtp = target(server.port, tls=TlsMode.IMPLICIT, ca_file=configured)
+        refused = await send(smtp)
+        install_ca_file(configured, ca_file)
+        accepted = await send(smtp)
+
+    assert refused.error is not None and refused.error.kind is ErrorKind.TLS
+    assert accepted.error is None and accepted.accepted
+
+
 async def test_smtp_sender_implicit_tls_against_a_plain_server_fails_as_tls(
     ca_file: Path,
 ) -> None:

@@ -297,10 +297,18 @@ class _Transaction:
     # -- stages ---------------------------------------------------------------------------
 
     async def _load_tls_context(self) -> ssl.SSLContext:
+        key = _tls_context_key(self.target)
+        if key is not None and (cached := _TLS_CONTEXTS.get(key)) is not None:
+            return cached
         try:
-            return await asyncio.to_thread(_client_tls_context, self.target)
+            context = await asyncio.to_thread(_client_tls_context, self.target)
         except (OSError, ssl.SSLError) as exc:
             raise self._fail(ErrorKind.TLS, f"cannot load CA certificates: {exc}") from None
+        if key is not None:
+            if len(_TLS_CONTEXTS) >= _TLS_CONTEXTS_MAX:
+                _TLS_CONTEXTS.clear()  # only CA files replaced many times get here
+            _TLS_CONTEXTS[key] = context
+        return context
 
     async def _open_socket(self) -> socket.socket:
         """TCP connect, bounded by connect_timeout, so CONNECT and BANNER failures stay apart."""
@@ -491,6 +499,26 @@ class _Transaction:
         else:
             return None
         return ProbeError(stage, kind, self._text(message))
+
+
+# Client TLS contexts by what they are made of: loading a CA bundle and making a context costs
+# about a millisecond of CPU, once per probe before. A context is safe to share between
+# connections; a CA file replaced on disk (another inode, mtime or size) gets a new one.
+_TlsContextKey = tuple[str | None, bool, int, int, int]
+_TLS_CONTEXTS: dict[_TlsContextKey, ssl.SSLContext] = {}
+_TLS_CONTEXTS_MAX = 64
+
+
+def _tls_context_key(target: SmtpTarget) -> _TlsContextKey | None:
+    """The cache key of the target's TLS context; None (do not cache) when its CA file cannot be
+    looked at: loading it then reports the error as before."""
+    if target.ca_file is None:
+        return (None, target.tls_verify, 0, 0, 0)
+    try:
+        stat = target.ca_file.stat()  # metadata only: no read on the event loop
+    except OSError:
+        return None
+    return (str(target.ca_file), target.tls_verify, stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def _client_tls_context(target: SmtpTarget) -> ssl.SSLContext:
