@@ -11,7 +11,6 @@ from there, and they meet the sender only in the ledger.
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import TypeVar
 from agent.config import Config, Mailbox, Route
 from agent.log_fields import probe_fields
 from agent.probing.outcomes import Outcomes
-from agent.probing.probe_message import build_probe_message
+from agent.probing.probe_message import probe_message_bytes
 from agent.probing.targets import smtp_target
 from agent.reading.probe_token import new_probe_id
 from agent.smtp.replies import verdict_of
@@ -59,7 +58,7 @@ class Prober:
         """Send one probe from `route` to `mailbox`; returns its id once the transaction ended."""
         probe_id = new_probe_id()
         created_at = self._clock()
-        message = build_probe_message(
+        message = probe_message_bytes(
             probe_id=probe_id,
             secret=self._secret,
             header_from=route.from_,
@@ -79,7 +78,7 @@ class Prober:
             smtp_target(route),
             envelope_from=self._config.envelope_from(route, probe_id),
             recipients=[mailbox.address],
-            message=message.as_bytes(policy=email.policy.SMTP),
+            message=message,
         )
         fields = probe_fields(route=route.name, mailbox=mailbox.name, probe_id=probe_id)
         # Stored before it is logged: a log line never claims what a crash could still undo.
