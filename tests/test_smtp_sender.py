@@ -20,6 +20,7 @@ from agent.secrets import MASK
 from agent.smtp import sender as smtp_sender
 from agent.smtp.replies import deciding_reply, parse_enhanced_code, verdict_of
 from agent.smtp.sender import SmtpTarget, send_probe
+from agent.tls_contexts import cached_client_context
 from tests.scripted_smtp import (
     Drip,
     Drop,
@@ -468,11 +469,9 @@ async def test_smtp_sender_reuses_one_tls_context_for_every_probe_of_a_route(
             result = await send(target(server.port, tls=TlsMode.IMPLICIT, ca_file=ca_file))
             assert result.accepted
 
-    contexts = [
-        context for key, context in smtp_sender._TLS_CONTEXTS.items() if key[0] == str(ca_file)
-    ]
-    assert len(contexts) == 1
-    assert contexts[0].session_stats()["connect"] == 3  # every handshake on that one context
+    context = cached_client_context(ca_file, verify=True)
+    assert context is not None
+    assert context.session_stats()["connect"] == 3  # every handshake on that one context
 
 
 def install_ca_file(path: Path, source: Path) -> None:

@@ -64,6 +64,7 @@ from agent.model import (
 from agent.secrets import Redactor, credential_forms
 from agent.server_text import valid_text
 from agent.smtp.replies import parse_enhanced_code
+from agent.tls_contexts import cached_client_context, load_client_context
 from agent.tls_sniff import answers_tls
 
 __all__ = [
@@ -297,18 +298,13 @@ class _Transaction:
     # -- stages ---------------------------------------------------------------------------
 
     async def _load_tls_context(self) -> ssl.SSLContext:
-        key = _tls_context_key(self.target)
-        if key is not None and (cached := _TLS_CONTEXTS.get(key)) is not None:
-            return cached
+        ca_file, verify = self.target.ca_file, self.target.tls_verify
+        if (context := cached_client_context(ca_file, verify=verify)) is not None:
+            return context
         try:
-            context = await asyncio.to_thread(_client_tls_context, self.target)
+            return await asyncio.to_thread(load_client_context, ca_file, verify=verify)
         except (OSError, ssl.SSLError) as exc:
             raise self._fail(ErrorKind.TLS, f"cannot load CA certificates: {exc}") from None
-        if key is not None:
-            if len(_TLS_CONTEXTS) >= _TLS_CONTEXTS_MAX:
-                _TLS_CONTEXTS.clear()  # only CA files replaced many times get here
-            _TLS_CONTEXTS[key] = context
-        return context
 
     async def _open_socket(self) -> socket.socket:
         """TCP connect, bounded by connect_timeout, so CONNECT and BANNER failures stay apart."""
@@ -499,35 +495,6 @@ class _Transaction:
         else:
             return None
         return ProbeError(stage, kind, self._text(message))
-
-
-# Client TLS contexts by what they are made of: loading a CA bundle and making a context costs
-# about a millisecond of CPU, once per probe before. A context is safe to share between
-# connections; a CA file replaced on disk (another inode, mtime or size) gets a new one.
-_TlsContextKey = tuple[str | None, bool, int, int, int]
-_TLS_CONTEXTS: dict[_TlsContextKey, ssl.SSLContext] = {}
-_TLS_CONTEXTS_MAX = 64
-
-
-def _tls_context_key(target: SmtpTarget) -> _TlsContextKey | None:
-    """The cache key of the target's TLS context; None (do not cache) when its CA file cannot be
-    looked at: loading it then reports the error as before."""
-    if target.ca_file is None:
-        return (None, target.tls_verify, 0, 0, 0)
-    try:
-        stat = target.ca_file.stat()  # metadata only: no read on the event loop
-    except OSError:
-        return None
-    return (str(target.ca_file), target.tls_verify, stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-def _client_tls_context(target: SmtpTarget) -> ssl.SSLContext:
-    cafile = str(target.ca_file) if target.ca_file is not None else None
-    context = ssl.create_default_context(cafile=cafile)
-    if not target.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _cert_not_after(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:
