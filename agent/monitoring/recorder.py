@@ -33,6 +33,7 @@ from agent.model import (
     InFlight,
     LedgerErrorKind,
     LedgerHealth,
+    LoopLag,
     MessageSkipped,
     Outcome,
     PairInFlight,
@@ -62,6 +63,7 @@ from agent.monitoring.catalog import (
     DNS_CHECK_ERRORS,
     DNS_CHECK_OK,
     DNSBL_LISTED,
+    EVENT_LOOP_LAG_SECONDS,
     FORGED_MESSAGES,
     IMAP_ERRORS,
     IMAP_UP,
@@ -103,6 +105,7 @@ Result = (
     | LedgerHealth
     | ConfigLoaded
     | ProbeStarted
+    | LoopLag
     | DnsReport
 )
 
@@ -313,6 +316,8 @@ class Recorder:
                 self._config_loaded(ok, at)
             case ProbeStarted(lag_seconds):
                 self._histograms[SCHEDULER_LAG_SECONDS.name].observe(max(0.0, lag_seconds))
+            case LoopLag(seconds):
+                self._histograms[EVENT_LOOP_LAG_SECONDS.name].observe(max(0.0, seconds))
             case DnsReport():
                 self._dns_report(result)
 

@@ -1,6 +1,7 @@
 """Benchmark: how fast the agent sees a delivered probe (IDLE vs polling), and its CPU per probe.
 
-    .venv/bin/python -m tests.benchmarks.probe_loop [--probes N] [--poll-interval S] [--modes idle,poll]
+    .venv/bin/python -m tests.benchmarks.probe_loop [--probes N] [--poll-interval S]
+        [--modes idle,poll]
 
 Method: starts the real test mail system, then runs the agent in this process twice (IMAP IDLE,
 then polling every S seconds), each time sending N probes one after another through submission
