@@ -82,29 +82,37 @@ class Prober:
         )
         fields = probe_fields(route=route.name, mailbox=mailbox.name, probe_id=probe_id)
         # Stored before it is logged: a log line never claims what a crash could still undo.
+        verdict = verdict_of(result)
+        if verdict is not None:
+            # Refused, deferred or failed: result, bounce and outcome in one ledger transaction.
+            finished_at = self._clock()
+            await _until_stored(
+                lambda: self._outcomes.sent_with_verdict(
+                    probe_id, result, verdict, finished_at=finished_at
+                ),
+                fields,
+            )
+            if result.error is not None:
+                log.warning(
+                    "probe %s via %s failed at %s (%s): %s",
+                    probe_id,
+                    route.name,
+                    result.error.stage,
+                    result.error.kind,
+                    result.error.message,
+                    extra=fields,
+                )
+            return probe_id
         record = await _until_stored(lambda: self._outcomes.sent(probe_id, result), fields)
-        if verdict_of(result) is None:
-            log.debug(
-                "probe %s accepted by %s in %.2f s",
-                probe_id,
-                route.name,
-                result.duration_seconds,
-                extra=fields,
-            )
-        elif result.error is not None:
-            log.warning(
-                "probe %s via %s failed at %s (%s): %s",
-                probe_id,
-                route.name,
-                result.error.stage,
-                result.error.kind,
-                result.error.message,
-                extra=fields,
-            )
-        finished_at = self._clock()
-        await _until_stored(
-            lambda: self._outcomes.conclude(record, result, finished_at=finished_at), fields
+        log.debug(
+            "probe %s accepted by %s in %.2f s",
+            probe_id,
+            route.name,
+            result.duration_seconds,
+            extra=fields,
         )
+        # Seen in its mailbox before its result was stored: finalized from that arrival now.
+        await _until_stored(lambda: self._outcomes.settle_arrival(record), fields)
         return probe_id
 
 
