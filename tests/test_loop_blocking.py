@@ -22,11 +22,13 @@ from agent.monitoring.recorder import Recorder
 from agent.secrets import secret_values
 from agent.web.status_page import Health, collect, render
 
-# CPU seconds one loop iteration may take; the heartbeat's own interval (0.1 s) is far below it.
+# CPU seconds one loop iteration may take; the test's heartbeat interval (0.1 s, so that at most
+# 0.1 s of ordinary work falls between two beats) is far below it.
 # At 256 pairs the largest today is the series declaration at start (~0.35 s on the 2-core
 # machine; 0.55 s at 400 pairs, 1.1 s at 1,024: Recorder.declare pre-creates ~68 series a pair
 # in one call, which the series budget of issue 15 shrinks; then raise the pairs here).
 BLOCK_BOUND_CPU_SECONDS = 1.0
+HEARTBEAT = 0.1
 ROUTES = MAILBOXES = 16
 
 
@@ -68,7 +70,7 @@ def _page(agent: Agent) -> str:
 
 
 async def test_no_handler_holds_the_event_loop_at_256_pairs(tmp_path: Path) -> None:
-    watch = LoopWatch()
+    watch = LoopWatch(interval=HEARTBEAT)
     watching = asyncio.create_task(watch.run())
     await watch.beat()  # measuring before the agent exists: its start is measured too
     try:
@@ -101,7 +103,7 @@ def _compute(cpu_seconds: float) -> None:
 
 
 async def test_the_watch_reports_a_handler_that_holds_the_loop() -> None:
-    watch = LoopWatch()
+    watch = LoopWatch(interval=HEARTBEAT)
     watching = asyncio.create_task(watch.run())
     await watch.beat()
     asyncio.get_running_loop().call_soon(_compute, BLOCK_BOUND_CPU_SECONDS + 0.2)

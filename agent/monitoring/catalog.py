@@ -343,7 +343,7 @@ EVENT_LOOP_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 EVENT_LOOP_LAG_SECONDS = MetricSpec(
     "deliverability_event_loop_lag_seconds",
     MetricKind.HISTOGRAM,
-    "How late the agent's event loop ran a heartbeat due every 0.1 s: the longest any probe, "
+    "How late the agent's event loop ran a heartbeat due every 0.5 s: the longest any probe, "
     "watcher or page waited for the loop at that moment.",
     (),
     EVENT_LOOP_LAG_BUCKETS,
