@@ -461,6 +461,14 @@ async def test_smtp_sender_untrusted_certificate_is_a_tls_error(
     assert not any(session.messages for session in server.sessions)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_smtp_sender_reaches_a_route_given_by_ip_literal_or_by_name(host: str) -> None:
+    async with ScriptedSmtpServer(Script()) as server:
+        result = await send(target(server.port, host=host))
+
+    assert result.error is None and result.accepted
+
+
 async def test_smtp_sender_reuses_one_tls_context_for_every_probe_of_a_route(
     server_tls: ssl.SSLContext, ca_file: Path
 ) -> None:

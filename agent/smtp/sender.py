@@ -33,6 +33,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import socket
 import ssl
@@ -312,7 +313,9 @@ class _Transaction:
         target = self.target
         try:
             async with asyncio.timeout(target.connect_timeout):
-                infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+                infos = _literal_address(target.host, target.port) or await loop.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM
+                )
                 failure: OSError = OSError(f"no address for {target.host}")
                 for family, kind, proto, _, address in infos:
                     sock = socket.socket(family, kind, proto)
@@ -495,6 +498,23 @@ class _Transaction:
         else:
             return None
         return ProbeError(stage, kind, self._text(message))
+
+
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+
+
+def _literal_address(host: str, port: int) -> list[_AddrInfo] | None:
+    """The address of a host given as an IP literal, without a resolver thread (~0.15 ms of CPU a
+    probe); None for a name (resolved every time: its addresses may change) or a scoped IPv6."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    if "%" in host:
+        return None  # the scope needs the resolver to become an interface index
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
 
 
 def _cert_not_after(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:
