@@ -40,6 +40,7 @@ __all__ = [
     "InboxCategory",
     "LedgerErrorKind",
     "LedgerHealth",
+    "LoopLag",
     "MessageSkipped",
     "NewestReport",
     "Outcome",
@@ -479,6 +480,14 @@ class ProbeStarted:
     """A scheduled probe job started, `lag_seconds` after its planned time."""
 
     lag_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoopLag:
+    """The agent's event loop ran a heartbeat `seconds` after it was due: how long every other
+    callback waited, at most, for the loop at that moment."""
+
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

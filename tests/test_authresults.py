@@ -403,3 +403,20 @@ def test_comments_around_the_dot_of_a_property_name_are_allowed(parse: Parse) ->
     value = "mx.test; dkim (c) / 1 (c) = (c) fail policy (c) . (c) expired (c) = (c) 1362471462"
     (detail,) = _reading(parse, value).details
     assert (detail.result, detail.properties) == (FAIL, (("policy.expired", "1362471462"),))
+
+
+def test_resinfos_of_one_shape_read_again_keep_their_own_values(parse: Parse) -> None:
+    # Each resinfo shape is parsed once and kept: the values must still be each message's own.
+    def signature(domain: str, selector: str, reason: str) -> tuple[str | None, str | None, str]:
+        value = f'mx.test; dkim=fail reason="{reason}" header.d={domain} header.s={selector}'
+        (detail,) = read_auth_results(parse(_raw(value)), trusted_authserv_ids=()).verdicts.details
+        assert detail.reason is not None
+        return (
+            dict(detail.properties).get("header.d"),
+            dict(detail.properties).get("header.s"),
+            detail.reason,
+        )
+
+    assert signature("a.test", "s1", "bad sig") == ("a.test", "s1", "bad sig")
+    assert signature("b.test", "s2", "no key") == ("b.test", "s2", "no key")
+    assert signature("a.test", "s1", "bad sig") == ("a.test", "s1", "bad sig")

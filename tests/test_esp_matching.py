@@ -69,7 +69,7 @@ class World:
             duration_seconds=1.0,
         )
         record = self.outcomes.sent(probe_id, result, esp_message_id=esp_message_id)
-        self.outcomes.conclude(record, result, finished_at=T0 + 1)
+        self.outcomes.settle_arrival(record)
 
     def post(self, *events: EspEvent, at: float = T0 + 10) -> None:
         self.esp.receive(EspPost("r", events, at))

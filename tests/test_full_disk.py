@@ -20,9 +20,11 @@ from agent.app.cli import readiness_of
 from agent.app.service import Agent
 from agent.config import Config
 from agent.model import (
+    BounceCounted,
     LedgerErrorKind,
     LedgerHealth,
     Outcome,
+    ProbeFinished,
     SendResult,
     SmtpReply,
     SmtpTransaction,
@@ -180,6 +182,41 @@ async def test_a_probe_sent_as_the_disk_fills_keeps_its_result_and_stores_it_whe
             transactions = [r for r in results.results if isinstance(r, SmtpTransaction)]
             assert len(transactions) == 1  # counted once, however many attempts it took
             assert len(smtp.sessions) == 2  # the probe and the gate: nothing sent twice
+        finally:
+            await agent.stop()
+
+
+async def test_a_probe_refused_as_the_disk_fills_stores_its_verdict_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    # The 550 waits until the test's own connection (number 1) has closed.
+    gated = Script(replies={Stage.RCPT: (UntilClosed(1), Reply("550 5.1.1 no such user"))})
+    async with ScriptedSmtpServer([gated, Script()]) as smtp:
+        registry = new_registry()
+        results = ResultLog(registry)
+        agent = Agent(_config(tmp_path, smtp.port), recorder=results)
+        await agent.start()
+        try:
+            sending = asyncio.create_task(agent.probe_pair("r", "m"))
+            await smtp.wait_for_session(0)  # connected: the probe is in the ledger
+            fill(agent.ledger, route="r", mailbox="m")
+            _, gate = await asyncio.open_connection("127.0.0.1", smtp.port)
+            gate.close()  # the server answers 550 now
+
+            failure = await results.ledger_failed()
+            assert failure == FULL
+            assert not sending.done()  # it holds the result and retries the whole transaction
+            free(agent.ledger)
+            async with asyncio.timeout(WAIT):
+                probe_id = await sending
+
+            assert probe_id is not None
+            record = agent.ledger.get(probe_id)
+            assert record is not None and record.outcome is Outcome.REJECTED
+            assert [bounce.status for bounce in agent.ledger.bounces(probe_id)] == ["5.1.1"]
+            finished = [r for r in results.results if isinstance(r, ProbeFinished)]
+            bounced = [r for r in results.results if isinstance(r, BounceCounted)]
+            assert len(finished) == len(bounced) == 1  # counted once, after the one commit
         finally:
             await agent.stop()
 

@@ -19,6 +19,8 @@ from agent.model import (
     AuthDetail,
     AuthResult,
     AuthVerdicts,
+    BounceSource,
+    BounceType,
     DkimSignature,
     ErrorKind,
     FoundBy,
@@ -32,6 +34,9 @@ from agent.model import (
     SpamVerdict,
     Stage,
 )
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+from agent.probing.outcomes import Outcomes
 from agent.store.ledger import (
     _SCHEMA_V1,
     LEDGER_FILENAME,
@@ -780,3 +785,79 @@ def test_ledger_stores_transcripts_compactly_and_reads_the_named_form_of_older_r
     assert len(stored) < len(named)
     assert record(ledger, "new").transcript == record(ledger, "old").transcript
     assert record(ledger, "old").transcript == ACCEPTED.transcript
+
+
+def test_ledger_transaction_stores_result_bounce_and_outcome_together(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    with ledger.transaction():
+        assert ledger.record_send_result("p1", REJECTED)
+        assert ledger.record_bounce(
+            "p1",
+            bounce_type=BounceType.HARD,
+            source=BounceSource.SMTP,
+            status="5.1.1",
+            reporting_mta=None,
+            seen_at=T0 + 2.0,
+        )
+        assert ledger.finalize("p1", outcome=Outcome.REJECTED, finished_at=T0 + 2.0)
+
+    stored = record(ledger, "p1")
+    assert stored.outcome is Outcome.REJECTED and stored.send_result == REJECTED
+    assert [bounce.status for bounce in ledger.bounces("p1")] == ["5.1.1"]
+
+
+def test_ledger_transaction_that_raises_stores_none_of_its_writes(ledger: Ledger) -> None:
+    send(ledger, "p1")
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ledger.record_send_result("p1", REJECTED)
+        ledger.finalize("p1", outcome=Outcome.REJECTED, finished_at=T0 + 2.0)
+        raise RuntimeError("cut between the writes and the commit")
+
+    assert record(ledger, "p1").state is ProbeState.SENDING
+    # The same writes again (what a retry does) win: nothing of the first try is left over.
+    with ledger.transaction():
+        assert ledger.record_send_result("p1", REJECTED)
+        assert ledger.finalize("p1", outcome=Outcome.REJECTED, finished_at=T0 + 2.0)
+    assert record(ledger, "p1").outcome is Outcome.REJECTED
+
+
+def _transactions(ledger: Ledger) -> list[str]:
+    """Every statement the ledger's connection runs, to count its commits (each write outside
+    BEGIN ... COMMIT commits, and fsyncs, on its own). Reaches into the connection: commits are
+    what this measures, and SQLite reports them nowhere else."""
+    statements: list[str] = []
+    ledger._conn.set_trace_callback(statements.append)
+    return statements
+
+
+def _commits(statements: list[str]) -> int:
+    commits, depth = 0, 0
+    for statement in statements:
+        word = statement.split(None, 1)[0].upper()
+        if word == "BEGIN":
+            depth += 1
+        elif word == "COMMIT":
+            depth -= 1
+            commits += 1
+        elif word in {"INSERT", "UPDATE", "DELETE"} and not depth:
+            commits += 1
+    return commits
+
+
+def test_a_refused_probe_is_stored_in_two_commits_and_counted_once(ledger: Ledger) -> None:
+    registry = new_registry()
+    outcomes = Outcomes(ledger, Recorder(registry))
+    statements = _transactions(ledger)
+    outcomes.sending(
+        probe_id="p1", route="submission", mailbox="seed", created_at=T0, deadline_at=T0 + 600
+    )
+    outcomes.sent_with_verdict("p1", REJECTED, Outcome.REJECTED, finished_at=T0 + 2.0)
+    assert _commits(statements) == 2  # the probe before its send; result, bounce and outcome
+    # Called again (a retry after a failure that was not one) it stores and counts nothing.
+    outcomes.sent_with_verdict("p1", REJECTED, Outcome.REJECTED, finished_at=T0 + 3.0)
+
+    stored = record(ledger, "p1")
+    assert (stored.outcome, stored.finished_at) == (Outcome.REJECTED, T0 + 2.0)
+    assert len(ledger.bounces("p1")) == 1
+    labels = {"route": "submission", "mailbox": "seed", "outcome": "rejected"}
+    assert registry.get_sample_value("deliverability_probes_total", labels) == 1

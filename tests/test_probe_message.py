@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email import message_from_bytes, policy
@@ -9,7 +10,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 
-from agent.probing.probe_message import build_probe_message
+from agent.probing.probe_message import build_probe_message, probe_message_bytes
 from agent.reading.probe_token import (
     PROBE_HEADER,
     ProbeToken,
@@ -230,3 +231,83 @@ def test_message_id_domain_of_an_internationalised_from_is_ascii() -> None:
 def test_build_probe_message_rejects_bad_arguments(field: str, value: object) -> None:
     with pytest.raises(ValueError):
         _build(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("header_from", "to", "route", "mailbox"),
+    [
+        ("Probe <probe@sender.test>", "seed@seed.test", "primary-relay", "gmail-seed-1"),
+        ("probe@bücher.test", "Seed Box <seed@seed.test>", "relais-über", "boîte"),
+        (
+            "A Very Long Display Name That Makes The From Header Fold <probe@sender.test>",
+            "a-rather-long-seed-address-for-folding@a-long-subdomain.seed.test",
+            "r" * 200,
+            "m" * 200,
+        ),
+        ('"Müller, Jörg" <probe@sender.test>', "seed@seed.test", "route 1", "mailbox 1"),
+    ],
+)
+def test_probe_message_bytes_are_the_built_message_as_smtp_sends_it(
+    header_from: str, to: str, route: str, mailbox: str
+) -> None:
+    zones = [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-9, minutes=-30))]
+    instants = [SENT_AT, datetime(2031, 12, 31, 23, 59, 59, tzinfo=UTC)]
+    for (instant, zone), _ in itertools.product(itertools.product(instants, zones), range(3)):
+        options: dict[str, object] = {
+            "probe_id": new_probe_id(),
+            "secret": SECRET,
+            "header_from": header_from,
+            "to": to,
+            "route": route,
+            "mailbox": mailbox,
+            "sent_at": instant.astimezone(zone),
+        }
+        built = build_probe_message(**options).as_bytes(policy=policy.SMTP)  # type: ignore[arg-type]
+        assert probe_message_bytes(**options) == built  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["7zzzzzzzzzzzzzzzzzzzzzzzzz", "7yyyyyyyyyyyyyyyyyyyyyyyyy", "Fri, 31 Dec 1999 23:59:59 +0000"],
+)
+def test_probe_message_bytes_keep_a_name_that_looks_like_a_placeholder(route: str) -> None:
+    options: dict[str, object] = {
+        "probe_id": PROBE_ID,
+        "secret": SECRET,
+        "header_from": "probe@sender.test",
+        "to": "seed@seed.test",
+        "route": route,
+        "mailbox": "seed",
+        "sent_at": SENT_AT,
+    }
+    built = build_probe_message(**options).as_bytes(policy=policy.SMTP)  # type: ignore[arg-type]
+    assert probe_message_bytes(**options) == built  # type: ignore[arg-type]
+    assert f"Route: {route}".encode() in built
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("to", "seed@seed.test\r\nBcc: victim@else.test"),
+        ("header_from", "probe@sender.test\nX-Evil: 1"),
+        ("route", ""),
+        ("probe_id", "not-a-probe-id"),
+        ("secret", b""),
+        ("sent_at", datetime(2024, 6, 4, 10, 4, 3)),
+    ],
+)
+def test_probe_message_bytes_reject_bad_arguments_like_the_builder(
+    field: str, value: object
+) -> None:
+    options: dict[str, object] = {
+        "probe_id": PROBE_ID,
+        "secret": SECRET,
+        "header_from": "Probe <probe@sender.test>",
+        "to": "seed@seed.test",
+        "route": "primary-relay",
+        "mailbox": "gmail-seed-1",
+        "sent_at": SENT_AT,
+    }
+    options[field] = value
+    with pytest.raises(ValueError):
+        probe_message_bytes(**options)  # type: ignore[arg-type]

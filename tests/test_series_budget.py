@@ -125,6 +125,7 @@ BUDGET: dict[str, Cost] = {
     "deliverability_ledger_errors_total": Cost(fixed=len(LedgerErrorKind)),
     "deliverability_ledger_writable": Cost(fixed=1),
     "deliverability_scheduler_lag_seconds": Cost(fixed=7 + 3),
+    "deliverability_event_loop_lag_seconds": Cost(fixed=9 + 3),
     "deliverability_config_last_reload_successful": Cost(fixed=1),
     "deliverability_config_last_reload_success_timestamp_seconds": Cost(fixed=1),
     "deliverability_build_info": Cost(fixed=1),

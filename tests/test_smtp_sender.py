@@ -20,6 +20,7 @@ from agent.secrets import MASK
 from agent.smtp import sender as smtp_sender
 from agent.smtp.replies import deciding_reply, parse_enhanced_code, verdict_of
 from agent.smtp.sender import SmtpTarget, send_probe
+from agent.tls_contexts import cached_client_context
 from tests.scripted_smtp import (
     Drip,
     Drop,
@@ -458,6 +459,51 @@ async def test_smtp_sender_untrusted_certificate_is_a_tls_error(
     assert (result.error.stage, result.error.kind) == (stage, ErrorKind.TLS)
     assert "certificate verification failed" in result.error.message
     assert not any(session.messages for session in server.sessions)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_smtp_sender_reaches_a_route_given_by_ip_literal_or_by_name(host: str) -> None:
+    async with ScriptedSmtpServer(Script()) as server:
+        result = await send(target(server.port, host=host))
+
+    assert result.error is None and result.accepted
+
+
+async def test_smtp_sender_reuses_one_tls_context_for_every_probe_of_a_route(
+    server_tls: ssl.SSLContext, ca_file: Path
+) -> None:
+    async with ScriptedSmtpServer(Script(tls_context=server_tls, implicit_tls=True)) as server:
+        for _ in range(3):
+            result = await send(target(server.port, tls=TlsMode.IMPLICIT, ca_file=ca_file))
+            assert result.accepted
+
+    context = cached_client_context(ca_file, verify=True)
+    assert context is not None
+    assert context.session_stats()["connect"] == 3  # every handshake on that one context
+
+
+def install_ca_file(path: Path, source: Path) -> None:
+    """Put `source`'s certificates at `path` the way deploy tools and Kubernetes secret volumes
+    do: a new file renamed over the old one."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(source.read_bytes())
+    staged.replace(path)
+
+
+async def test_smtp_sender_uses_a_replaced_ca_file_without_a_restart(
+    server_tls: ssl.SSLContext, ca_file: Path, untrusted_ca_file: Path, tmp_path: Path
+) -> None:
+    configured = tmp_path / "route-ca.pem"
+    install_ca_file(configured, untrusted_ca_file)
+    script = Script(tls_context=server_tls, implicit_tls=True)
+    async with ScriptedSmtpServer(script) as server:
+        smtp = target(server.port, tls=TlsMode.IMPLICIT, ca_file=configured)
+        refused = await send(smtp)
+        install_ca_file(configured, ca_file)
+        accepted = await send(smtp)
+
+    assert refused.error is not None and refused.error.kind is ErrorKind.TLS
+    assert accepted.error is None and accepted.accepted
 
 
 async def test_smtp_sender_implicit_tls_against_a_plain_server_fails_as_tls(

@@ -72,6 +72,7 @@ from agent.imap.target import ImapTarget
 from agent.model import ErrorKind, InboxCategory, TlsMode
 from agent.oauth import AccessToken, OAuthSignIn, SaslMechanism, TokenError
 from agent.secrets import Redactor, credential_forms
+from agent.tls_contexts import cached_client_context, load_client_context
 from agent.tls_sniff import answers_tls
 
 __all__ = ["GMAIL_EXTENSIONS", "Connection", "redactor_for"]
@@ -747,18 +748,15 @@ class Connection:
 
 
 def _tls_context(target: ImapTarget, redact: Redactor) -> ssl.SSLContext:
+    verify = target.tls_verify
+    if (context := cached_client_context(target.ca_file, verify=verify)) is not None:
+        return context
     try:
-        context = ssl.create_default_context(
-            cafile=str(target.ca_file) if target.ca_file is not None else None
-        )
+        return load_client_context(target.ca_file, verify=verify)
     except (OSError, ssl.SSLError) as exc:
         raise ImapError(
             ErrorKind.TLS, redact(f"cannot load CA file {target.ca_file}: {_describe(exc)}")
         ) from None
-    if not target.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 async def _sniff_tls(host: str, port: int) -> bool:

@@ -43,6 +43,8 @@ __all__ = [
     "ESP_SPECS",
     "ESP_SUPPRESSED",
     "ESP_UNMATCHED",
+    "EVENT_LOOP_LAG_BUCKETS",
+    "EVENT_LOOP_LAG_SECONDS",
     "FOREIGN_PROBES",
     "FORGED_MESSAGES",
     "IMAP_ERRORS",
@@ -545,6 +547,18 @@ ESP_SPECS: tuple[MetricSpec, ...] = (
     ESP_RECEIVER_SECONDS,
 )
 
+# A loop that keeps up wakes within milliseconds; 0.1 s is where the page and probes
+# start to suffer, and seconds mean a handler holds the loop (probing and /healthz stall).
+EVENT_LOOP_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+EVENT_LOOP_LAG_SECONDS = MetricSpec(
+    "deliverability_event_loop_lag_seconds",
+    MetricKind.HISTOGRAM,
+    "How late the agent's event loop ran a heartbeat due every 0.5 s: the longest any probe, "
+    "watcher or page waited for the loop at that moment.",
+    (),
+    EVENT_LOOP_LAG_BUCKETS,
+)
+
 CATALOG: tuple[MetricSpec, ...] = (
     PROBES,
     PROBES_SENT,
@@ -568,6 +582,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     LEDGER_ERRORS,
     LEDGER_WRITABLE,
     SCHEDULER_LAG_SECONDS,
+    EVENT_LOOP_LAG_SECONDS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,

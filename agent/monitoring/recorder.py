@@ -44,6 +44,7 @@ from agent.model import (
     InFlight,
     LedgerErrorKind,
     LedgerHealth,
+    LoopLag,
     MessageSkipped,
     NewestReport,
     Outcome,
@@ -90,6 +91,7 @@ from agent.monitoring.catalog import (
     ESP_SPECS,
     ESP_SUPPRESSED,
     ESP_UNMATCHED,
+    EVENT_LOOP_LAG_SECONDS,
     FOREIGN_PROBES,
     FORGED_MESSAGES,
     IMAP_ERRORS,
@@ -147,6 +149,7 @@ Result = (
     | LedgerHealth
     | ConfigLoaded
     | ProbeStarted
+    | LoopLag
     | DnsReport
     | ReportRead
     | NewestReport
@@ -438,6 +441,8 @@ class Recorder:
                 self._config_loaded(ok, at)
             case ProbeStarted(lag_seconds):
                 self._histograms[SCHEDULER_LAG_SECONDS.name].observe(max(0.0, lag_seconds))
+            case LoopLag(seconds):
+                self._histograms[EVENT_LOOP_LAG_SECONDS.name].observe(max(0.0, seconds))
             case DnsReport():
                 self._dns_report(result)
             case ReportRead() | NewestReport() | DmarcCounted() | TlsSessionsCounted():

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from agent.log_fields import probe_fields
 from agent.model import (
@@ -44,7 +45,7 @@ from agent.model import (
 )
 from agent.monitoring.recorder import Recorder
 from agent.reading.bounces import bounce_reason
-from agent.smtp.replies import deciding_reply, verdict_of
+from agent.smtp.replies import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
 __all__ = ["FinalOutcome", "Outcomes"]
@@ -60,6 +61,25 @@ class FinalOutcome:
     outcome: Outcome
     folder: str | None
     latency_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Bounce:
+    """A bounce as the ledger stores it (`Ledger.record_bounce`'s arguments)."""
+
+    bounce_type: BounceType
+    source: BounceSource
+    status: str | None
+    reporting_mta: str | None
+    seen_at: float
+    reason: BounceReason = BounceReason.OTHER
+    smtp_code: str | None = None
+    action: str | None = None
+    recipient: str | None = None
+    original_message_id: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def _latency(record: ProbeRecord, arrival: Arrival) -> float | None:
@@ -109,35 +129,69 @@ class Outcomes:
         self._recorder.record(SmtpTransaction(record.route, result))
         return record
 
-    def conclude(self, record: ProbeRecord, result: SendResult, *, finished_at: float) -> None:
-        """Finalize a sent probe if the server gave a verdict, or if the probe was already seen
-        in its mailbox meanwhile; otherwise it stays awaited."""
-        verdict = verdict_of(result)
-        if verdict is not None:
-            self.smtp_verdict(record, result, verdict, finished_at=finished_at)
-        else:
-            self.settle_arrival(record)
+    def sent_with_verdict(
+        self, probe_id: str, result: SendResult, verdict: Outcome, *, finished_at: float
+    ) -> ProbeRecord:
+        """The SMTP transaction ended with the server's verdict (or an error): its result, the
+        bounce a 4xx/5xx makes and the outcome are stored in one ledger transaction (one fsync
+        instead of three), then recorded. The probe as stored before it was finalized."""
+        with self._ledger.transaction():
+            self._ledger.record_send_result(probe_id, result)
+            record = self._ledger.get(probe_id)
+            assert record is not None  # recorded by `sending`
+            bounce, won = self._store_verdict(record, result, verdict, finished_at=finished_at)
+        self._recorder.record(SmtpTransaction(record.route, result))
+        self._counted(record, bounce, verdict, won, finished_at=finished_at)
+        return record
 
     def smtp_verdict(
         self, record: ProbeRecord, result: SendResult, verdict: Outcome, *, finished_at: float
     ) -> None:
-        """Finalize a probe the SMTP server answered for; a 5xx or 4xx also counts as a bounce."""
+        """Finalize a probe the SMTP server answered for; a 5xx or 4xx also counts as a bounce
+        (one ledger transaction for both)."""
+        with self._ledger.transaction():
+            bounce, won = self._store_verdict(record, result, verdict, finished_at=finished_at)
+        self._counted(record, bounce, verdict, won, finished_at=finished_at)
+
+    def _store_verdict(
+        self, record: ProbeRecord, result: SendResult, verdict: Outcome, *, finished_at: float
+    ) -> tuple[_Bounce | None, bool]:
+        """The ledger half of an SMTP verdict: (the bounce if this call stored it, whether this
+        call set the outcome). Counts nothing: the caller's transaction may still fail."""
+        bounce: _Bounce | None = None
         reply = deciding_reply(result)
         if result.error is None and reply is not None:
             kind = {ReplyClass.PERMANENT: BounceType.HARD, ReplyClass.TRANSIENT: BounceType.SOFT}
             bounce_type = kind.get(reply.reply_class)
             if bounce_type is not None:
-                self.bounce(
-                    record,
-                    bounce_type,
-                    BounceSource.SMTP,
+                bounce = _Bounce(
+                    bounce_type=bounce_type,
+                    source=BounceSource.SMTP,
                     status=reply.enhanced_code,
                     reporting_mta=None,
                     seen_at=finished_at,
                     reason=bounce_reason(reply.enhanced_code, str(reply.code), reply.text),
                     smtp_code=str(reply.code),
                 )
-        self.finalize(record, verdict, finished_at=finished_at)
+                if not self._ledger.record_bounce(record.probe_id, **bounce.fields()):
+                    bounce = None
+        won = self._ledger.finalize(record.probe_id, outcome=verdict, finished_at=finished_at)
+        return bounce, won
+
+    def _counted(
+        self,
+        record: ProbeRecord,
+        bounce: _Bounce | None,
+        verdict: Outcome,
+        won: bool,
+        *,
+        finished_at: float,
+    ) -> None:
+        """The recorder half of an SMTP verdict, once its transaction committed."""
+        if bounce is not None:
+            self._bounce_counted(record, bounce)
+        if won:
+            self._finished(record, verdict, finished_at=finished_at)
 
     # -- the reader's side ------------------------------------------------------------------------
 
@@ -249,6 +303,18 @@ class Outcomes:
         )
         if not won:
             return False
+        self._finished(record, outcome, finished_at, latency_seconds, arrival)
+        return True
+
+    def _finished(
+        self,
+        record: ProbeRecord,
+        outcome: Outcome,
+        finished_at: float,
+        latency_seconds: float | None = None,
+        arrival: Arrival | None = None,
+    ) -> None:
+        """Count, log and announce an outcome the ledger just stored."""
         self._recorder.record(
             ProbeFinished(
                 record.route,
@@ -279,7 +345,6 @@ class Outcomes:
         if waiter is not None and not waiter.done():
             folder = arrival.folder if arrival is not None else None
             waiter.set_result(FinalOutcome(record.probe_id, outcome, folder, latency_seconds))
-        return True
 
     def late(
         self, record: ProbeRecord, *, seen_at: float, folder: str, latency_seconds: float
@@ -319,8 +384,7 @@ class Outcomes:
         original_message_id: str | None = None,
     ) -> bool:
         """Count a bounce of the probe once per type and source; True when this call counted it."""
-        if not self._ledger.record_bounce(
-            record.probe_id,
+        bounce = _Bounce(
             bounce_type=bounce_type,
             source=source,
             status=status,
@@ -331,24 +395,31 @@ class Outcomes:
             action=action,
             recipient=recipient,
             original_message_id=original_message_id,
-        ):
+        )
+        if not self._ledger.record_bounce(record.probe_id, **bounce.fields()):
             return False
-        self._recorder.record(BounceCounted(record.route, bounce_type, source, reason))
+        self._bounce_counted(record, bounce)
+        return True
+
+    def _bounce_counted(self, record: ProbeRecord, bounce: _Bounce) -> None:
+        """Count and log a bounce the ledger just stored."""
+        self._recorder.record(
+            BounceCounted(record.route, bounce.bounce_type, bounce.source, bounce.reason)
+        )
         log.info(
             "probe %s %s -> %s: %s bounce (%s, %s) %s from %s",
             record.probe_id,
             record.route,
             record.mailbox,
-            bounce_type,
-            source,
-            reason,
-            status or "no status code",
-            reporting_mta or "unknown MTA",
+            bounce.bounce_type,
+            bounce.source,
+            bounce.reason,
+            bounce.status or "no status code",
+            bounce.reporting_mta or "unknown MTA",
             extra=probe_fields(
                 route=record.route, mailbox=record.mailbox, probe_id=record.probe_id
             ),
         )
-        return True
 
     # -- ESP event webhooks (agent.probing.esp decides which of these an event means) -------------
 

@@ -23,7 +23,11 @@ from agent.log_fields import probe_fields
 from agent.model import SendResult, Stage
 from agent.oauth.sources import TokenSources
 from agent.probing.outcomes import Outcomes
-from agent.probing.probe_message import build_probe_message, esp_metadata_headers
+from agent.probing.probe_message import (
+    build_probe_message,
+    esp_metadata_headers,
+    probe_message_bytes,
+)
 from agent.probing.targets import smtp_target
 from agent.reading.probe_token import new_probe_id
 from agent.smtp.replies import verdict_of
@@ -69,20 +73,31 @@ class Prober:
         """Send one probe from `route` to `mailbox`; returns its id once the transaction ended."""
         probe_id = new_probe_id()
         created_at = self._clock()
-        message = build_probe_message(
-            probe_id=probe_id,
-            secret=self._secret,
-            header_from=route.from_,
-            to=mailbox.address,
-            route=route.name,
-            mailbox=mailbox.name,
-            sent_at=datetime.fromtimestamp(created_at, UTC),
-            extra_headers=(
-                esp_metadata_headers(route.esp.kind, route.esp.metadata_key, probe_id)
-                if route.esp is not None
-                else None
-            ),
-        )
+        sent_at = datetime.fromtimestamp(created_at, UTC)
+        if route.esp is None:
+            message = probe_message_bytes(
+                probe_id=probe_id,
+                secret=self._secret,
+                header_from=route.from_,
+                to=mailbox.address,
+                route=route.name,
+                mailbox=mailbox.name,
+                sent_at=sent_at,
+            )
+        else:
+            # The ESP's metadata header carries the probe id: no template for these.
+            message = build_probe_message(
+                probe_id=probe_id,
+                secret=self._secret,
+                header_from=route.from_,
+                to=mailbox.address,
+                route=route.name,
+                mailbox=mailbox.name,
+                sent_at=sent_at,
+                extra_headers=esp_metadata_headers(
+                    route.esp.kind, route.esp.metadata_key, probe_id
+                ),
+            ).as_bytes(policy=email.policy.SMTP)
         self._outcomes.sending(
             probe_id=probe_id,
             route=route.name,
@@ -94,36 +109,44 @@ class Prober:
             smtp_target(route, self._tokens.sign_in("route", route.name) if self._tokens else None),
             envelope_from=self._config.envelope_from(route, probe_id),
             recipients=[mailbox.address],
-            message=message.as_bytes(policy=email.policy.SMTP),
+            message=message,
         )
         fields = probe_fields(route=route.name, mailbox=mailbox.name, probe_id=probe_id)
         # Stored before it is logged: a log line never claims what a crash could still undo.
+        verdict = verdict_of(result)
+        if verdict is not None:
+            # Refused, deferred or failed: result, bounce and outcome in one ledger transaction.
+            finished_at = self._clock()
+            await _until_stored(
+                lambda: self._outcomes.sent_with_verdict(
+                    probe_id, result, verdict, finished_at=finished_at
+                ),
+                fields,
+            )
+            if result.error is not None:
+                log.warning(
+                    "probe %s via %s failed at %s (%s): %s",
+                    probe_id,
+                    route.name,
+                    result.error.stage,
+                    result.error.kind,
+                    result.error.message,
+                    extra=fields,
+                )
+            return probe_id
         esp_message_id = _esp_message_id(result) if route.esp is not None else None
         record = await _until_stored(
             lambda: self._outcomes.sent(probe_id, result, esp_message_id=esp_message_id), fields
         )
-        if verdict_of(result) is None:
-            log.debug(
-                "probe %s accepted by %s in %.2f s",
-                probe_id,
-                route.name,
-                result.duration_seconds,
-                extra=fields,
-            )
-        elif result.error is not None:
-            log.warning(
-                "probe %s via %s failed at %s (%s): %s",
-                probe_id,
-                route.name,
-                result.error.stage,
-                result.error.kind,
-                result.error.message,
-                extra=fields,
-            )
-        finished_at = self._clock()
-        await _until_stored(
-            lambda: self._outcomes.conclude(record, result, finished_at=finished_at), fields
+        log.debug(
+            "probe %s accepted by %s in %.2f s",
+            probe_id,
+            route.name,
+            result.duration_seconds,
+            extra=fields,
         )
+        # Seen in its mailbox before its result was stored: finalized from that arrival now.
+        await _until_stored(lambda: self._outcomes.settle_arrival(record), fields)
         esp = self._esp
         if esp is not None and route.esp is not None:
             # Events that came before this 250 was stored wait in the ledger: apply them now.

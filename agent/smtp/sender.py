@@ -42,6 +42,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import socket
 import ssl
@@ -75,6 +76,7 @@ from agent.oauth import AccessToken, OAuthSignIn, SaslMechanism, TokenError, Tok
 from agent.secrets import Redactor, credential_forms
 from agent.server_text import valid_text
 from agent.smtp.replies import parse_enhanced_code
+from agent.tls_contexts import cached_client_context, load_client_context
 from agent.tls_sniff import answers_tls
 
 __all__ = [
@@ -319,8 +321,11 @@ class _Transaction:
     # -- stages ---------------------------------------------------------------------------
 
     async def _load_tls_context(self) -> ssl.SSLContext:
+        ca_file, verify = self.target.ca_file, self.target.tls_verify
+        if (context := cached_client_context(ca_file, verify=verify)) is not None:
+            return context
         try:
-            return await asyncio.to_thread(_client_tls_context, self.target)
+            return await asyncio.to_thread(load_client_context, ca_file, verify=verify)
         except (OSError, ssl.SSLError) as exc:
             raise self._fail(ErrorKind.TLS, f"cannot load CA certificates: {exc}") from None
 
@@ -330,7 +335,9 @@ class _Transaction:
         target = self.target
         try:
             async with asyncio.timeout(target.connect_timeout):
-                infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+                infos = _literal_address(target.host, target.port) or await loop.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM
+                )
                 failure: OSError = OSError(f"no address for {target.host}")
                 for family, kind, proto, _, address in infos:
                     sock = socket.socket(family, kind, proto)
@@ -587,13 +594,21 @@ class _Transaction:
         return ProbeError(stage, kind, self._text(message))
 
 
-def _client_tls_context(target: SmtpTarget) -> ssl.SSLContext:
-    cafile = str(target.ca_file) if target.ca_file is not None else None
-    context = ssl.create_default_context(cafile=cafile)
-    if not target.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+
+
+def _literal_address(host: str, port: int) -> list[_AddrInfo] | None:
+    """The address of a host given as an IP literal, without a resolver thread (~0.15 ms of CPU a
+    probe); None for a name (resolved every time: its addresses may change) or a scoped IPv6."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    if "%" in host:
+        return None  # the scope needs the resolver to become an interface index
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
 
 
 def _cert_not_after(tls: ssl.SSLObject | ssl.SSLSocket) -> float | None:

@@ -2,7 +2,9 @@
 
 One SQLite file under the state directory, in WAL mode with `synchronous=FULL`: every committed
 write is fsynced before the call returns, so a crash (even `kill -9` or a power cut) loses nothing
-that was committed. Each public call is one short transaction; the final outcome is set with
+that was committed. Each public call is one short transaction, or part of one `transaction()`
+when several writes settle one event (a refused probe's result, bounce and outcome: one fsync
+instead of three); the final outcome is set with
 `UPDATE ... WHERE outcome IS NULL`, so exactly one finalizer wins even across two processes.
 
 Life cycle of a probe (its `state`):
@@ -487,7 +489,13 @@ class Ledger:
         try:
             changes = self._conn.total_changes if write else 0
             yield
-            if write and not self._health.writable and self._conn.total_changes > changes:
+            # Inside a transaction nothing is on disk before its commit, which reports instead.
+            if (
+                write
+                and not self._health.writable
+                and not self._conn.in_transaction
+                and self._conn.total_changes > changes
+            ):
                 self._report(LedgerHealth(writable=True), write=True)
         except sqlite3.Error as exc:
             kind = _kind_of(exc)
@@ -524,6 +532,27 @@ class Ledger:
         self.close()
 
     # -- writes -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes inside as one transaction: all or none, and one commit (one fsync)
+        instead of one each. What they returned holds only once this block exits without
+        raising: count nothing inside it. A failure rolls everything back, so callers retry the
+        whole block (each write is idempotent)."""
+        with self._translate("begin a transaction", write=True):
+            self._conn.execute("BEGIN IMMEDIATE")
+        changes = self._conn.total_changes
+        try:
+            yield
+            with self._translate("commit", write=True):
+                self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
+        if not self._health.writable and self._conn.total_changes > changes:
+            self._report(LedgerHealth(writable=True), write=True)
 
     def record_sending(
         self, *, probe_id: str, route: str, mailbox: str, created_at: float, deadline_at: float

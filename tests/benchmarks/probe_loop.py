@@ -1,6 +1,7 @@
 """Benchmark: how fast the agent sees a delivered probe (IDLE vs polling), and its CPU per probe.
 
     .venv/bin/python -m tests.benchmarks.probe_loop [--probes N] [--poll-interval S]
+        [--modes idle,poll]
 
 Method: starts the real test mail system, then runs the agent in this process twice (IMAP IDLE,
 then polling every S seconds), each time sending N probes one after another through submission
@@ -97,13 +98,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument(
+        "--modes", default="idle,poll", help="comma-separated: idle, poll (default both)"
+    )
     args = parser.parse_args()
+    modes = {mode.strip() for mode in args.modes.split(",")}
+    if not modes <= {"idle", "poll"}:
+        parser.error(f"--modes: expected idle and/or poll, got {args.modes!r}")
     system = MailSystem.create()
     system.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
             for name, use_idle in (("IDLE", True), (f"poll every {args.poll_interval:g} s", False)):
+                if ("idle" if use_idle else "poll") not in modes:
+                    continue
                 workdir = Path(tmp) / name.split()[0]
                 workdir.mkdir()
                 results[name] = asyncio.run(

@@ -1,0 +1,89 @@
+"""Benchmark: the agent's own CPU per probe as the pair count grows, with servers that refuse.
+
+    .venv/bin/python -m tests.benchmarks.refused_probes [--pairs 100,1024,10000] [--rounds 3]
+
+Method: for each N, an agent in this process with R = M = sqrt(N) routes and seed mailboxes, every
+SMTP and IMAP server 127.0.0.1 port 1 (connections refused at once, so no mail system costs
+anything and each probe runs the agent's whole path for a failed send: its message, the ledger
+row before the send, the connect, the result and the outcome in the ledger, the recorder). After
+one warm-up round, `probe_all_once` probes every pair `--rounds` times; the figure is the median
+round's CPU time of this process (user + system, all threads) divided by the probes of the round.
+Start-up (series declaration) is not in it: `tests.benchmarks.scale` measures that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.app.service import Agent
+from agent.config import Config, validate_config
+from agent.monitoring.catalog import new_registry
+from agent.monitoring.recorder import Recorder
+
+
+def _config(state_dir: Path, routes: int, mailboxes: int) -> Config:
+    refused: dict[str, Any] = {"host": "127.0.0.1", "port": 1, "tls": "none"}
+    data = {
+        "state_dir": str(state_dir),
+        "secret": "refused-probes-benchmark-secret-0123456789",
+        "routes": [
+            {"name": f"r{i:03d}", "from": "probe@bench.test", "ehlo_name": "bench.test", **refused}
+            for i in range(routes)
+        ],
+        "mailboxes": [
+            {
+                "name": f"m{i:03d}",
+                "address": f"seed{i:03d}@seed.test",
+                "allow_plaintext_auth": True,
+                "auth": {"username": f"seed{i:03d}", "password": "bench-password-1"},
+                **refused,
+            }
+            for i in range(mailboxes)
+        ],
+    }
+    return validate_config(data, base_dir=state_dir, environ={})
+
+
+async def _cpu_per_probe(pairs: int, rounds: int) -> tuple[int, float]:
+    side = math.isqrt(pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        agent = Agent(_config(Path(tmp), side, side), recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            await agent.wait_final(await agent.probe_all_once())
+            figures = []
+            for _ in range(rounds):
+                started = time.process_time()
+                probe_ids = await agent.probe_all_once()
+                await agent.wait_final(probe_ids)
+                figures.append((time.process_time() - started) / len(probe_ids))
+        finally:
+            await agent.stop()
+    return side * side, statistics.median(figures)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", default="100,1024,10000")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logging.disable(logging.CRITICAL)  # every probe fails; its log lines are not the point
+    results = [
+        asyncio.run(_cpu_per_probe(int(size), args.rounds)) for size in args.pairs.split(",")
+    ]
+    print(__doc__.split("Method: ")[1].strip())
+    print()
+    for pairs, cpu in results:
+        print(f"{pairs:6d} pairs: {cpu * 1000:6.2f} ms CPU per probe")
+
+
+if __name__ == "__main__":
+    main()
