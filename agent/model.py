@@ -26,6 +26,7 @@ __all__ = [
     "DmarcCounted",
     "ErrorKind",
     "FoundBy",
+    "ImapCalibration",
     "ImapHealth",
     "InFlight",
     "InboxCategory",
@@ -415,6 +416,16 @@ class ImapHealth:
     mailbox: str
     up: bool
     error: ErrorKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImapCalibration:
+    """A watched folder's IDLE notification delay was measured (`delay_seconds`), or the folder
+    cannot be calibrated (None: no IDLE, APPEND refused, no push, an error), its latency raw."""
+
+    mailbox: str
+    folder: str
+    delay_seconds: float | None
 
 
 class LedgerErrorKind(enum.StrEnum):

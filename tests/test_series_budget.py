@@ -118,6 +118,9 @@ BUDGET: dict[str, Cost] = {
     "deliverability_malformed_messages_total": Cost(mailbox=1, bounce_mailbox=1),
     "deliverability_spam_score": Cost(when_seen=True),
     "deliverability_inbox_category_total": Cost(when_seen=True),
+    # per watched folder of a seed mailbox, from its first calibration on
+    "deliverability_imap_calibrated": Cost(when_seen=True),
+    "deliverability_imap_notification_delay_seconds": Cost(when_seen=True),
     # once
     "deliverability_ledger_errors_total": Cost(fixed=len(LedgerErrorKind)),
     "deliverability_ledger_writable": Cost(fixed=1),
