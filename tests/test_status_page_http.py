@@ -18,7 +18,7 @@ import trustme
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.web.http_server import BasicAuth, HttpServer, HttpServerError, Status
-from agent.web.status_page import LoopPage, StatusPageError
+from agent.web.status_page import LoopPage, PageQuery, StatusPageError
 
 PASSWORD = "basic-auth-sekret"
 
@@ -28,7 +28,7 @@ class FakePage:
         self.calls: list[bool] = []
         self.fail = False
 
-    def __call__(self, *, refresh: bool = True) -> bytes:
+    def __call__(self, *, refresh: bool = True, query: str = "") -> bytes:
         if self.fail:
             raise StatusPageError("ledger /secret/path: disk I/O error")
         self.calls.append(refresh)
@@ -166,8 +166,8 @@ async def test_loop_page_builds_on_the_event_loop_thread() -> None:
     loop_thread = threading.get_ident()
     seen: list[tuple[int, bool]] = []
 
-    def build(refresh: bool) -> str:
-        seen.append((threading.get_ident(), refresh))
+    def build(query: PageQuery) -> str:
+        seen.append((threading.get_ident(), query.refresh))
         return "<p>ok</p>"
 
     page = LoopPage(loop, build)
@@ -179,7 +179,7 @@ async def test_loop_page_builds_on_the_event_loop_thread() -> None:
 async def test_loop_page_reports_a_failing_build_as_status_page_error() -> None:
     loop = asyncio.get_running_loop()
 
-    def failing(refresh: bool) -> str:
+    def failing(query: PageQuery) -> str:
         raise OSError("ledger /var/lib/agent: disk I/O error")
 
     call: Callable[[], bytes] = LoopPage(loop, failing)

@@ -742,6 +742,30 @@ class Ledger:
         )
         return {(r.route, r.mailbox): r for r in records}
 
+    def latest_outcomes(
+        self, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Outcome | None, float]]:
+        """The outcome (None while in flight) and `created_at` of each pair's latest probe: what
+        ranks the status page's pairs, one seek each in `probes_pair` and nothing decoded."""
+        found: dict[tuple[str, str], tuple[Outcome | None, float]] = {}
+        with self._translate("read latest outcomes"):
+            for route, mailbox in dict.fromkeys(pairs):
+                row = self._conn.execute(
+                    # max() first: two index seeks, as in latest_by_pair (an ORDER BY with the
+                    # probe_id tie-break would sort the pair's whole history).
+                    "SELECT outcome, created_at FROM probes WHERE route = ?1 AND mailbox = ?2"
+                    " AND created_at = (SELECT max(created_at) FROM probes"
+                    " WHERE route = ?1 AND mailbox = ?2) ORDER BY probe_id DESC LIMIT 1",
+                    (route, mailbox),
+                ).fetchone()
+                if row is not None:
+                    try:
+                        outcome = None if row[0] is None else Outcome(row[0])
+                    except ValueError as exc:
+                        raise self._corrupt(f"unreadable outcome of {route}/{mailbox}") from exc
+                    found[route, mailbox] = (outcome, float(row[1]))
+        return found
+
     def last_finished_at(
         self, pairs: Iterable[tuple[str, str]] | None = None
     ) -> dict[tuple[str, str, Outcome], float]:
