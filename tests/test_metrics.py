@@ -42,6 +42,7 @@ from agent.model import (
     DmarcCounted,
     ErrorKind,
     FoundBy,
+    ImapCalibration,
     ImapHealth,
     InboxCategory,
     InFlight,
@@ -250,6 +251,8 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(ImapHealth(GMAIL, True))
     recorder.record(ImapHealth(OUTLOOK, False))
     recorder.record(ImapHealth(OUTLOOK, up=False, error=ErrorKind.TIMEOUT))
+    recorder.record(ImapCalibration(GMAIL, "INBOX", 0.5))
+    recorder.record(ImapCalibration(OUTLOOK, "INBOX", None))  # no delay series while uncalibrated
     recorder.record(MessageSkipped(GMAIL, SkipReason.FORGED))
     recorder.record(MessageSkipped(OUTLOOK, SkipReason.MALFORMED))
     recorder.record(LedgerHealth(writable=True))
@@ -368,6 +371,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {"none", "reject", "pass", "fail", "sts", "success", "certificate-expired"}
         | {"ok"}
         | {str(m) for m in TokenErrorKind}
+        | {"INBOX"}  # a watched folder: a few per seed mailbox, named in the configuration
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():
