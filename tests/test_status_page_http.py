@@ -26,12 +26,14 @@ PASSWORD = "basic-auth-sekret"
 class FakePage:
     def __init__(self) -> None:
         self.calls: list[bool] = []
+        self.queries: list[str] = []
         self.fail = False
 
     def __call__(self, *, refresh: bool = True, query: str = "") -> bytes:
         if self.fail:
             raise StatusPageError("ledger /secret/path: disk I/O error")
         self.calls.append(refresh)
+        self.queries.append(query)
         return b"<!doctype html><title>page</title>"
 
 
@@ -86,6 +88,18 @@ def test_status_page_is_served_on_root_as_html_with_a_strict_policy(
     assert headers["Cache-Control"] == "no-store"
     assert _get(f"{base}/?refresh=0")[0] == 200
     assert page.calls == [True, False]
+
+
+def test_status_page_gets_the_url_query_and_each_query_is_a_build_of_its_own(
+    started: list[HttpServer],
+) -> None:
+    page = FakePage()
+    server = _server(page)
+    started.append(server)
+    base = f"http://127.0.0.1:{server.port}"
+    assert _get(f"{base}/?route=r1&page=2")[0] == 200
+    assert _get(f"{base}/?outcome=missing")[0] == 200
+    assert page.queries == ["route=r1&page=2", "outcome=missing"]
 
 
 def test_status_page_failure_is_a_503_that_reveals_nothing(started: list[HttpServer]) -> None:

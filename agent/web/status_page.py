@@ -137,7 +137,7 @@ class PageQuery:
                 return None
             return value or None
 
-        outcome = text("outcome")
+        route, mailbox, outcome = text("route"), text("mailbox"), text("outcome")
         if outcome is not None and outcome not in _OUTCOME_FILTERS:
             problems.append(f"outcome: expected one of {', '.join(_OUTCOME_FILTERS)}")
             outcome = None
@@ -150,8 +150,8 @@ class PageQuery:
         for name in sorted(set(values) - {"route", "mailbox", "outcome", "page", "refresh"}):
             problems.append(f"{name[:40]}: unknown parameter (route, mailbox, outcome, page)")
         return cls(
-            route=text("route"),
-            mailbox=text("mailbox"),
+            route=route,
+            mailbox=mailbox,
             outcome=outcome,
             page=page,
             refresh=values.get("refresh", ["1"])[0] not in ("0", "off", "no"),
@@ -727,8 +727,11 @@ def render(
     secrets: Sequence[str] = (),
     refresh_seconds: int = DEFAULT_REFRESH_SECONDS,
 ) -> str:
-    """The whole page as HTML. `secrets` are blanked out of server-sent text (transcripts)."""
+    """The whole page as HTML. `secrets` are blanked out of server-sent text (transcripts); no
+    meta refresh when `refresh_seconds` is 0 or the query paused it."""
     redact = Redactor(secrets)
+    if not data.query.refresh:
+        refresh_seconds = 0
     refresh = (
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">'
         if refresh_seconds > 0
