@@ -295,3 +295,27 @@ async def test_loop_page_hands_the_url_query_to_the_build() -> None:
     page = LoopPage(asyncio.get_running_loop(), build)
     await asyncio.to_thread(lambda: page(refresh=False, query="route=r1&page=2"))
     assert asked == [PageQuery(route="r1", page=2, refresh=False)]
+
+
+def test_latest_outcomes_agree_with_latest_by_pair_ties_and_probes_in_flight_included(
+    ledger: CountingLedger,
+) -> None:
+    ledger.record_sending(
+        probe_id="a-old", route="r00", mailbox="m00", created_at=NOW - 100, deadline_at=NOW
+    )
+    ledger.finalize("a-old", outcome=Outcome.SPAM, finished_at=NOW - 90)
+    for probe_id, outcome in (("b-tie", Outcome.MISSING), ("c-tie", Outcome.INBOX)):
+        ledger.record_sending(
+            probe_id=probe_id, route="r00", mailbox="m01", created_at=NOW - 50, deadline_at=NOW
+        )
+        ledger.finalize(probe_id, outcome=outcome, finished_at=NOW - 40)
+    _probe(ledger, "d-open", "r01", "m00", None)
+    pairs = [("r00", "m00"), ("r00", "m01"), ("r01", "m00"), ("r01", "m01")]
+    latest = ledger.latest_by_pair(pairs)
+    assert ledger.latest_outcomes(pairs) == {
+        pair: (record.outcome, record.created_at) for pair, record in latest.items()
+    }
+    assert ledger.latest_outcomes(pairs)[("r00", "m01")] == (Outcome.INBOX, NOW - 50)
+    assert ledger.latest_outcomes(pairs)[("r01", "m00")] == (None, NOW - 60)
+    assert ("r01", "m01") not in ledger.latest_outcomes(pairs)
+    assert ledger.latest_outcomes([]) == {}
