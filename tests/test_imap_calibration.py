@@ -18,6 +18,7 @@ from agent.imap.calibration import (
     marker_token,
     notification_delay,
 )
+from agent.imap.watcher import _Attempt
 from agent.model import FoundBy, ImapCalibration
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder as MetricsRecorder
@@ -205,3 +206,23 @@ async def test_a_refused_append_leaves_the_folder_uncalibrated() -> None:
         result = await _first_calibration(server, idle_check_interval=0.2)
     assert result == (None, CalibrationFailure.APPEND_REFUSED)
     assert server.connections == 2
+
+
+async def test_a_calibration_counts_only_when_the_push_announced_the_marker_alone() -> None:
+    # The watcher's own decision, with injected loop times (no server, nothing timed).
+    calibrations = Calibrations()
+    watcher = Recorder().watcher(scripted_target(1), on_calibration=calibrations)
+
+    def attempt(token: str = "tok") -> _Attempt:
+        return _Attempt(token, idle_at=100.0, appended_at=100.25)
+
+    watcher._evaluate(attempt(), 100.75, others=1, found=["tok"])  # other mail in the push
+    watcher._evaluate(attempt(), 100.75, others=0, found=[])  # the marker not there yet
+    watcher._evaluate(attempt(), 99.0, others=0, found=["tok"])  # a push from before IDLE
+    watcher._evaluate(attempt(), None, others=0, found=["tok"])  # no push at all
+    watcher._evaluate(attempt(), 100.75, others=0, found=["someone-else"])
+    assert calibrations.results.empty()
+    watcher._evaluate(attempt(), 100.75, others=0, found=["tok"])
+    assert calibrations.results.get_nowait() == (0.5, None)
+    watcher._evaluate(attempt(), 100.1, others=0, found=["tok"])  # the push overtook the OK
+    assert calibrations.results.get_nowait() == (0.0, None)

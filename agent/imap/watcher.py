@@ -30,8 +30,8 @@ Choices worth knowing:
   session and then every `calibrate_every` seconds, a second, short-lived connection APPENDs a
   marker once the watcher's IDLE is acknowledged; the time from the APPEND's OK to the push is the
   server's notification delay, kept only when the pass after that push finds the marker and
-  nothing else (another message's push would time the wrong thing: then it is tried again at
-  the next IDLE). Messages found by the first search after a push carry the delay
+  nothing else (another message's push would time the wrong thing: then it is tried again
+  10 s later). Messages found by the first search after a push carry the delay
   (`FetchedMessage.arrived_at`). The marker is deleted at once (`Connection.delete_if_alone`),
   and no marker, ours or not, is ever handed to the consumer.
 * Every log line masks the mailbox's secrets (`ImapTarget.password` and `ImapTarget.secrets`).
@@ -111,6 +111,7 @@ OnState = Callable[[bool, ErrorKind | None], None]
 OnCalibration = Callable[[float | None, CalibrationFailure | None], None]
 
 _MARKER_FROM = "deliverability-agent@calibration.invalid"  # RFC 2606: never a real address
+_RETRY_INCONCLUSIVE = 10.0  # seconds before another marker when other mail shared the push
 
 
 @dataclass
@@ -457,8 +458,8 @@ class FolderWatcher:
     def _evaluate(
         self, attempt: _Attempt, pushed_at: float | None, *, others: int, found: list[str]
     ) -> None:
-        """Keep the measurement when the push announced the marker alone; else try again at the
-        next IDLE (the marker, found later, is deleted all the same)."""
+        """Keep the measurement when the push announced the marker alone; else try again in
+        `_RETRY_INCONCLUSIVE` seconds (the marker, found later, is deleted all the same)."""
         if (
             attempt.appended_at is None
             or attempt.idle_at is None
@@ -472,6 +473,9 @@ class FolderWatcher:
                 self._target.mailbox,
                 self._folder,
             )
+            # Not at once: on a busy folder every push may bring other mail too.
+            retry_in = min(_RETRY_INCONCLUSIVE, self._calibrate_every)
+            self._calibrate_at = asyncio.get_running_loop().time() + retry_in
             return
         self._calibrated(notification_delay(attempt.appended_at, pushed_at), None)
 
