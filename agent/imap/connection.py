@@ -622,7 +622,7 @@ class Connection:
         )
         if response.result == "OK":
             return None
-        return f"{response.result} {_text(response)}"
+        return self._redact(f"{response.result} {_text(response)}")
 
     async def delete_if_alone(self, uid: int) -> bool:
         """Flag `uid` \\Deleted and expunge it, touching no other message: UID EXPUNGE with
