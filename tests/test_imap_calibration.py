@@ -5,10 +5,14 @@ without IDLE or refusing APPEND."""
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from agent.app.service import Agent
 from agent.imap import FetchedMessage
 from agent.imap.calibration import (
     MARKER_HEADER,
@@ -19,9 +23,11 @@ from agent.imap.calibration import (
     notification_delay,
 )
 from agent.imap.watcher import _Attempt
-from agent.model import FoundBy, ImapCalibration
+from agent.model import FoundBy, ImapCalibration, Outcome
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder as MetricsRecorder
+from agent.monitoring.recorder import Result
+from tests.agent_setup import AgentSetup
 from tests.imap_helpers import (
     WAIT,
     Recorder,
@@ -118,6 +124,7 @@ def test_the_recorder_exports_the_delay_only_while_calibrated() -> None:
 # --- the real Dovecot -----------------------------------------------------------------------------
 
 
+@pytest.mark.mailsystem
 async def test_dovecot_is_calibrated_the_marker_deleted_and_a_pushed_message_carries_the_delay(
     mail_system: MailSystem,
 ) -> None:
@@ -138,6 +145,7 @@ async def test_dovecot_is_calibrated_the_marker_deleted_and_a_pushed_message_car
     assert list(contents) == [subject]  # the marker is gone: expunged, not only flagged
 
 
+@pytest.mark.mailsystem
 async def test_someone_elses_marker_is_neither_handed_over_nor_deleted(
     mail_system: MailSystem,
 ) -> None:
@@ -226,3 +234,61 @@ async def test_a_calibration_counts_only_when_the_push_announced_the_marker_alon
     assert calibrations.results.get_nowait() == (0.5, None)
     watcher._evaluate(attempt(), 100.1, others=0, found=["tok"])  # the push overtook the OK
     assert calibrations.results.get_nowait() == (0.0, None)
+
+
+# --- inside the agent -----------------------------------------------------------------------------
+
+
+class _CalibrationRecorder(MetricsRecorder):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.calibrated = asyncio.Event()
+
+    def record(self, result: Result) -> None:
+        super().record(result)
+        if isinstance(result, ImapCalibration) and result.delay_seconds is not None:
+            self.calibrated.set()
+
+
+@pytest.mark.mailsystem
+async def test_the_agent_takes_the_calibrated_delay_off_a_pushed_probe_and_counts_no_marker(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    account = mail_system.new_mailbox()
+    config = AgentSetup(mail_system, tmp_path).route("good").mailbox("seed", account).load()
+    registry = new_registry()
+    recorder = _CalibrationRecorder(registry)
+    agent = Agent(config, recorder=recorder)
+    handed: list[tuple[float, float]] = []  # (seen_at the matcher got, time.time() then)
+    handle = agent.matcher.handle
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        handed.append((kwargs["seen_at"], time.time()))
+        return handle(*args, **kwargs)
+
+    agent.matcher.handle = spy  # type: ignore[method-assign]
+    await agent.start()
+    try:
+        async with asyncio.timeout(WAIT):
+            await recorder.calibrated.wait()
+        inbox = {"mailbox": "seed", "folder": "INBOX"}
+        delay = registry.get_sample_value("deliverability_imap_notification_delay_seconds", inbox)
+        assert delay is not None and delay > 0
+        assert registry.get_sample_value("deliverability_imap_calibrated", inbox) == 1
+        probe_id = await agent.probe_pair("good", "seed")
+        assert probe_id is not None
+        async with asyncio.timeout(WAIT):
+            final = await agent.outcomes.wait(probe_id)
+    finally:
+        await agent.stop()
+    assert final.outcome is Outcome.INBOX
+    # One message handed to the matcher: the probe; the marker never was.
+    [(seen_at, handled_at)] = handed
+    # The watcher saw the probe before the matcher got it; the matcher got it `delay` earlier.
+    assert seen_at <= handled_at - delay
+    for name in ("deliverability_malformed_messages_total", "deliverability_forged_messages_total"):
+        assert registry.get_sample_value(name, {"mailbox": "seed"}) == 0
+    found = registry.get_sample_value(
+        "deliverability_probes_found_total", {"mailbox": "seed", "found_by": "push"}
+    )
+    assert found == 1
