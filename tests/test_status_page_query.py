@@ -151,6 +151,9 @@ def test_page_query_ignores_bad_parameters_naming_each_and_what_was_expected() -
         "page: expected a whole number from 1",
         "colour: unknown parameter (route, mailbox, outcome, page)",
     )
+    assert PageQuery.parse("&".join(f"f{n}=1" for n in range(50))) == PageQuery(
+        problems=("the query: expected at most 20 parameters",)
+    )
     assert PageQuery.parse("page=0").page == 1
     assert PageQuery.parse("page=-2").problems == ("page: expected a whole number from 1",)
     assert PageQuery.parse("page=99999999999").problems == ("page: expected a whole number from 1",)

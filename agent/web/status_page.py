@@ -66,6 +66,7 @@ IN_FLIGHT: Final = "in_flight"
 NO_PROBE: Final = "no_probe"
 _OUTCOME_FILTERS: Final = (*(outcome.value for outcome in Outcome), IN_FLIGHT, NO_PROBE)
 _QUERY_VALUE_MAX: Final = 200  # longer values are no configured name: refused, not echoed
+_QUERY_FIELDS_MAX: Final = 20
 # Worst first: no verdict from the server, refused, bounced, lost, delayed, misfiled; then what
 # is still in flight or not probed yet; the inbox last.
 _SEVERITY: Final = {
@@ -127,8 +128,12 @@ class PageQuery:
     def parse(cls, query: str) -> Self:
         """From a URL's query string (`route=r1&outcome=missing&page=2`); the first value of a
         repeated parameter counts, unknown parameters are ignored with a problem."""
-        values = parse_qs(query, keep_blank_values=True, max_num_fields=20)
         problems: list[str] = []
+        try:
+            values = parse_qs(query, keep_blank_values=True, max_num_fields=_QUERY_FIELDS_MAX)
+        except ValueError:  # more fields than that: the query is ignored as a whole
+            values = {}
+            problems.append(f"the query: expected at most {_QUERY_FIELDS_MAX} parameters")
 
         def text(name: str) -> str | None:
             value = values.get(name, [""])[0].strip()
