@@ -35,6 +35,7 @@ __all__ = [
     "EspSuppressed",
     "EspUnmatched",
     "FoundBy",
+    "ImapCalibration",
     "ImapHealth",
     "InFlight",
     "InboxCategory",
@@ -433,6 +434,16 @@ class ImapHealth:
     mailbox: str
     up: bool
     error: ErrorKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImapCalibration:
+    """A watched folder's IDLE notification delay was measured (`delay_seconds`), or the folder
+    cannot be calibrated (None: no IDLE, APPEND refused, no push, an error), its latency raw."""
+
+    mailbox: str
+    folder: str
+    delay_seconds: float | None
 
 
 class LedgerErrorKind(enum.StrEnum):

@@ -27,7 +27,7 @@ def one_pair_config(
     probes: Mapping[str, Any] | None = None,
 ) -> Config:
     """Route `r` on `smtp_port`, mailbox `m` on `imap_port`, both plain TCP; the keys of `route`,
-    `mailbox` and `probes` are merged over the defaults."""
+    `mailbox` and `probes` are merged over the defaults (`calibrate: false` among them)."""
     data = {
         "listen": "127.0.0.1:0",
         "state_dir": str(tmp_path / "state"),
@@ -53,6 +53,9 @@ def one_pair_config(
                 "auth": {"username": "u", "password": "imap-password-1"},
                 "address": "seed@seed.test",
                 "folders": {"junk": "Junk"},
+                # Scripted servers play the sessions a test names; calibration would add one
+                # (tests/test_imap_calibration.py covers it).
+                "calibrate": False,
                 **(mailbox or {}),
             }
         ],

@@ -19,7 +19,7 @@ from agent.model import Outcome, Stage
 from agent.monitoring.catalog import new_registry
 from agent.store.ledger import Ledger
 from agent.web.http_server import HttpServer, Status
-from agent.web.status_page import Health, LoopPage, collect, render
+from agent.web.status_page import Health, LoopPage, PageQuery, collect, render
 from tests.agent_process import WAIT, AgentProcess, agent_command
 from tests.agent_setup import GOOD_SENDER, AgentSetup
 from tests.imap_helpers import stdlib_imap
@@ -387,7 +387,7 @@ probes: {{interval: 1h, jitter: 0s, deadline: 60s}}
         (stored,) = [reply for reply in record.transcript if reply.stage is Stage.RCPT]
         assert stored.text.encode("utf-8") == b"5.7.1 caf\\xe9 \\xff refused"
 
-        def build(refresh: bool) -> str:
+        def build(query: PageQuery) -> str:
             health = Health("test", True, "probing", 0.0, True, None)
             return render(collect(ledger, config, health, now=time.time()))
 

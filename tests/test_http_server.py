@@ -139,7 +139,7 @@ class _GatedPage:
         self.gate.set()
         self.body = b"<!doctype html><title>page</title>"
 
-    def __call__(self, *, refresh: bool = True) -> bytes:
+    def __call__(self, *, refresh: bool = True, query: str = "") -> bytes:
         self.calls += 1
         self.building.set()
         assert self.gate.wait(WAIT)

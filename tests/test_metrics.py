@@ -49,6 +49,7 @@ from agent.model import (
     EspSuppressed,
     EspUnmatched,
     FoundBy,
+    ImapCalibration,
     ImapHealth,
     InboxCategory,
     InFlight,
@@ -260,6 +261,8 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     recorder.record(ImapHealth(GMAIL, True))
     recorder.record(ImapHealth(OUTLOOK, False))
     recorder.record(ImapHealth(OUTLOOK, up=False, error=ErrorKind.TIMEOUT))
+    recorder.record(ImapCalibration(GMAIL, "INBOX", 0.5))
+    recorder.record(ImapCalibration(OUTLOOK, "INBOX", None))  # no delay series while uncalibrated
     recorder.record(MessageSkipped(GMAIL, SkipReason.FORGED))
     recorder.record(MessageSkipped(OUTLOOK, SkipReason.MALFORMED))
     recorder.record(MessageSkipped(OUTLOOK, SkipReason.FOREIGN))
@@ -395,6 +398,7 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {"ok"}
         | {str(m) for m in TokenErrorKind}
         | {"1", "3"}  # the shard index and count: at most the replica count
+        | {"INBOX"}  # a watched folder: a few per seed mailbox, named in the configuration
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():

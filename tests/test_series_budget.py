@@ -29,6 +29,7 @@ from agent.model import (
     ConfigLoaded,
     ErrorKind,
     FoundBy,
+    ImapCalibration,
     ImapHealth,
     InboxCategory,
     InFlight,
@@ -121,6 +122,9 @@ BUDGET: dict[str, Cost] = {
     "deliverability_malformed_messages_total": Cost(mailbox=1, bounce_mailbox=1),
     "deliverability_spam_score": Cost(when_seen=True),
     "deliverability_inbox_category_total": Cost(when_seen=True),
+    # per watched folder of a seed mailbox, from its first calibration on
+    "deliverability_imap_calibrated": Cost(when_seen=True),
+    "deliverability_imap_notification_delay_seconds": Cost(when_seen=True),
     # once
     "deliverability_ledger_errors_total": Cost(fixed=len(LedgerErrorKind)),
     "deliverability_ledger_writable": Cost(fixed=1),
@@ -210,6 +214,8 @@ class Seen:
     tls_routes: set[str] = field(default_factory=set)
     gmail_mailboxes: set[str] = field(default_factory=set)
     foreign: set[str] = field(default_factory=set)
+    calibrated: set[tuple[str, str]] = field(default_factory=set)  # (mailbox, folder)
+    uncalibrated: set[tuple[str, str]] = field(default_factory=set)
 
 
 def _reply(stage: Stage, code: int, enhanced: str | None) -> SmtpReply:
@@ -357,6 +363,14 @@ def play_a_day(recorder: Recorder) -> Seen:
     for mailbox in (*MAILBOXES, BOUNCE_MAILBOX):
         recorder.record(ImapHealth(mailbox, True))
     recorder.record(ImapHealth(MAILBOXES[0], up=False, error=ErrorKind.TIMEOUT))
+    # Every seed mailbox's inbox and junk folder calibrated, but one junk folder cannot be.
+    for mailbox in MAILBOXES:
+        for folder in ("INBOX", "Junk"):
+            recorder.record(ImapCalibration(mailbox, folder, 0.5))
+            seen.calibrated.add((mailbox, folder))
+    recorder.record(ImapCalibration(MAILBOXES[0], "Junk", None))
+    seen.calibrated.discard((MAILBOXES[0], "Junk"))
+    seen.uncalibrated.add((MAILBOXES[0], "Junk"))
     recorder.record(MessageSkipped(BOUNCE_MAILBOX, SkipReason.FORGED))
     recorder.record(MessageSkipped(MAILBOXES[1], SkipReason.MALFORMED))
     recorder.record(MessageSkipped(MAILBOXES[2], SkipReason.FOREIGN))  # a pruned probe's return
@@ -381,6 +395,9 @@ _SEEN: dict[str, Callable[[Seen], int]] = {
     "deliverability_inbox_category_total": lambda seen: (
         len(seen.gmail_mailboxes) * len(InboxCategory)
     ),
+    # Per watched folder: the state always, the delay only while calibrated.
+    "deliverability_imap_calibrated": lambda seen: len(seen.calibrated | seen.uncalibrated),
+    "deliverability_imap_notification_delay_seconds": lambda seen: len(seen.calibrated),
 }
 
 

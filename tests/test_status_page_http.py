@@ -18,7 +18,7 @@ import trustme
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.web.http_server import BasicAuth, HttpServer, HttpServerError, Status
-from agent.web.status_page import LoopPage, StatusPageError
+from agent.web.status_page import LoopPage, PageQuery, StatusPageError
 
 PASSWORD = "basic-auth-sekret"
 
@@ -26,12 +26,14 @@ PASSWORD = "basic-auth-sekret"
 class FakePage:
     def __init__(self) -> None:
         self.calls: list[bool] = []
+        self.queries: list[str] = []
         self.fail = False
 
-    def __call__(self, *, refresh: bool = True) -> bytes:
+    def __call__(self, *, refresh: bool = True, query: str = "") -> bytes:
         if self.fail:
             raise StatusPageError("ledger /secret/path: disk I/O error")
         self.calls.append(refresh)
+        self.queries.append(query)
         return b"<!doctype html><title>page</title>"
 
 
@@ -86,6 +88,18 @@ def test_status_page_is_served_on_root_as_html_with_a_strict_policy(
     assert headers["Cache-Control"] == "no-store"
     assert _get(f"{base}/?refresh=0")[0] == 200
     assert page.calls == [True, False]
+
+
+def test_status_page_gets_the_url_query_and_each_query_is_a_build_of_its_own(
+    started: list[HttpServer],
+) -> None:
+    page = FakePage()
+    server = _server(page)
+    started.append(server)
+    base = f"http://127.0.0.1:{server.port}"
+    assert _get(f"{base}/?route=r1&page=2")[0] == 200
+    assert _get(f"{base}/?outcome=missing")[0] == 200
+    assert page.queries == ["route=r1&page=2", "outcome=missing"]
 
 
 def test_status_page_failure_is_a_503_that_reveals_nothing(started: list[HttpServer]) -> None:
@@ -166,8 +180,8 @@ async def test_loop_page_builds_on_the_event_loop_thread() -> None:
     loop_thread = threading.get_ident()
     seen: list[tuple[int, bool]] = []
 
-    def build(refresh: bool) -> str:
-        seen.append((threading.get_ident(), refresh))
+    def build(query: PageQuery) -> str:
+        seen.append((threading.get_ident(), query.refresh))
         return "<p>ok</p>"
 
     page = LoopPage(loop, build)
@@ -179,7 +193,7 @@ async def test_loop_page_builds_on_the_event_loop_thread() -> None:
 async def test_loop_page_reports_a_failing_build_as_status_page_error() -> None:
     loop = asyncio.get_running_loop()
 
-    def failing(refresh: bool) -> str:
+    def failing(query: PageQuery) -> str:
         raise OSError("ledger /var/lib/agent: disk I/O error")
 
     call: Callable[[], bytes] = LoopPage(loop, failing)

@@ -45,7 +45,14 @@ from agent.sharding import ENV_COUNT, ENV_INDEX, Shard, ShardError, shard_from
 from agent.smtp.replies import deciding_reply
 from agent.store.ledger import STATE_DIR_MODE, ProbeRecord, spam_verdict_json
 from agent.web.http_server import BasicAuth, HttpServer, Status
-from agent.web.status_page import DEFAULT_REFRESH_SECONDS, Health, LoopPage, collect, render
+from agent.web.status_page import (
+    DEFAULT_REFRESH_SECONDS,
+    Health,
+    LoopPage,
+    PageQuery,
+    collect,
+    render,
+)
 from agent.webhooks.receiver import EspPost, WebhookReceiver
 
 if TYPE_CHECKING:
@@ -562,7 +569,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter, *, s
     def readiness() -> Status:
         return readiness_of(agent)
 
-    def page(refresh: bool) -> str:
+    def page(query: PageQuery) -> str:
         ready = readiness()
         health_now = Health(
             version=__version__,
@@ -579,8 +586,8 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter, *, s
                 for route, h in agent.esp.health().items()
             },
         )
-        data = collect(agent.ledger, agent.config, health_now, now=time.time())
-        refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0
+        data = collect(agent.ledger, agent.config, health_now, now=time.time(), query=query)
+        refresh_seconds = DEFAULT_REFRESH_SECONDS if query.refresh else 0
         return render(data, secrets=secret_values(agent.config), refresh_seconds=refresh_seconds)
 
     http = config.http

@@ -32,11 +32,14 @@ from agent.imap import (
     FetchedMessage,
     FolderWatcher,
     ImapError,
+    OnCalibration,
     OnMessage,
     detect_folders,
 )
+from agent.imap.calibration import CalibrationFailure
 from agent.model import (
     ErrorKind,
+    ImapCalibration,
     ImapHealth,
     LedgerHealth,
     Outcome,
@@ -602,6 +605,11 @@ class Agent:
                 max_message_bytes=REPORT_MESSAGE_BYTES if watch.reports else 1_048_576,
                 # Gmail tabs exist in the inbox only, and mean nothing for bounces or reports.
                 inbox_categories=folder == mailbox.folders.inbox and watch.role is _Role.SEED,
+                on_calibration=(
+                    self._on_calibration_for(watch, folder)
+                    if watch.role is _Role.SEED and mailbox.calibrate
+                    else None
+                ),
             )
             for folder in names
         ]
@@ -624,7 +632,7 @@ class Agent:
                         watch.mailbox,
                         message.folder,
                         message.raw,
-                        seen_at=message.seen_at,
+                        seen_at=message.arrived_at,  # the notification delay taken off
                         junk=watch.junk,
                         found_by=message.found_by,
                         category=message.category,
@@ -659,6 +667,19 @@ class Agent:
             and mailbox.cleanup is Cleanup.DELETE
         )
         return Disposition.DELETE if delete else Disposition.KEEP
+
+    def _on_calibration_for(self, watch: _MailboxWatch, folder: str) -> OnCalibration:
+        def on_calibration(delay: float | None, failure: CalibrationFailure | None) -> None:
+            if failure is not None:
+                log.info(
+                    "mailbox %s/%s: not calibrated (%s): latency is the raw figure",
+                    watch.mailbox.name,
+                    folder,
+                    failure,
+                )
+            self.recorder.record(ImapCalibration(watch.mailbox.name, folder, delay))
+
+        return on_calibration
 
     def _on_state_for(
         self, watch: _MailboxWatch, folder: str

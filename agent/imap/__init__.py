@@ -9,6 +9,7 @@ The modules, each with one job:
 * `connection`: the only module that imports aioimaplib; one connection, every failure an
   `ImapError` with an `ErrorKind`, every secret masked.
 * `watcher`: `FolderWatcher`, the per-folder state machine with reconnection and backoff.
+* `calibration`: the IDLE calibration marker and the delay arithmetic. No I/O.
 * `log`: the one logger of the package, and masking in its lines.
 """
 
@@ -21,6 +22,7 @@ from agent.imap.watcher import (
     Disposition,
     FetchedMessage,
     FolderWatcher,
+    OnCalibration,
     OnMessage,
     OnState,
     backoff_delay,
@@ -36,6 +38,7 @@ __all__ = [
     "ImapError",
     "ImapTarget",
     "ListedFolder",
+    "OnCalibration",
     "OnMessage",
     "OnState",
     "backoff_delay",

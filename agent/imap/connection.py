@@ -39,6 +39,10 @@ here, and nothing above sees an aioimaplib type. Choices worth knowing:
   DEBUG line for the AUTHENTICATE it sends is dropped.
 * On a server advertising X-GM-EXT-1 (Gmail), `inbox_category` asks which inbox tab a message
   is in with one `UID SEARCH UID <uid> X-GM-RAW "category:<tab>"` per tab, primary first.
+* IDLE calibration (`agent.imap.calibration`): `idle(on_idle=...)` calls back once the server
+  acknowledged IDLE, `pushed_at` is the loop time the push was read, `append` adds the marker
+  over a second connection and `delete_if_alone` removes it without expunging anyone else's
+  \\Deleted messages.
 * Where aioimaplib has no public API, its private names are used in one place only: the section
   "aioimaplib gaps" below.
 """
@@ -48,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import aioimaplib
@@ -159,6 +163,7 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
         self.failure: asyncio.Future[ImapError] = loop.create_future()
         self.received_any = False
         self.new_mail = False
+        self.new_mail_at: float | None = None  # loop time of the first announcement since reset
         self.starttls_tag: bytes | None = None  # while STARTTLS is pending or being acted on
         self.sasl: _SaslExchange | None = None  # while AUTHENTICATE is pending
         self._plain_text_over = False  # STARTTLS's OK came: nothing more may arrive before TLS
@@ -263,6 +268,8 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]  # aioima
     def _untagged_response(self, line: bytes) -> Any:
         # An aioimaplib gap (see above): the one place that sees every untagged line.
         if announces_new_mail(line):
+            if not self.new_mail or self.new_mail_at is None:
+                self.new_mail_at = self.loop.time()
             self.new_mail = True
         return super()._untagged_response(line)
 
@@ -441,6 +448,13 @@ class Connection:
     @new_mail.setter
     def new_mail(self, value: bool) -> None:
         self._protocol.new_mail = value
+        if not value:
+            self._protocol.new_mail_at = None
+
+    @property
+    def pushed_at(self) -> float | None:
+        """The event-loop time (`loop.time()`) the pending new-mail announcement was read."""
+        return self._protocol.new_mail_at if self._protocol.new_mail else None
 
     def has_capability(self, name: str) -> bool:
         return bool(self._client.has_capability(name))
@@ -601,6 +615,41 @@ class Connection:
             response = await self._call("EXPUNGE", self._client.expunge())
         self._check("EXPUNGE", response)
 
+    async def append(self, folder: str, message: bytes) -> str | None:
+        """APPEND `message` to `folder`; None when the server took it, else its refusal (NO or
+        BAD and the text). A timeout or a lost connection raises `ImapError`."""
+        response = await self._call(
+            "APPEND", self._client.append(message, mailbox=mailbox_arg(folder), flags="(\\Seen)")
+        )
+        if response.result == "OK":
+            return None
+        return self._redact(f"{response.result} {_text(response)}")
+
+    async def delete_if_alone(self, uid: int) -> bool:
+        """Flag `uid` \\Deleted and expunge it, touching no other message: UID EXPUNGE with
+        UIDPLUS; without it a plain EXPUNGE only when `uid` is the one \\Deleted message of the
+        folder (someone else's \\Deleted messages are theirs to expunge). False when it was left
+        flagged \\Deleted in the folder."""
+        response = await self._call(
+            "UID STORE", self._client.uid("store", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+        )
+        self._check("UID STORE", response)
+        if self.has_capability("UIDPLUS"):
+            response = await self._call("UID EXPUNGE", self._client.uid("expunge", str(uid)))
+            self._check("UID EXPUNGE", response)
+            return True
+        response = await self._call("UID SEARCH", self._client.uid_search("DELETED", charset=None))
+        self._check("UID SEARCH", response)
+        try:
+            flagged = set(parse_search(response.lines[:-1]))
+        except ValueError as exc:
+            raise self._error(ErrorKind.PROTOCOL, f"UID SEARCH: {exc}") from None
+        if flagged != {uid}:
+            return False
+        # A message flagged between the search and here would go too: a window of one round trip.
+        self._check("EXPUNGE", await self._call("EXPUNGE", self._client.expunge()))
+        return True
+
     async def noop(self) -> None:
         self._check("NOOP", await self._call("NOOP", self._client.noop()))
 
@@ -609,9 +658,10 @@ class Connection:
         await asyncio.wait({self._protocol.failure}, timeout=seconds)
         self._raise_failure()
 
-    async def idle(self, at_most: float) -> bool:
+    async def idle(self, at_most: float, *, on_idle: Callable[[], None] | None = None) -> bool:
         """IDLE until the server announces new mail or `at_most` seconds pass, then DONE; True
-        when the server announced new mail (a push).
+        when the server announced new mail (a push). `on_idle` is called once the server
+        acknowledged IDLE (its `+`): from then on a change of the folder is pushed.
 
         IDLE is started here rather than with aioimaplib's `idle_start`, whose inner task may
         send IDLE after a cancellation and then block the LOGOUT that follows.
@@ -633,6 +683,8 @@ class Connection:
         if not protocol.has_pending_idle_command():  # the server refused IDLE
             self._check("IDLE", await self._race("IDLE", idling))
             raise self._error(ErrorKind.PROTOCOL, "IDLE: ended at once")
+        if on_idle is not None:
+            on_idle()
         while not protocol.new_mail:
             remaining = deadline - loop.time()
             if remaining <= 0:

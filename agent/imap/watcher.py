@@ -26,6 +26,14 @@ Choices worth knowing:
   search costs the message its category only (counted as an error, the session goes on); a search
   left unanswered, or a lost connection, ends the session as any command would, but only after
   the message was handed over without a category (a delete it asked for waits for the next one).
+* Calibration (`on_calibration` given; `agent.imap.calibration`): at the first IDLE of every
+  session and then every `calibrate_every` seconds, a second, short-lived connection APPENDs a
+  marker once the watcher's IDLE is acknowledged; the time from the APPEND's OK to the push is the
+  server's notification delay, kept only when the pass after that push finds the marker and
+  nothing else (another message's push would time the wrong thing: then it is tried again
+  10 s later). Messages found by the first search after a push carry the delay
+  (`FetchedMessage.arrived_at`). The marker is deleted at once (`Connection.delete_if_alone`),
+  and no marker, ours or not, is ever handed to the consumer.
 * Every log line masks the mailbox's secrets (`ImapTarget.password` and `ImapTarget.secrets`).
 """
 
@@ -34,10 +42,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from agent.imap.calibration import (
+    CalibrationFailure,
+    arrived_at,
+    build_marker,
+    marker_token,
+    notification_delay,
+)
 from agent.imap.connection import Connection, redactor_for
 from agent.imap.errors import ImapError
 from agent.imap.log import MaskedLog
@@ -48,6 +64,7 @@ __all__ = [
     "Disposition",
     "FetchedMessage",
     "FolderWatcher",
+    "OnCalibration",
     "OnMessage",
     "OnState",
     "backoff_delay",
@@ -66,10 +83,18 @@ class FetchedMessage:
     size: int  # the full size the server reports (RFC822.SIZE)
     found_by: FoundBy  # what started the pass that handed it over
     category: InboxCategory | None = None  # the Gmail tab, when the watcher asked for it
+    # The folder's calibrated notification delay, when a push found the message and the folder
+    # is calibrated: the message arrived about that long before `seen_at`.
+    notification_delay: float | None = None
 
     @property
     def truncated(self) -> bool:
         return self.size > len(self.raw)
+
+    @property
+    def arrived_at(self) -> float:
+        """`seen_at` with the server's notification delay taken off (itself when uncalibrated)."""
+        return arrived_at(self.seen_at, self.notification_delay)
 
 
 class Disposition(enum.Enum):
@@ -82,6 +107,22 @@ class Disposition(enum.Enum):
 
 OnMessage = Callable[[FetchedMessage], Awaitable[Disposition]]
 OnState = Callable[[bool, ErrorKind | None], None]
+# A calibration's result: the delay in seconds, or None and why the folder is uncalibrated.
+OnCalibration = Callable[[float | None, CalibrationFailure | None], None]
+
+_MARKER_FROM = "deliverability-agent@calibration.invalid"  # RFC 2606: never a real address
+_RETRY_INCONCLUSIVE = 10.0  # seconds before another marker when other mail shared the push
+
+
+@dataclass
+class _Attempt:
+    """One calibration under way: the marker's token and the loop times that measure it."""
+
+    token: str
+    idle_at: float | None = None  # the server acknowledged IDLE
+    appended_at: float | None = None  # APPEND's tagged OK was read
+    failure: CalibrationFailure | None = None
+    task: asyncio.Task[None] | None = None
 
 
 def backoff_delay(
@@ -130,6 +171,8 @@ class FolderWatcher:
         backoff_max: float = 300.0,
         healthy_after: float = 60.0,
         inbox_categories: bool = False,  # the folder is the inbox: ask Gmail's tab (X-GM-EXT-1)
+        on_calibration: OnCalibration | None = None,  # None: never calibrate
+        calibrate_every: float = 3600.0,
     ) -> None:
         for name, value in (
             ("poll_interval", poll_interval),
@@ -137,6 +180,7 @@ class FolderWatcher:
             ("max_message_bytes", max_message_bytes),
             ("backoff_initial", backoff_initial),
             ("backoff_max", backoff_max),
+            ("calibrate_every", calibrate_every),
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -152,11 +196,17 @@ class FolderWatcher:
         self._backoff_max = backoff_max
         self._healthy_after = healthy_after
         self._inbox_categories = inbox_categories
+        self._on_calibration = on_calibration
+        self._calibrate_every = calibrate_every
+        self._delay: float | None = None  # the calibrated notification delay in force
+        self._calibrate_at = 0.0  # loop time the next calibration is due
+        self._own_markers: set[str] = set()  # tokens appended and not deleted yet
+        self._attempt: _Attempt | None = None  # evaluated by the pass after its IDLE
         self._uidvalidity: int | None = None
         self._last_uid = 0  # the highest UID handed over under `_uidvalidity`
         self._unfinished_deletes: set[int] = set()  # DELETE answered, expunge not confirmed
-        # UID -> (first seen_at, what found it), for Disposition.RETRY
-        self._retries: dict[int, tuple[float, FoundBy]] = {}
+        # UID -> (first seen_at, what found it, notification delay), for Disposition.RETRY
+        self._retries: dict[int, tuple[float, FoundBy, float | None]] = {}
         self._selected_at: float | None = None
         self._task: asyncio.Task[None] | None = None  # the task in run(), for stop()
         self._stopping = False
@@ -246,6 +296,7 @@ class FolderWatcher:
                 self._last_uid,
             )
             self._report_up()
+            self._calibrate_at = 0.0  # after every (re)connect
             await self._finish_deletes(conn)
             await self._drain(conn, FoundBy.SELECT)
             if forever:
@@ -285,13 +336,28 @@ class FolderWatcher:
                 self._folder,
                 self._poll_interval,
             )
+        if not idle:
+            self._calibrated(None, CalibrationFailure.NO_IDLE)
         while True:
             if idle:
                 self._log.debug("%s/%s: waiting in IDLE", self._target.mailbox, self._folder)
                 interval = self._idle_check_interval
                 if self._retries:
                     interval = min(interval, self._poll_interval)  # a pass soon, to retry them
-                if await conn.idle(interval):
+                attempt = self._start_attempt()
+                try:
+                    pushed = await conn.idle(
+                        interval, on_idle=None if attempt is None else self._append_soon(attempt)
+                    )
+                    if attempt is not None and attempt.task is not None:
+                        await attempt.task  # bounded by the target's timeouts; never raises
+                finally:
+                    if attempt is not None and attempt.task is not None:
+                        attempt.task.cancel()
+                self._attempt = attempt
+                if attempt is not None:
+                    self._end_attempt_early(attempt, pushed)
+                if pushed:
                     found_by = FoundBy.PUSH
                 else:
                     # No push within the interval: look for ourselves. A server that stopped
@@ -313,20 +379,162 @@ class FolderWatcher:
     async def _drain(self, conn: Connection, found_by: FoundBy) -> None:
         """Hand over the messages to retry once, then every message above the last UID, until a
         search announces nothing new."""
-        for uid, (seen_at, first_found_by) in sorted(self._retries.items()):
-            await self._hand_over(conn, uid, first_found_by, seen_at=seen_at)
+        for uid, (seen_at, first_found_by, delay) in sorted(self._retries.items()):
+            await self._hand_over(conn, uid, first_found_by, seen_at=seen_at, delay=delay)
+        pushed_at = conn.pushed_at if found_by is FoundBy.PUSH else None
+        attempt, self._attempt = self._attempt, None
+        # Only what the push announced waited for it; mail found by a later search of the same
+        # pass arrived while the watcher was busy and was not held back by the server.
+        delay = self._delay if found_by is FoundBy.PUSH else None
+        first = True
         while True:
             conn.new_mail = False
             uids = await conn.search_after(self._last_uid)
+            markers: list[str] = []
             for uid in uids:
-                await self._hand_over(conn, uid, found_by)
+                token = await self._hand_over(conn, uid, found_by, delay=delay)
+                if token is not None:
+                    markers.append(token)
+            if first and attempt is not None:
+                self._evaluate(attempt, pushed_at, others=len(uids) - len(markers), found=markers)
+            first, delay = False, None
             if not uids and not conn.new_mail:
                 return
 
-    async def _hand_over(
-        self, conn: Connection, uid: int, found_by: FoundBy, *, seen_at: float | None = None
+    # --- calibration ---
+
+    def _start_attempt(self) -> _Attempt | None:
+        if self._on_calibration is None:
+            return None
+        if asyncio.get_running_loop().time() < self._calibrate_at:
+            return None
+        return _Attempt(secrets.token_hex(8))
+
+    def _append_soon(self, attempt: _Attempt) -> Callable[[], None]:
+        def on_idle() -> None:
+            attempt.idle_at = asyncio.get_running_loop().time()
+            attempt.task = asyncio.get_running_loop().create_task(self._append_marker(attempt))
+
+        return on_idle
+
+    async def _append_marker(self, attempt: _Attempt) -> None:
+        """APPEND the marker over a connection of its own: the watcher's own is in IDLE."""
+        loop = asyncio.get_running_loop()
+        marker = build_marker(attempt.token, address=_MARKER_FROM)
+        self._own_markers.add(attempt.token)  # before sending: a cut APPEND may still land
+        conn: Connection | None = None
+        try:
+            conn = await Connection.open(self._target)
+            await conn.login()
+            refusal = await conn.append(self._folder, marker)
+            attempt.appended_at = loop.time()
+            if refusal is not None:
+                attempt.failure = CalibrationFailure.APPEND_REFUSED
+                self._own_markers.discard(attempt.token)
+                self._log.warning(
+                    "%s/%s: calibration marker refused (%s): latency stays uncalibrated",
+                    self._target.mailbox,
+                    self._folder,
+                    refusal,
+                )
+        except ImapError as exc:
+            attempt.failure = CalibrationFailure.ERROR
+            self._log.warning(
+                "%s/%s: calibration connection failed: %s", self._target.mailbox, self._folder, exc
+            )
+        finally:
+            if conn is not None:
+                await conn.close(logout=True)
+
+    def _end_attempt_early(self, attempt: _Attempt, pushed: bool) -> None:
+        """An attempt that cannot be measured ends here; the pass after it still finds the
+        marker (if any) and deletes it."""
+        if attempt.failure is None and attempt.appended_at is not None and not pushed:
+            attempt.failure = CalibrationFailure.NO_PUSH
+        if attempt.failure is not None:
+            self._attempt = None
+            self._calibrated(None, attempt.failure)
+
+    def _evaluate(
+        self, attempt: _Attempt, pushed_at: float | None, *, others: int, found: list[str]
     ) -> None:
+        """Keep the measurement when the push announced the marker alone; else try again in
+        `_RETRY_INCONCLUSIVE` seconds (the marker, found later, is deleted all the same)."""
+        if (
+            attempt.appended_at is None
+            or attempt.idle_at is None
+            or pushed_at is None
+            or pushed_at < attempt.idle_at
+            or others
+            or found != [attempt.token]
+        ):
+            self._log.debug(
+                "%s/%s: calibration inconclusive (other mail in the push): trying again",
+                self._target.mailbox,
+                self._folder,
+            )
+            # Not at once: on a busy folder every push may bring other mail too.
+            retry_in = min(_RETRY_INCONCLUSIVE, self._calibrate_every)
+            self._calibrate_at = asyncio.get_running_loop().time() + retry_in
+            return
+        self._calibrated(notification_delay(attempt.appended_at, pushed_at), None)
+
+    def _calibrated(self, delay: float | None, failure: CalibrationFailure | None) -> None:
+        self._delay = delay
+        self._calibrate_at = asyncio.get_running_loop().time() + self._calibrate_every
+        if self._on_calibration is None:
+            return
+        if delay is not None:
+            self._log.info(
+                "%s/%s: IDLE notification delay %.3f s",
+                self._target.mailbox,
+                self._folder,
+                delay,
+            )
+        try:
+            self._on_calibration(delay, failure)
+        except Exception:
+            self._log.exception("%s/%s: on_calibration failed", self._target.mailbox, self._folder)
+
+    async def _marker_found(self, conn: Connection, uid: int, token: str) -> None:
+        """Delete our own marker; leave anyone else's (another agent's calibration) alone."""
+        if token not in self._own_markers:
+            self._log.debug(
+                "%s/%s: UID %d is a calibration marker not ours: skipped",
+                self._target.mailbox,
+                self._folder,
+                uid,
+            )
+            return
+        self._own_markers.discard(token)
+        if not await conn.delete_if_alone(uid):
+            self._log.info(
+                "%s/%s: calibration marker UID %d left flagged \\Deleted: the server has no "
+                "UIDPLUS and other messages are flagged \\Deleted (a plain EXPUNGE would take "
+                "them too)",
+                self._target.mailbox,
+                self._folder,
+                uid,
+            )
+
+    async def _hand_over(
+        self,
+        conn: Connection,
+        uid: int,
+        found_by: FoundBy,
+        *,
+        seen_at: float | None = None,
+        delay: float | None = None,
+    ) -> str | None:
+        """Hand one message over; a calibration marker is not: its token is returned instead."""
         fetched = await conn.fetch(uid, self._max_bytes)
+        token = None if fetched is None else marker_token(fetched[0])
+        if token is not None:
+            self._last_uid = max(self._last_uid, uid)
+            self._retries.pop(uid, None)
+            await self._marker_found(conn, uid, token)
+            self._end_if_stopping()
+            return token
         seen_at = time.time() if seen_at is None else seen_at
         # Asked before the UID counts as handed over: a cancellation here loses nothing.
         category, broken = (None, None) if fetched is None else await self._category(conn, uid)
@@ -336,7 +544,7 @@ class FolderWatcher:
             self._log.debug(
                 "%s/%s: UID %d vanished before FETCH", self._target.mailbox, self._folder, uid
             )
-            return
+            return None
         raw, size = fetched
         message = FetchedMessage(
             mailbox=self._target.mailbox,
@@ -347,6 +555,7 @@ class FolderWatcher:
             size=size,
             found_by=found_by,
             category=category,
+            notification_delay=delay,
         )
         self._log.debug(
             "%s/%s: UID %d handed over (%d of %d bytes)",
@@ -368,7 +577,7 @@ class FolderWatcher:
             )
             disposition = Disposition.KEEP
         if disposition is Disposition.RETRY:
-            self._retries[uid] = (seen_at, found_by)
+            self._retries[uid] = (seen_at, found_by, delay)
         elif disposition is Disposition.DELETE:
             self._unfinished_deletes.add(uid)
             if broken is None:  # else the next session deletes it (_finish_deletes)
@@ -378,6 +587,7 @@ class FolderWatcher:
         if broken is not None:
             raise broken
         self._end_if_stopping()
+        return None
 
     async def _category(
         self, conn: Connection, uid: int

@@ -47,7 +47,9 @@ __all__ = [
     "EVENT_LOOP_LAG_SECONDS",
     "FOREIGN_PROBES",
     "FORGED_MESSAGES",
+    "IMAP_CALIBRATED",
     "IMAP_ERRORS",
+    "IMAP_NOTIFICATION_DELAY",
     "IMAP_UP",
     "INBOX_CATEGORIES",
     "LAST_OUTCOME_TIMESTAMP",
@@ -252,6 +254,21 @@ IMAP_UP = MetricSpec(
     MetricKind.GAUGE,
     "Whether the watcher of the seed mailbox has a working IMAP connection (1) or not (0).",
     ("mailbox",),
+)
+# Per watched folder of a seed mailbox (two or three a mailbox), from its first calibration on.
+IMAP_CALIBRATED = MetricSpec(
+    "deliverability_imap_calibrated",
+    MetricKind.GAUGE,
+    "Whether the folder's IDLE notification delay is measured (1) and taken off the latency of "
+    "probes found by a push, or cannot be (0: no IDLE, APPEND refused, no push): latency raw.",
+    ("mailbox", "folder"),
+)
+IMAP_NOTIFICATION_DELAY = MetricSpec(
+    "deliverability_imap_notification_delay_seconds",
+    MetricKind.GAUGE,
+    "The server's IDLE notification delay last measured for the folder: from the calibration "
+    "marker's APPEND to the push; only while deliverability_imap_calibrated is 1.",
+    ("mailbox", "folder"),
 )
 IMAP_ERRORS = MetricSpec(
     "deliverability_imap_errors_total",
@@ -575,6 +592,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     SPAM_SCORE,
     LAST_OUTCOME_TIMESTAMP,
     IMAP_UP,
+    IMAP_CALIBRATED,
+    IMAP_NOTIFICATION_DELAY,
     IMAP_ERRORS,
     PROBES_FOUND,
     INBOX_CATEGORIES,

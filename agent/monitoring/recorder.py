@@ -39,6 +39,7 @@ from agent.model import (
     EspSuppressed,
     EspUnmatched,
     FoundBy,
+    ImapCalibration,
     ImapHealth,
     InboxCategory,
     InFlight,
@@ -94,7 +95,9 @@ from agent.monitoring.catalog import (
     EVENT_LOOP_LAG_SECONDS,
     FOREIGN_PROBES,
     FORGED_MESSAGES,
+    IMAP_CALIBRATED,
     IMAP_ERRORS,
+    IMAP_NOTIFICATION_DELAY,
     IMAP_UP,
     INBOX_CATEGORIES,
     LAST_OUTCOME_TIMESTAMP,
@@ -144,6 +147,7 @@ Result = (
     | BounceCounted
     | MessageSkipped
     | ImapHealth
+    | ImapCalibration
     | InFlight
     | PairInFlight
     | LedgerHealth
@@ -385,6 +389,16 @@ class Recorder:
         """One bounce of one probe (the caller makes sure each is counted once)."""
         self._c(BOUNCES, route, bounce_type.value, source.value, reason.value).inc()
 
+    def _imap_calibration(self, mailbox: str, folder: str, delay: float | None) -> None:
+        """Series per watched folder, from its first calibration on; no delay while uncalibrated
+        (a stale figure would read as one in force)."""
+        self._g(IMAP_CALIBRATED, mailbox, folder).set(0 if delay is None else 1)
+        if delay is None:
+            if (mailbox, folder) in self._children[IMAP_NOTIFICATION_DELAY.name]:
+                self._remove(IMAP_NOTIFICATION_DELAY, (mailbox, folder))
+        else:
+            self._g(IMAP_NOTIFICATION_DELAY, mailbox, folder).set(delay)
+
     def _config_loaded(self, ok: bool, at: float) -> None:
         """A configuration load or reload finished; `at` is its wall-clock time."""
         self._g(CONFIG_LAST_RELOAD_SUCCESSFUL).set(1 if ok else 0)
@@ -429,6 +443,8 @@ class Recorder:
                 if error is not None:
                     self._imap_error(mailbox, error)
                 self._imap_state(mailbox, up)
+            case ImapCalibration(mailbox, folder, delay):
+                self._imap_calibration(mailbox, folder, delay)
             case InFlight(counts):
                 self._set_in_flight(counts)
             case PairInFlight(route, mailbox, count):

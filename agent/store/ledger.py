@@ -897,6 +897,40 @@ class Ledger:
         )
         return {(r.route, r.mailbox): r for r in records}
 
+    def latest_outcomes(
+        self, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[Outcome | None, float]]:
+        """The outcome (None while in flight) and `created_at` of each pair's latest probe: what
+        ranks the status page's pairs. One statement for every pair (the pairs as one JSON
+        parameter), two index seeks a pair inside SQLite and nothing decoded: about half the time
+        of one query a pair from Python at 10,000 pairs."""
+        wanted = json.dumps(list(dict.fromkeys(pairs)))
+        with self._translate("read latest outcomes"):
+            rows = self._conn.execute(
+                "SELECT json_extract(p.value, '$[0]'), json_extract(p.value, '$[1]'),"
+                " probes.outcome, probes.created_at FROM json_each(?1) AS p"
+                " JOIN probes ON probes.rowid = (SELECT rowid FROM probes AS q"
+                " WHERE q.route = json_extract(p.value, '$[0]')"
+                " AND q.mailbox = json_extract(p.value, '$[1]')"
+                # max() first, as in latest_by_pair: the probe_id tie-break then sorts the few
+                # probes of that instant, not the pair's whole history.
+                " AND q.created_at = (SELECT max(created_at) FROM probes AS m"
+                " WHERE m.route = json_extract(p.value, '$[0]')"
+                " AND m.mailbox = json_extract(p.value, '$[1]'))"
+                " ORDER BY q.probe_id DESC LIMIT 1)",
+                (wanted,),
+            ).fetchall()
+        found: dict[tuple[str, str], tuple[Outcome | None, float]] = {}
+        for route, mailbox, outcome, created_at in rows:
+            try:
+                found[route, mailbox] = (
+                    None if outcome is None else Outcome(outcome),
+                    float(created_at),
+                )
+            except ValueError as exc:
+                raise self._corrupt(f"unreadable outcome of {route}/{mailbox}") from exc
+        return found
+
     def last_finished_at(
         self, pairs: Iterable[tuple[str, str]] | None = None
     ) -> dict[tuple[str, str, Outcome], float]:

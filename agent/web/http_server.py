@@ -179,7 +179,7 @@ class WebhookSink(Protocol):
 class PageSource(Protocol):
     """Builds the status page; raises any exception to answer 503."""
 
-    def __call__(self, *, refresh: bool = True) -> bytes: ...
+    def __call__(self, *, refresh: bool = True, query: str = "") -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +470,10 @@ class HttpServer:
                 environ.get("QUERY_STRING", ""),
             )
         if path == "/" and self._page is not None:
-            return (path, _refresh(environ))
+            return (
+                path,
+                environ.get("QUERY_STRING", ""),
+            )  # filters and page: agent.web.status_page
         return None
 
     async def _shared(self, key: Hashable, environ: WSGIEnvironment) -> _Response:
@@ -598,7 +601,7 @@ class HttpServer:
     ) -> Iterable[bytes]:
         assert self._page is not None
         try:
-            body = self._page(refresh=_refresh(environ))
+            body = self._page(refresh=_refresh(environ), query=environ.get("QUERY_STRING", ""))
         except Exception as exc:
             log.warning("status page unavailable: %s", exc)
             body = b"status page unavailable; see the agent's log\n"

@@ -8,9 +8,13 @@ an opened transcript stays open).
 Reading is split from rendering: `collect()` runs indexed ledger queries only (an index seek
 for the latest probe of each configured pair, the newest N probes, the open probes), so the page
 costs the same with ten probes stored or a million; `render()` is a pure function of the collected
-data. Every value from the ledger or the config is HTML-escaped, and the agent's secrets are
-blanked out of any text a server sent back. The ledger belongs to the event loop's thread, so
-`LoopPage` runs `collect()` there for the HTTP server's threads.
+data. Past `MATRIX_MAX_CELLS`, or with a filter, the pairs are a list, worst first, one page of
+`PAGE_SIZE` at a time (`/?route=&mailbox=&outcome=&page=`, `PageQuery`): the ranking reads only
+each pair's latest outcome and time, and full probes (transcripts, verdicts) are decoded for the
+shown page only, so a request costs O(pairs) seeks and O(PAGE_SIZE) decoding and rendering.
+Every value from the ledger or the config is HTML-escaped, and the agent's secrets are blanked
+out of any text a server sent back. The ledger belongs to the event loop's thread, so `LoopPage`
+runs `collect()` there for the HTTP server's threads.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Self
+from urllib.parse import parse_qs, urlencode
 
 from agent.config import Config
 from agent.errors import AgentError, ErrorCategory
@@ -33,12 +39,16 @@ from agent.store.ledger import Ledger, ProbeRecord, ProbeState
 
 __all__ = [
     "DEFAULT_REFRESH_SECONDS",
+    "IN_FLIGHT",
     "MATRIX_MAX_CELLS",
+    "NO_PROBE",
+    "PAGE_SIZE",
     "RECENT_PROBES",
     "WORST_PAIRS",
     "Health",
     "LoopPage",
     "PageData",
+    "PageQuery",
     "StatusPageError",
     "collect",
     "render",
@@ -49,7 +59,14 @@ RECENT_PROBES: Final = 50
 # Beyond this many cells (20 x 20) a matrix is unreadable and heavy for a browser: the page lists
 # the worst pairs instead, at most WORST_PAIRS of them, so its size stays bounded at any scale.
 MATRIX_MAX_CELLS: Final = 400
-WORST_PAIRS: Final = 100
+PAGE_SIZE: Final = 100
+WORST_PAIRS: Final = PAGE_SIZE  # the first page of the list
+# `outcome=` values besides the outcomes: a probe under way, no probe yet.
+IN_FLIGHT: Final = "in_flight"
+NO_PROBE: Final = "no_probe"
+_OUTCOME_FILTERS: Final = (*(outcome.value for outcome in Outcome), IN_FLIGHT, NO_PROBE)
+_QUERY_VALUE_MAX: Final = 200  # longer values are no configured name: refused, not echoed
+_QUERY_FIELDS_MAX: Final = 20
 # Worst first: no verdict from the server, refused, bounced, lost, delayed, misfiled; then what
 # is still in flight or not probed yet; the inbox last.
 _SEVERITY: Final = {
@@ -95,6 +112,90 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class PageQuery:
+    """What one request asks of the page: filters, the page of the pair list, the meta refresh.
+
+    `problems` are the parameters that were ignored, each with what was expected: bad input is
+    said on the page, never an error page.
+    """
+
+    route: str | None = None
+    mailbox: str | None = None
+    outcome: str | None = None  # an Outcome value, IN_FLIGHT or NO_PROBE
+    page: int = 1
+    refresh: bool = True
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, query: str) -> Self:
+        """From a URL's query string (`route=r1&outcome=missing&page=2`); the first value of a
+        repeated parameter counts, unknown parameters are ignored with a problem."""
+        problems: list[str] = []
+        try:
+            values = parse_qs(query, keep_blank_values=True, max_num_fields=_QUERY_FIELDS_MAX)
+        except ValueError:  # more fields than that: the query is ignored as a whole
+            values = {}
+            problems.append(f"the query: expected at most {_QUERY_FIELDS_MAX} parameters")
+
+        def text(name: str) -> str | None:
+            value = values.get(name, [""])[0].strip()
+            if len(value) > _QUERY_VALUE_MAX:
+                problems.append(f"{name}: expected a configured name, got {len(value)} characters")
+                return None
+            return value or None
+
+        route, mailbox, outcome = text("route"), text("mailbox"), text("outcome")
+        if outcome is not None and outcome not in _OUTCOME_FILTERS:
+            problems.append(f"outcome: expected one of {', '.join(_OUTCOME_FILTERS)}")
+            outcome = None
+        page = 1
+        raw_page = values.get("page", ["1"])[0].strip() or "1"
+        if raw_page.isascii() and raw_page.isdigit() and 1 <= len(raw_page) <= 9:
+            page = max(1, int(raw_page))
+        else:
+            problems.append("page: expected a whole number from 1")
+        for name in sorted(set(values) - {"route", "mailbox", "outcome", "page", "refresh"}):
+            problems.append(f"{name[:40]}: unknown parameter (route, mailbox, outcome, page)")
+        return cls(
+            route=route,
+            mailbox=mailbox,
+            outcome=outcome,
+            page=page,
+            refresh=values.get("refresh", ["1"])[0] not in ("0", "off", "no"),
+            problems=tuple(problems),
+        )
+
+    @property
+    def filtered(self) -> bool:
+        return self.route is not None or self.mailbox is not None or self.outcome is not None
+
+    def link(self, **changes: str | int | None) -> str:
+        """This query's URL with `changes` (None drops a parameter); page 1 goes unsaid."""
+        params: dict[str, str | int | None] = {
+            "route": self.route,
+            "mailbox": self.mailbox,
+            "outcome": self.outcome,
+            "page": self.page,
+            "refresh": None if self.refresh else 0,
+        }
+        params.update(changes)
+        if params["page"] == 1:
+            params["page"] = None
+        kept = {name: value for name, value in params.items() if value is not None}
+        return "/?" + urlencode(kept) if kept else "/"
+
+
+@dataclass(frozen=True, slots=True)
+class PairList:
+    """One page of the configured pairs that match the query, worst first."""
+
+    shown: tuple[tuple[str, str], ...]
+    matched: int  # pairs that match the filters, on every page
+    page: int  # the page shown (the last one when more was asked)
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
 class PageData:
     """Everything one rendering of the page shows."""
 
@@ -107,23 +208,98 @@ class PageData:
     in_flight: int
     health: Health
     now: float
+    query: PageQuery = PageQuery()
+    listing: PairList | None = None  # None: the matrix (or, built by hand, the worst pairs)
+    # Latest outcomes of every configured pair (None: count them from `latest`).
+    counts: Mapping[str, int] | None = None
+
+
+def _status_key(outcome: Outcome | None, created_at: float) -> tuple[int, float]:
+    """How bad a pair's latest probe is (lower: worse), then the oldest news first."""
+    if outcome is None:
+        return _IN_FLIGHT_RANK, created_at
+    return _SEVERITY.get(outcome, _INBOX_RANK), created_at
+
+
+def _matches(query: PageQuery, status: tuple[Outcome | None, float] | None) -> bool:
+    if query.outcome is None:
+        return True
+    if status is None:
+        return query.outcome == NO_PROBE
+    outcome = status[0]
+    return (IN_FLIGHT if outcome is None else outcome.value) == query.outcome
 
 
 def collect(
-    ledger: Ledger, config: Config, health: Health, *, now: float, recent: int = RECENT_PROBES
+    ledger: Ledger,
+    config: Config,
+    health: Health,
+    *,
+    now: float,
+    recent: int = RECENT_PROBES,
+    query: PageQuery | None = None,
 ) -> PageData:
     """Read what the page shows; call it from the thread that owns `ledger`."""
+    query = PageQuery() if query is None else query
+    routes = tuple(route.name for route in config.routes)
+    mailboxes = tuple(mailbox.name for mailbox in config.mailboxes)
     pairs = [(route.name, mailbox.name) for route, mailbox in config.pairs()]
+    problems = list(query.problems)
+    if query.route is not None and query.route not in routes:
+        problems.append("route: no such route in the configuration")
+    if query.mailbox is not None and query.mailbox not in mailboxes:
+        problems.append("mailbox: no such seed mailbox in the configuration")
+    listing = None
+    counts: dict[str, int] | None = None
+    if query.filtered or query.page > 1 or len(routes) * len(mailboxes) > MATRIX_MAX_CELLS:
+        statuses = ledger.latest_outcomes(pairs)
+        counts = {}
+        for outcome, _ in statuses.values():
+            if outcome is not None:
+                counts[outcome.value] = counts.get(outcome.value, 0) + 1
+        matching = [
+            pair
+            for pair in pairs
+            if (query.route is None or pair[0] == query.route)
+            and (query.mailbox is None or pair[1] == query.mailbox)
+            and _matches(query, statuses.get(pair))
+        ]
+        no_probe = (_IN_FLIGHT_RANK, 0.0)
+        matching.sort(
+            key=lambda pair: (
+                _status_key(*statuses[pair]) if pair in statuses else no_probe,
+                pair,
+            )
+        )
+        pages = max(1, math.ceil(len(matching) / PAGE_SIZE))
+        page = min(query.page, pages)
+        if page < query.page:
+            problems.append(f"page: there are {pages} page(s); showing the last")
+        shown = tuple(matching[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
+        listing = PairList(shown=shown, matched=len(matching), page=page, pages=pages)
+        latest = ledger.latest_by_pair(shown)
+    else:
+        latest = ledger.latest_by_pair(pairs)
     return PageData(
-        routes=tuple(route.name for route in config.routes),
-        mailboxes=tuple(mailbox.name for mailbox in config.mailboxes),
+        routes=routes,
+        mailboxes=mailboxes,
         pairs=frozenset(pairs),
         interval_seconds=config.probes.interval,
-        latest=ledger.latest_by_pair(pairs),
+        latest=latest,
         recent=tuple(ledger.recent(recent)),
         in_flight=sum(ledger.in_flight_counts().values()),
         health=health,
         now=now,
+        query=PageQuery(
+            route=query.route,
+            mailbox=query.mailbox,
+            outcome=query.outcome,
+            page=query.page,
+            refresh=query.refresh,
+            problems=tuple(problems),
+        ),
+        listing=listing,
+        counts=counts,
     )
 
 
@@ -134,7 +310,7 @@ class LoopPage:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        build: Callable[[bool], str],
+        build: Callable[[PageQuery], str],
         *,
         timeout: float = 10.0,
     ) -> None:
@@ -142,16 +318,26 @@ class LoopPage:
         self._build = build
         self._timeout = timeout
 
-    def __call__(self, *, refresh: bool = True) -> bytes:
-        """The page as UTF-8; `refresh` False leaves the meta refresh out. StatusPageError."""
-
+    def __call__(self, *, refresh: bool = True, query: str = "") -> bytes:
+        """The page as UTF-8 for the URL's `query` string (`PageQuery.parse`); `refresh` False
+        leaves the meta refresh out. StatusPageError."""
+        asked = PageQuery.parse(query)
+        if not refresh:
+            asked = PageQuery(
+                route=asked.route,
+                mailbox=asked.mailbox,
+                outcome=asked.outcome,
+                page=asked.page,
+                refresh=False,
+                problems=asked.problems,
+            )
         future: concurrent.futures.Future[str] = concurrent.futures.Future()
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
                 return  # the caller gave up waiting
             try:
-                future.set_result(self._build(refresh))
+                future.set_result(self._build(asked))
             except Exception as exc:
                 future.set_exception(exc)
 
@@ -310,15 +496,10 @@ def _rank(data: PageData, pair: tuple[str, str]) -> tuple[int, float]:
     record = data.latest.get(pair)
     if record is None:
         return _IN_FLIGHT_RANK, 0.0
-    if record.outcome is None:
-        return _IN_FLIGHT_RANK, record.created_at
-    return _SEVERITY.get(record.outcome, _INBOX_RANK), record.created_at
+    return _status_key(record.outcome, record.created_at)
 
 
-def _worst_pairs(data: PageData) -> str:
-    """The configured pairs whose latest probe is worst, instead of a matrix too big to read."""
-    ranked = sorted(data.pairs, key=lambda pair: (_rank(data, pair), pair))
-    shown = ranked[:WORST_PAIRS]
+def _rows(data: PageData, shown: Sequence[tuple[str, str]]) -> str:
     rows = []
     for route, mailbox in shown:
         record = data.latest.get((route, mailbox))
@@ -331,6 +512,14 @@ def _worst_pairs(data: PageData) -> str:
             f'data-outcome="{_e(outcome)}"><td>{_e(route)}</td><td>{_e(mailbox)}</td>'
             f"<td>{detail}</td></tr>"
         )
+    return "".join(rows)
+
+
+def _worst_pairs(data: PageData) -> str:
+    """The configured pairs whose latest probe is worst, instead of a matrix too big to read
+    (a PageData built without a listing: every pair's latest probe is in `latest`)."""
+    ranked = sorted(data.pairs, key=lambda pair: (_rank(data, pair), pair))
+    shown = ranked[:WORST_PAIRS]
     cells = len(data.routes) * len(data.mailboxes)
     return (
         f'<p class="muted" id="worst-pairs-note">{len(data.pairs)} pairs: more than the '
@@ -338,14 +527,79 @@ def _worst_pairs(data: PageData) -> str:
         f"first (no verdict, refused, bounced, missing, deferred, spam, other, in flight, inbox); "
         f"/metrics has every pair ({cells} cells).</p>"
         '<table id="worst-pairs"><thead><tr><th>route</th><th>seed mailbox</th>'
-        f"<th>latest probe</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<th>latest probe</th></tr></thead><tbody>{_rows(data, shown)}</tbody></table>"
     )
 
 
+def _options(name: str, values: Sequence[str], chosen: str | None, every: str) -> str:
+    options = [f'<option value=""{"" if chosen else " selected"}>{_e(every)}</option>']
+    options += [
+        f'<option value="{_e(v)}"{" selected" if v == chosen else ""}>{_e(v)}</option>'
+        for v in values
+    ]
+    return f'<label>{_e(name)} <select name="{_e(name)}">{"".join(options)}</select></label> '
+
+
+def _filter_form(data: PageData) -> str:
+    """A GET form (no JavaScript): the page's CSP allows forms to its own URL. Route and mailbox
+    are drop-downs up to a few hundred names, a text field beyond."""
+    query = data.query
+
+    def field(name: str, values: Sequence[str], chosen: str | None) -> str:
+        if len(values) <= 300:
+            return _options(name, values, chosen, f"every {name}")
+        value = _e(chosen or "")
+        return f'<label>{_e(name)} <input name="{_e(name)}" value="{value}" size="16"></label> '
+
+    refresh = "" if query.refresh else '<input type="hidden" name="refresh" value="0">'
+    clear = query.link(route=None, mailbox=None, outcome=None, page=1)
+    return (
+        '<form id="pair-filter" method="get" action="/">'
+        + field("route", data.routes, query.route)
+        + field("mailbox", data.mailboxes, query.mailbox)
+        + _options("outcome", _OUTCOME_FILTERS, query.outcome, "every outcome")
+        + f'{refresh}<button type="submit">show</button> <a href="{_e(clear)}">clear</a></form>'
+    )
+
+
+def _pair_list(data: PageData, listing: PairList) -> str:
+    query = data.query
+    first = (listing.page - 1) * PAGE_SIZE + 1 if listing.shown else 0
+    last = first + len(listing.shown) - 1 if listing.shown else 0
+    links = []
+    if listing.page > 1:
+        links.append(f'<a rel="prev" href="{_e(query.link(page=listing.page - 1))}">previous</a>')
+    if listing.page < listing.pages:
+        links.append(f'<a rel="next" href="{_e(query.link(page=listing.page + 1))}">next</a>')
+    what = "matching pairs" if query.filtered else "pairs"
+    note = (
+        f'<p class="muted" id="pairs-note">{first}-{last} of {listing.matched} {what}, worst '
+        "first (no verdict, refused, bounced, missing, deferred, spam, other, in flight or no "
+        f"probe yet, inbox); page {listing.page} of {listing.pages}"
+        + (f" · {' · '.join(links)}" if links else "")
+        + "</p>"
+    )
+    return (
+        _filter_form(data)
+        + note
+        + '<table id="pairs"><thead><tr><th>route</th><th>seed mailbox</th>'
+        f"<th>latest probe</th></tr></thead><tbody>{_rows(data, listing.shown)}</tbody></table>"
+    )
+
+
+def _problems(data: PageData) -> str:
+    if not data.query.problems:
+        return ""
+    items = "".join(f"<li>{_e(problem)}</li>" for problem in data.query.problems)
+    return f'<ul class="down" id="query-problems">Ignored: {items}</ul>'
+
+
 def _pairs_view(data: PageData) -> str:
+    if data.listing is not None:
+        return _problems(data) + _pair_list(data, data.listing)
     if len(data.routes) * len(data.mailboxes) > MATRIX_MAX_CELLS:
         return _worst_pairs(data)
-    return _matrix(data)
+    return _problems(data) + _filter_form(data) + _matrix(data)
 
 
 def _matrix(data: PageData) -> str:
@@ -489,8 +743,11 @@ def render(
     secrets: Sequence[str] = (),
     refresh_seconds: int = DEFAULT_REFRESH_SECONDS,
 ) -> str:
-    """The whole page as HTML. `secrets` are blanked out of server-sent text (transcripts)."""
+    """The whole page as HTML. `secrets` are blanked out of server-sent text (transcripts); no
+    meta refresh when `refresh_seconds` is 0 or the query paused it."""
     redact = Redactor(secrets)
+    if not data.query.refresh:
+        refresh_seconds = 0
     refresh = (
         f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">'
         if refresh_seconds > 0
@@ -518,9 +775,12 @@ def render(
 
 def _summary(data: PageData) -> str:
     counts: dict[str, int] = {}
-    for record in data.latest.values():
-        if (record.route, record.mailbox) in data.pairs and record.outcome is not None:
-            counts[record.outcome.value] = counts.get(record.outcome.value, 0) + 1
+    if data.counts is not None:
+        counts = dict(data.counts)
+    else:
+        for record in data.latest.values():
+            if (record.route, record.mailbox) in data.pairs and record.outcome is not None:
+                counts[record.outcome.value] = counts.get(record.outcome.value, 0) + 1
     if not counts:
         return '<span class="muted">No finished probe yet.</span>'
     order = [outcome.value for outcome in Outcome]

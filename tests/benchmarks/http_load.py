@@ -37,7 +37,7 @@ from agent.monitoring.catalog import exposition, new_registry
 from agent.monitoring.recorder import Recorder
 from agent.store.ledger import Ledger
 from agent.web.http_server import HttpServer, Status
-from agent.web.status_page import Health, LoopPage, collect, render
+from agent.web.status_page import Health, LoopPage, PageQuery, collect, render
 
 _REQUEST_TIMEOUT = 30.0
 _ROUTES = 10
@@ -109,7 +109,7 @@ async def _serve(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with Ledger(tmp / "ledger.sqlite3") as ledger:
         _fill(ledger, config, started)
 
-        def build(refresh: bool) -> str:
+        def build(query: PageQuery) -> str:
             health = Health("bench", True, "probing", started, True, started)
             return render(collect(ledger, config, health, now=time.time()))
 
@@ -124,7 +124,7 @@ async def _serve(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         try:
             sizes = {
                 "metrics_bytes": len(exposition(registry)),
-                "page_bytes": len(build(True).encode()),
+                "page_bytes": len(build(PageQuery()).encode()),
             }
             threads_before = threading.active_count()
             storm = await _client(args, server.port, "storm", _Peak())

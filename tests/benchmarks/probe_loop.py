@@ -3,13 +3,17 @@
     .venv/bin/python -m tests.benchmarks.probe_loop [--probes N] [--poll-interval S]
         [--modes idle,poll]
 
-Method: starts the real test mail system, then runs the agent in this process twice (IMAP IDLE,
-then polling every S seconds), each time sending N probes one after another through submission
+Method: starts the real test mail system, then runs the agent in this process three times (IMAP
+IDLE with the folder's notification delay calibrated, IDLE with `calibrate: false`, then polling
+every S seconds), each time sending N probes one after another through submission
 (STARTTLS + AUTH, DKIM-signed, rspamd-checked, Sieve, LMTP) to a fresh seed mailbox, with
 cleanup `keep`. For each probe it reads three instants: the 250 reply to end-of-data
 (`accepted_at`), the moment Dovecot wrote the message file into the Maildir (its mtime), and the
-moment the agent's watcher saw the message (`seen_at`). It prints the distribution of
-arrival -> seen (the agent's own reaction time) and 250 -> seen (what the latency metric shows),
+moment the agent's watcher saw the message (`seen_at`, the notification delay taken off when
+calibrated: the time the ledger stores). With calibration, the probes are sent once the first
+calibration of the inbox is done. It prints the distribution of arrival -> seen (the agent's own
+reaction time; |arrival -> seen| too, the error of a calibrated figure) and 250 -> seen (what the
+latency metric shows),
 the agent process's CPU time (user + system, all threads) divided by the number of probes, and
 how the probes were found (deliverability_probes_found_total by found_by).
 """
@@ -23,10 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from agent.app.service import Agent
-from agent.model import FoundBy
+from agent.model import FoundBy, ImapCalibration
 from agent.monitoring.catalog import new_registry
-from agent.monitoring.recorder import Recorder
+from agent.monitoring.recorder import Recorder, Result
 from agent.store.ledger import ProbeRecord
 from tests.agent_setup import AgentSetup
 from tests.mailsystem import MailSystem
@@ -43,18 +49,44 @@ def _maildir_mtime(system: MailSystem, account: Account, probe_id: str) -> float
     raise LookupError(f"probe {probe_id} not found in {maildir}")
 
 
+class _CalibrationRecorder(Recorder):
+    """The agent's recorder, which also says when the first calibration came."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.calibrated = asyncio.Event()
+        self.delay: float | None = None
+
+    def record(self, result: Result) -> None:
+        super().record(result)
+        if isinstance(result, ImapCalibration) and result.delay_seconds is not None:
+            self.delay = result.delay_seconds
+            self.calibrated.set()
+
+
 async def _run_mode(
-    system: MailSystem, workdir: Path, *, probes: int, use_idle: bool, poll_interval: float
+    system: MailSystem,
+    workdir: Path,
+    *,
+    probes: int,
+    use_idle: bool,
+    poll_interval: float,
+    calibrate: bool,
 ) -> tuple[list[float], list[float], float, dict[str, float]]:
     account = system.new_mailbox()
     setup = AgentSetup(system, workdir).route("good").mailbox("seed", account)
+    setup.mailboxes[0]["calibrate"] = calibrate
     setup.probes["cleanup"] = "keep"
     config = setup.load()
     registry = new_registry()
-    agent = Agent(
-        config, recorder=Recorder(registry), use_idle=use_idle, poll_interval=poll_interval
-    )
+    recorder = _CalibrationRecorder(registry)
+    agent = Agent(config, recorder=recorder, use_idle=use_idle, poll_interval=poll_interval)
     await agent.start()
+    if calibrate:
+        async with asyncio.timeout(120):
+            await recorder.calibrated.wait()
+        assert recorder.delay is not None
+        print(f"  calibrated: IDLE notification delay {recorder.delay * 1000:.1f} ms")
     records: list[ProbeRecord] = []
     cpu_start = time.process_time()
     try:
@@ -87,9 +119,13 @@ async def _run_mode(
 
 def _summary(values: list[float]) -> str:
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
     return (
-        f"median {statistics.median(ordered) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms   "
+        f"min {ordered[0] * 1000:7.1f} ms   median {statistics.median(ordered) * 1000:7.1f} ms   "
+        f"p95 {rank(0.95) * 1000:7.1f} ms   p99 {rank(0.99) * 1000:7.1f} ms   "
         f"max {ordered[-1] * 1000:7.1f} ms"
     )
 
@@ -110,11 +146,17 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             results = {}
-            for name, use_idle in (("IDLE", True), (f"poll every {args.poll_interval:g} s", False)):
+            runs = (
+                ("IDLE, calibrated", True, True),
+                ("IDLE, calibrate: false", True, False),
+                (f"poll every {args.poll_interval:g} s", False, False),
+            )
+            for index, (name, use_idle, calibrate) in enumerate(runs):
                 if ("idle" if use_idle else "poll") not in modes:
                     continue
-                workdir = Path(tmp) / name.split()[0]
+                workdir = Path(tmp) / str(index)
                 workdir.mkdir()
+                print(name)
                 results[name] = asyncio.run(
                     _run_mode(
                         system,
@@ -122,6 +164,7 @@ def main() -> None:
                         probes=args.probes,
                         use_idle=use_idle,
                         poll_interval=args.poll_interval,
+                        calibrate=calibrate,
                     )
                 )
     finally:
@@ -131,6 +174,7 @@ def main() -> None:
     for name, (arrival, accepted, cpu, found) in results.items():
         print(f"{name}:")
         print(f"  arrival in mailbox -> seen by agent   {_summary(arrival)}")
+        print(f"  |arrival -> seen|                     {_summary([abs(v) for v in arrival])}")
         print(f"  250 end-of-data -> seen by agent      {_summary(accepted)}")
         print(f"  agent CPU time per probe              {cpu * 1000:7.1f} ms")
         print(

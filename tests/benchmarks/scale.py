@@ -12,7 +12,9 @@ It starts `deliverability-agent run` as a subprocess and measures, from outside:
 - start -> /readyz answering 200 (polled every 50 ms);
 - /metrics: the number of series (sample lines), its size, and the time of one scrape (median of
   three, after a first one);
-- the status page: the time of one GET /, or "no answer" after --page-timeout seconds;
+- the status page: the time of one GET /, or "no answer" after --page-timeout seconds; then the
+  median of five GETs each of a later page (`/?page=50`) and of a filtered list
+  (`/?route=r001&outcome=error`), distinct URLs so no build is shared;
 - peak RSS (VmHWM) and CPU time (user + system, all threads) of the agent process at that point;
 - SIGTERM -> exit (bounded by the drain timeout; killed after 90 s).
 
@@ -58,6 +60,8 @@ class Figures:
     metrics_bytes: int
     scrape_seconds: float
     page_seconds: float | None  # None: no answer within the timeout
+    later_page_seconds: float | None
+    filtered_seconds: float | None
     peak_rss_mib: float
     cpu_seconds: float
     stop_seconds: float | None  # None: had to be killed
@@ -114,6 +118,21 @@ def _proc_figures(pid: int) -> tuple[float, float]:
     return peak_kib / 1024, cpu
 
 
+def _page_median(url: str, timeout: float) -> float | None:
+    times = []
+    for attempt in range(5):
+        begin = time.monotonic()
+        try:
+            # A distinct query each time: the HTTP server shares a build between equal requests.
+            status, _ = _get(f"{url}&n={attempt}", timeout)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        times.append(time.monotonic() - begin)
+    return statistics.median(times)
+
+
 def _measure(pairs: int, page_timeout: float, shard_count: int = 1) -> Figures:
     side = math.isqrt(pairs - 1) + 1
     owned = sum(1 for index in range(side) if owner(f"m{index:03d}", shard_count) == 0)
@@ -155,6 +174,8 @@ def _measure(pairs: int, page_timeout: float, shard_count: int = 1) -> Figures:
                 page: float | None = time.monotonic() - begin if status == 200 else None
             except OSError:
                 page = None
+            later = _page_median(f"{base}/?page=50", page_timeout)
+            filtered = _page_median(f"{base}/?route=r001&outcome=error", page_timeout)
             peak_rss, cpu = _proc_figures(process.pid)
             begin = time.monotonic()
             process.send_signal(signal.SIGTERM)
@@ -177,6 +198,8 @@ def _measure(pairs: int, page_timeout: float, shard_count: int = 1) -> Figures:
         metrics_bytes=len(body),
         scrape_seconds=statistics.median(scrapes),
         page_seconds=page,
+        later_page_seconds=later,
+        filtered_seconds=filtered,
         peak_rss_mib=peak_rss,
         cpu_seconds=cpu,
         stop_seconds=stop,
@@ -194,13 +217,16 @@ def main() -> None:
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")
     header = (
         "| pairs (R x M) | owned | start -> /readyz | series | series/pair | /metrics | scrape "
-        "| status page | peak RSS | CPU | SIGTERM -> exit |"
+        "| status page (/, page 50, filtered) | peak RSS | CPU | SIGTERM -> exit |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for size in sizes:
         f = _measure(size, args.page_timeout, args.shard_count)
-        page = f"{f.page_seconds:.2f} s" if f.page_seconds is not None else "no answer"
+        page = " / ".join(
+            f"{seconds:.2f} s" if seconds is not None else "no answer"
+            for seconds in (f.page_seconds, f.later_page_seconds, f.filtered_seconds)
+        )
         stop = f"{f.stop_seconds:.1f} s" if f.stop_seconds is not None else "killed"
         print(
             f"| {f.pairs} ({f.routes} x {f.mailboxes}) | {f.owned_pairs} "
