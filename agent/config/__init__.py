@@ -30,6 +30,7 @@ from agent.config.models import (
     Route,
     Timeouts,
 )
+from agent.config.reputation import GoogleReputation, Reputation, Snds
 from agent.config.sandbox import (
     Sandbox,
     SandboxBounce,
@@ -58,6 +59,7 @@ __all__ = [
     "ConfigError",
     "Dns",
     "Folders",
+    "GoogleReputation",
     "Http",
     "HttpTls",
     "ImapTimeouts",
@@ -70,6 +72,7 @@ __all__ = [
     "PairRef",
     "Probes",
     "ReportMailbox",
+    "Reputation",
     "Route",
     "Sandbox",
     "SandboxBounce",
@@ -79,6 +82,7 @@ __all__ = [
     "SandboxReply",
     "SandboxRule",
     "SandboxVerdicts",
+    "Snds",
     "StartMode",
     "Timeouts",
     "format_duration",
