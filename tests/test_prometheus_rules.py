@@ -76,6 +76,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
         "placement.test.yml",
         "recording.test.yml",
         "reports.test.yml",
+        "reputation.test.yml",
         "smtp.test.yml",
     ]
     # One promtool per file, concurrently: the suite stays fast on two cores.
