@@ -518,6 +518,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter) -> i
             mailboxes_up=dict(agent.mailboxes_up()),
             sandbox=state.sandbox,
             credentials=tuple(agent.credentials()),
+            reputation=tuple(agent.reputation_feeds()),
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time())
         refresh_seconds = DEFAULT_REFRESH_SECONDS if refresh else 0
