@@ -432,7 +432,7 @@ def test_status_page_shows_each_reputation_feed_and_its_last_error(page_data: Pa
     page = render(data, secrets=["snds-key-sekret"])
 
     section = page[page.index('<table id="reputation">') :]
-    assert "<td>postmaster</td>" in section and "2 h ago" in section
+    assert "<td>postmaster</td>" in section and "2.0 h ago" in section
     assert "quota" in section and "rate limiting" in section
     assert "snds-key-sekret" not in page
     assert "Reputation feeds" not in render(page_data)
