@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import validate_config
+from agent.app.service import Agent
+from agent.config import Reputation, validate_config
+from agent.monitoring.catalog import exposition, new_registry
+from agent.monitoring.recorder import Recorder
 from agent.oauth.token_source import StaticTokenSource
 from agent.reputation.feeds import ReputationFeeds, _Runner
 from agent.reputation.http import FeedHttp
@@ -26,6 +29,7 @@ from agent.reputation.model import (
 )
 from agent.reputation.postmaster import PostmasterClient
 from agent.reputation.snds import SndsClient
+from tests.one_pair_config import one_pair_config
 from tests.reputation_samples import (
     SNDS_DATA,
     SNDS_IP_STATUS,
@@ -37,6 +41,7 @@ from tests.reputation_server import FeedServer, Reply, Request, Route
 
 NOW = 1_796_500_000.0  # 2026-12-05 (UTC)
 SNDS_KEY = "sekret-snds-key-0123"
+RED_11 = {"ip": "192.0.2.11", "result": "red"}
 
 
 def google(request: Request) -> Reply:
@@ -352,3 +357,54 @@ async def test_hostile_answers_never_end_the_feed(
     snds_results = [r for r in recorded if isinstance(r, SndsFetched)]
     assert snds_results and snds_results[0].ips == () and snds_results[0].malformed >= 1
     assert all(SNDS_KEY not in state.last_error_message for state in feeds.states())
+
+
+async def test_the_agent_runs_the_feeds_into_series_and_a_reload_without_them_drops_them(
+    serve: Serve, ca_file: Path, tmp_path: Path
+) -> None:
+    server = serve(snds)
+    base = one_pair_config(tmp_path)
+    with_snds = base.model_copy(
+        update={
+            "reputation": Reputation.model_validate(
+                {
+                    "snds": {
+                        "key": SNDS_KEY,
+                        "base_url": f"{server.url}/snds",
+                        "ca_file": str(ca_file),
+                    }
+                }
+            )
+        }
+    )
+    registry = new_registry()
+    agent = Agent(with_snds, recorder=Recorder(registry))
+    value = registry.get_sample_value
+    try:
+        agent._declare()
+        assert (
+            value("deliverability_reputation_feed_errors_total", {"feed": "snds", "kind": "auth"})
+            == 0
+        )
+        agent.reputation.start()  # what schedule() does, without the probe jobs
+        await asyncio.wait_for(agent.reputation.runners[Feed.SNDS].fetched.wait(), 30)
+        assert (
+            value("deliverability_snds_filter_result", {"ip": "192.0.2.11", "result": "red"}) == 1
+        )
+        assert [s.feed for s in agent.reputation_feeds()] == [Feed.SNDS]
+        assert SNDS_KEY.encode() not in exposition(registry)
+
+        await agent.reload(base)
+
+        assert (
+            value("deliverability_snds_filter_result", {"ip": "192.0.2.11", "result": "red"})
+            is None
+        )
+        assert (
+            value("deliverability_reputation_feed_errors_total", {"feed": "snds", "kind": "auth"})
+            is None
+        )
+        assert agent.reputation_feeds() == []
+    finally:
+        await agent.reputation.stop()
+        agent.ledger.close()

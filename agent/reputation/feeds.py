@@ -174,7 +174,7 @@ class ReputationFeeds:
         self._config: Reputation | None = None
         self._runners: dict[Feed, _Runner] = {}
         self._tokens: tuple[MailAuth, CachingTokenSource] | None = None
-        self._stale: list[_Runner] = []  # replaced by configure(), stopped by start()
+        self._stale: list[_Runner] = []  # replaced by configure(), cancelled, awaited by stop()
 
     @property
     def runners(self) -> dict[Feed, _Runner]:
@@ -206,16 +206,16 @@ class ReputationFeeds:
         if snds is not None:
             same = old is not None and old.snds == snds and Feed.SNDS in self._runners
             wanted[Feed.SNDS] = self._runners[Feed.SNDS] if same else self._snds_runner(snds)
-        self._stale = [r for feed, r in self._runners.items() if wanted.get(feed) is not r]
+        replaced = [r for feed, r in self._runners.items() if wanted.get(feed) is not r]
+        for runner in replaced:
+            # Cancelled now (a reload need not reschedule); stop() awaits them.
+            if runner.task is not None:
+                runner.task.cancel()
+        self._stale += replaced
         self._runners = wanted
 
     def start(self) -> None:
-        """Cancel the runners `configure` replaced; start the new ones (in the running loop)."""
-        for runner in self._stale:
-            if runner.task is not None:
-                runner.task.cancel()
-                runner.task = None
-        self._stale = []
+        """Start the runners not running yet (in the running loop)."""
         for runner in self._runners.values():
             if runner.task is None:
                 runner.start()
@@ -223,6 +223,7 @@ class ReputationFeeds:
     async def stop(self) -> None:
         for runner in (*self._runners.values(), *self._stale):
             await runner.stop()
+        self._stale = []
 
     def _google_runner(self, google: GoogleReputation) -> _Runner:
         assert self._tokens is not None
