@@ -408,3 +408,47 @@ async def test_the_agent_runs_the_feeds_into_series_and_a_reload_without_them_dr
     finally:
         await agent.reputation.stop()
         agent.ledger.close()
+
+
+async def test_the_google_feed_signs_in_with_its_own_credential_shown_beside_the_others(
+    serve: Serve, ca_file: Path, tmp_path: Path
+) -> None:
+    server = serve(google)
+    (tmp_path / "token").write_text("postmaster-access-token\n")
+    config = one_pair_config(tmp_path).model_copy(
+        update={
+            "reputation": Reputation.model_validate(
+                {
+                    "google": {
+                        "domains": ["example.com"],
+                        "auth": {
+                            "username": "p@example.com",
+                            "token_file": str(tmp_path / "token"),
+                        },
+                        "base_url": server.url,
+                        "ca_file": str(ca_file),
+                    }
+                }
+            )
+        }
+    )
+    registry = new_registry()
+    agent = Agent(config, recorder=Recorder(registry))
+    try:
+        agent._declare()
+        agent.reputation.start()
+        await asyncio.wait_for(agent.reputation.runners[Feed.POSTMASTER].fetched.wait(), 30)
+    finally:
+        await agent.reputation.stop()
+        agent.ledger.close()
+
+    assert server.requests[0].headers["authorization"] == "Bearer postmaster-access-token"
+    assert [state.credential for state in agent.credentials()] == ["reputation:google"]
+    refreshes = "deliverability_oauth_token_refreshes_total"
+    assert (
+        registry.get_sample_value(refreshes, {"credential": "reputation:google", "result": "ok"})
+        == 1
+    )
+    assert registry.get_sample_value(
+        "deliverability_postmaster_spam_ratio", {"domain": "example.com"}
+    ) == pytest.approx(0.0021)

@@ -383,7 +383,7 @@ class Agent:
     def credentials(self) -> list[CredentialState]:
         """Each OAuth credential's state (last refresh, error kind and message; no secret), for
         the status page and `once`."""
-        return self.tokens.states()
+        return [*self.tokens.states(), *self.reputation.token_states()]
 
     def reputation_feeds(self) -> list[FeedState]:
         """Each reputation feed's health (last success, last error kind and message; no key or

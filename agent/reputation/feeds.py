@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from agent.config import GoogleReputation, MailAuth, Reputation, Snds
-from agent.oauth.lifecycle import CachingTokenSource
+from agent.oauth.lifecycle import CachingTokenSource, CredentialState
 from agent.reputation.http import FeedHttp
 from agent.reputation.model import (
     Feed,
@@ -38,7 +38,8 @@ __all__ = ["BACKOFF_FIRST", "FeedState", "ReputationFeeds", "backoff_delay"]
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST: Final = 60.0
-POSTMASTER_CREDENTIAL: Final = "postmaster"  # the credential label of the Google feed's token
+# The Google feed's credential label; a colon, which no route or mailbox name has.
+POSTMASTER_CREDENTIAL: Final = "reputation:google"
 
 FeedResult = PostmasterFetched | SndsFetched | FeedFailed
 
@@ -183,6 +184,10 @@ class ReputationFeeds:
     def credentials(self) -> list[str]:
         """The OAuth credential the Google feed uses, for the credential series."""
         return [POSTMASTER_CREDENTIAL] if self._tokens is not None else []
+
+    def token_states(self) -> list[CredentialState]:
+        """The Google feed's credential state, beside the routes' and mailboxes' ones."""
+        return [self._tokens[1].state()] if self._tokens is not None else []
 
     def states(self) -> list[FeedState]:
         return [runner.state for _, runner in sorted(self._runners.items())]
