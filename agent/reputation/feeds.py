@@ -102,6 +102,12 @@ class _Runner:
     async def run_once(self) -> float:
         """One fetch, recorded; the delay until the next."""
         try:
+            return await self._fetch_and_record()
+        finally:
+            self.fetched.set()  # after the results are recorded
+
+    async def _fetch_and_record(self) -> float:
+        try:
             async with asyncio.timeout(self._timeout):
                 results = await self._fetch()
         except TimeoutError:
@@ -113,8 +119,6 @@ class _Runner:
         except Exception as exc:  # a bug reading a hostile answer must not end the feed
             log.exception("reputation feed %s: unexpected failure", self.feed.value)
             return self._failed(FeedError(FeedErrorKind.MALFORMED, type(exc).__name__))
-        finally:
-            self.fetched.set()
         for result in results:
             self._record(result)
         failed = [r for r in results if isinstance(r, FeedFailed)]
