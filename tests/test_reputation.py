@@ -345,3 +345,30 @@ def test_snds_series_per_ip_and_an_ip_without_a_period_loses_them() -> None:
         value("deliverability_reputation_feed_errors_total", {"feed": "snds", "kind": "malformed"})
         == 2
     )
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def test_google_auth_defaults_to_the_postmaster_read_only_scope_not_gmail_s() -> None:
+    from agent.config import Reputation
+    from agent.config.reputation import POSTMASTER_SCOPE
+
+    def scope(oauth2: dict[str, str]) -> str:
+        section = Reputation.model_validate(
+            {
+                "google": {
+                    "domains": ["Example.COM."],
+                    "auth": {"username": "p@example.com", "oauth2": oauth2},
+                }
+            }
+        )
+        assert section.google is not None and section.google.domains == ("example.com",)
+        assert section.google.auth.oauth2 is not None
+        return section.google.auth.oauth2.scope
+
+    refresh = {"provider": "google", "client_id": "c", "refresh_token": "r"}
+    assert scope(refresh) == POSTMASTER_SCOPE
+    assert POSTMASTER_SCOPE == "https://www.googleapis.com/auth/postmaster.traffic.readonly"
+    wider = "https://www.googleapis.com/auth/postmaster"
+    assert scope({**refresh, "scope": wider}) == wider
