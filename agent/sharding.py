@@ -155,9 +155,9 @@ def shard_from(
 
 def shard_view(config: Config, shard: Shard) -> Config:
     """The configuration as this shard probes it: its own seed mailboxes and their pairs, every
-    route and bounce mailbox, DNS checks and report mailboxes on shard 0 only (they are about the
-    sender, not the seed mailboxes, and a report read by every replica would be counted by each).
-    The config itself when unsharded."""
+    route and bounce mailbox; DNS checks, report mailboxes and reputation feeds on shard 0 only
+    (they are about the sender, not the seed mailboxes, and a report or feed read by every
+    replica would be counted, and fetched, by each). The config itself when unsharded."""
     if not shard.sharded:
         return config
     owned = tuple(mailbox for mailbox in config.mailboxes if shard.owns(mailbox.name))
@@ -173,6 +173,7 @@ def shard_view(config: Config, shard: Shard) -> Config:
             "probes": probes,
             "dns": config.dns if shard.index == 0 else None,
             "report_mailboxes": config.report_mailboxes if shard.index == 0 else (),
+            "reputation": config.reputation if shard.index == 0 else None,
         }
     )
 

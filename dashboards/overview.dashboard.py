@@ -1157,6 +1157,127 @@ grid.add(
     w=8,
 )
 
+grid.row("Gmail Postmaster Tools and Microsoft SNDS (the receivers' view)")
+grid.add(
+    timeseries(
+        "Gmail user-reported spam rate per domain",
+        shows="Per configured domain, the share of its mail Gmail users reported as spam, as "
+        "Postmaster Tools published it for the domain's newest day (a day or two late). Gaps: "
+        "no data that day (too little Gmail traffic). Dashed lines: Google's 0.1 % guideline "
+        "and 0.3 % limit.",
+        when_bad="Over 0.1 %: follow the Gmail spam rate runbook (engagement, list hygiene, "
+        "one-click unsubscribe); over 0.3 % Gmail stops delivering.",
+        targets=[
+            target("max by (domain) (deliverability_postmaster_spam_ratio)", "{{domain}}"),
+            limit(0.001),
+            limit(0.003),
+        ],
+        ratio=True,
+        alerts=["DeliverabilityGmailSpamRateHigh", "DeliverabilityGmailSpamRateCritical"],
+    ),
+)
+grid.add(
+    timeseries(
+        "Gmail authentication and TLS per domain",
+        shows="Per configured domain, the share of its mail that passed SPF, DKIM and DMARC at "
+        "Gmail, and that arrived over TLS, on the newest day of Postmaster Tools data.",
+        when_bad="A drop: a sender of yours stopped signing or is missing from SPF; compare "
+        "with the seed probes' authentication row and the DMARC reports.",
+        targets=[
+            target(
+                "max by (domain, method) (deliverability_postmaster_auth_success_ratio)",
+                "{{domain}} {{method}}",
+            ),
+            target(
+                "max by (domain) (deliverability_postmaster_tls_inbound_ratio)", "{{domain}} tls"
+            ),
+        ],
+        ratio=True,
+    ),
+)
+grid.add(
+    table(
+        "Gmail compliance needing work and delivery errors",
+        shows="Bulk-sender requirements Postmaster Tools says need work, per domain, and the "
+        "newest day's rejected or deferred share by Google's reason.",
+        when_bad="Fix each requirement listed (the runbook says how per requirement); "
+        "low_domain_reputation or ip_in_rbls rejections: see the spam rate and blocklists.",
+        targets=[
+            target(
+                "max by (domain, requirement) (deliverability_postmaster_compliant) == 0",
+                instant=True,
+                table=True,
+            ),
+            target(
+                "max by (domain, type, reason) "
+                "(deliverability_postmaster_delivery_error_ratio) > 0",
+                instant=True,
+                table=True,
+            ),
+        ],
+        alerts=["DeliverabilityGmailComplianceNeedsWork"],
+    ),
+)
+grid.add(
+    table(
+        "SNDS per IP: filter result, complaints, traps, blocks",
+        shows="Per SNDS IP (configured, or the first max_ips; the rest as other): the filter "
+        "result of its newest activity period (1 = that result), complaint rate, trap hits, "
+        "and whether it is in a blocked range.",
+        when_bad="RED or blocked: follow the SNDS runbook (stop the stream, clean the list, "
+        "ask Microsoft for mitigation). Trap hits: remove stale and unconfirmed addresses.",
+        targets=[
+            target(
+                'max by (ip, result) (deliverability_snds_filter_result{result=~"yellow|red"}) '
+                "== 1",
+                instant=True,
+                table=True,
+            ),
+            target("max by (ip) (deliverability_snds_complaint_ratio)", instant=True, table=True),
+            target("max by (ip) (deliverability_snds_trap_hits) > 0", instant=True, table=True),
+            target("max by (ip) (deliverability_snds_blocked) == 1", instant=True, table=True),
+        ],
+        alerts=["DeliverabilitySndsIpRedOrBlocked", "DeliverabilitySndsTrapHits"],
+    ),
+)
+grid.add(
+    stat(
+        "Reputation feeds: time since last read",
+        shows="Per feed (postmaster, snds), time since the agent last read it; it fetches "
+        "every 6 hours by default. The data itself is a day or two older.",
+        when_bad="Over a day: fetches fail; the errors panel beside it and the status page say "
+        "why (auth, permission_denied, quota, ...).",
+        targets=[
+            target(
+                "time() - max by (feed) "
+                "(deliverability_reputation_feed_last_success_timestamp_seconds)",
+                "{{feed}}",
+            )
+        ],
+        unit="s",
+        alerts=["DeliverabilityReputationFeedStale"],
+    ),
+    w=8,
+)
+grid.add(
+    timeseries(
+        "Reputation feed errors by kind",
+        shows="Failed fetches per feed and kind, and entries or rows skipped as malformed.",
+        when_bad="auth: the token or key was refused; permission_denied: the domain is not "
+        "shared with the credential's user; quota: rate limited (the agent backs off).",
+        targets=[
+            target(
+                "sum by (feed, kind) (increase(deliverability_reputation_feed_errors_total"
+                "[$__rate_interval])) > 0",
+                "{{feed}} {{kind}}",
+            )
+        ],
+        bars=True,
+        alerts=["DeliverabilityReputationFeedStale"],
+    ),
+    w=16,
+)
+
 dashboard = Dashboard(
     title="Deliverability overview",
     uid="deliverability-overview",

@@ -19,6 +19,13 @@ from agent.monitoring import catalog as metrics
 from agent.oauth import TokenErrorKind
 from agent.reading.reports import DISPOSITIONS, OTHER, TLS_POLICY_TYPES, TLS_RESULT_TYPES
 from agent.reports.reader import SUCCESS
+from agent.reputation.model import (
+    DELIVERY_ERRORS,
+    ComplianceRequirement,
+    Feed,
+    FeedErrorKind,
+    FilterResult,
+)
 from tests.promql import selectors
 
 __all__ = [
@@ -222,6 +229,19 @@ def vocabulary() -> Vocabulary:
         (metrics.TLSRPT_SESSIONS.name, "policy_type"): frozenset({*TLS_POLICY_TYPES, OTHER}),
         (metrics.TLSRPT_SESSIONS.name, "result"): frozenset({SUCCESS, *TLS_RESULT_TYPES, OTHER}),
         (metrics.REPORT_NEWEST_END.name, "kind"): enum_values(model.ReportKind),
+        (metrics.SNDS_FILTER_RESULT.name, "result"): enum_values(FilterResult),
+        (metrics.SNDS_MESSAGES.name, "kind"): frozenset({"rcpt", "data", "recipients"}),
+        (metrics.POSTMASTER_AUTH_SUCCESS_RATIO.name, "method"): frozenset({"spf", "dkim", "dmarc"}),
+        (metrics.POSTMASTER_COMPLIANT.name, "requirement"): enum_values(ComplianceRequirement),
+        (metrics.POSTMASTER_DELIVERY_ERROR_RATIO.name, "type"): frozenset(
+            kind for kind, _ in DELIVERY_ERRORS
+        ),
+        (metrics.POSTMASTER_DELIVERY_ERROR_RATIO.name, "reason"): frozenset(
+            reason for _, reason in DELIVERY_ERRORS
+        ),
+        (metrics.REPUTATION_FEED_ERRORS.name, "kind"): enum_values(FeedErrorKind),
+        (metrics.REPUTATION_FEED_ERRORS.name, "feed"): enum_values(Feed),
+        (metrics.REPUTATION_FEED_LAST_SUCCESS.name, "feed"): enum_values(Feed),
         **{
             (f"{metrics.SPAM_SCORE.name}{suffix}", "source"): enum_values(model.SpamSource)
             for suffix in ("_bucket", "_sum", "_count")

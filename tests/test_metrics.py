@@ -9,6 +9,7 @@ byte for byte. After an intended change, regenerate it and review the diff:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,20 @@ from agent.monitoring.catalog import (
 from agent.monitoring.recorder import Recorder
 from agent.oauth import TokenErrorKind
 from agent.providers import PROFILES
+from agent.reputation.model import (
+    DELIVERY_ERRORS,
+    ComplianceRequirement,
+    DeliveryError,
+    DomainDay,
+    DomainReport,
+    Feed,
+    FeedErrorKind,
+    FeedFailed,
+    FilterResult,
+    PostmasterFetched,
+    SndsFetched,
+    SndsIp,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 UPDATE_GOLDEN_ENV = "DELIVERABILITY_UPDATE_GOLDEN"
@@ -306,6 +321,37 @@ def play_fixed_sequence(recorder: Recorder) -> None:
     )
     recorder.record(EspSuppressed(ROUTE))
     recorder.record(EspComplaint(ROUTE))
+    recorder.declare_reputation(domains=[SENDING], snds_ips=(), feeds=["postmaster", "snds"])
+    recorder.record(POSTMASTER_FETCHED)
+    recorder.record(SNDS_FETCHED)
+    recorder.record(FeedFailed(Feed.SNDS, FeedErrorKind.QUOTA, T0 + 60.0))
+
+
+POSTMASTER_FETCHED = PostmasterFetched(
+    (
+        DomainReport(
+            SENDING,
+            DomainDay(
+                date=dt.date(2023, 11, 13),
+                spam_ratio=0.0012,
+                auth_success=(("spf", 0.998), ("dkim", 1.0), ("dmarc", 0.997)),
+                tls_inbound_ratio=0.999,
+                delivery_errors=(DeliveryError("reject", "ip_in_rbls", 0.004),),
+            ),
+            (
+                (ComplianceRequirement.SPF, True),
+                (ComplianceRequirement.USER_REPORTED_SPAM_RATE, False),
+            ),
+        ),
+    ),
+    at=T0,
+)
+SNDS_FETCHED = SndsFetched(
+    (SndsIp(SENDING_IP, T0 - 3600.0, FilterResult.YELLOW, 0.004, 1, 300, 290, 295),),
+    blocked=((SENDING_IP, False),),
+    at=T0,
+    malformed=1,
+)
 
 
 def test_metrics_exposition_matches_golden_file(
@@ -399,6 +445,10 @@ def test_metrics_no_label_identifies_a_probe_or_message(
         | {str(m) for m in TokenErrorKind}
         | {"1", "3"}  # the shard index and count: at most the replica count
         | {"INBOX"}  # a watched folder: a few per seed mailbox, named in the configuration
+        # Reputation feeds: configured domains and IPs, and Google's documented enums.
+        | {str(m) for m in (*Feed, *FeedErrorKind, *FilterResult, *ComplianceRequirement)}
+        | {t for pair in DELIVERY_ERRORS for t in pair}
+        | {"spf", "dkim", "dmarc", "rcpt", "data", "recipients"}
     )
     for name, labels, _ in samples(registry):
         for key, label in labels.items():

@@ -138,6 +138,21 @@ NOT_FED: dict[str, str] = {
         "a pair's series appears with its first late probe (the series budget), which arrives "
         "after its deadline; tests/test_probe_loop.py holds mail for that"
     ),
+    **{
+        f"Deliverability overview / {title}": (
+            "the live scenario configures no reputation feed (Google's and Microsoft's services "
+            "do not run locally); tests/test_reputation_feeds.py feeds them from a scripted HTTPS "
+            "server and deploy/prometheus/tests/reputation.test.yml runs their alerts"
+        )
+        for title in (
+            "Gmail user-reported spam rate per domain",
+            "Gmail authentication and TLS per domain",
+            "Gmail compliance needing work and delivery errors",
+            "SNDS per IP: filter result, complaints, traps, blocks",
+            "Reputation feeds: time since last read",
+            "Reputation feed errors by kind",
+        )
+    },
     "Deliverability overview / OAuth token requests": (
         "the scenario's routes and mailboxes sign in with passwords; tests/test_oauth_sources.py "
         "and tests/test_oauth_wiring.py feed the series from a scripted token endpoint, and the "

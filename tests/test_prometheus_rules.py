@@ -77,6 +77,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
         "placement.test.yml",
         "recording.test.yml",
         "reports.test.yml",
+        "reputation.test.yml",
         "sharding.test.yml",
         "smtp.test.yml",
     ]

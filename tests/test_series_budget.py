@@ -166,6 +166,25 @@ BUDGET: dict[str, Cost] = {
     "deliverability_dmarc_messages_total": Cost(),
     "deliverability_dmarc_source_messages_total": Cost(),
     "deliverability_tlsrpt_sessions_total": Cost(),
+    # per configured Postmaster Tools domain (data available, then per day: date, spam, 3 auth,
+    # TLS, up to 10 error reasons; up to 11 compliance rows), per SNDS IP (configured or capped,
+    # the rest one "other": 3 filter results, 3 counts, complaints, traps, period end, blocked)
+    # and per feed (6 error kinds, last success): none configured here, none per pair
+    "deliverability_postmaster_data_available": Cost(),
+    "deliverability_postmaster_data_date_timestamp_seconds": Cost(),
+    "deliverability_postmaster_spam_ratio": Cost(),
+    "deliverability_postmaster_auth_success_ratio": Cost(),
+    "deliverability_postmaster_tls_inbound_ratio": Cost(),
+    "deliverability_postmaster_delivery_error_ratio": Cost(),
+    "deliverability_postmaster_compliant": Cost(),
+    "deliverability_snds_filter_result": Cost(),
+    "deliverability_snds_complaint_ratio": Cost(),
+    "deliverability_snds_trap_hits": Cost(),
+    "deliverability_snds_messages": Cost(),
+    "deliverability_snds_blocked": Cost(),
+    "deliverability_snds_period_end_timestamp_seconds": Cost(),
+    "deliverability_reputation_feed_errors_total": Cost(),
+    "deliverability_reputation_feed_last_success_timestamp_seconds": Cost(),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import sqlite3
@@ -29,6 +30,8 @@ from agent.model import (
     SpamVerdict,
     Stage,
 )
+from agent.reputation.feeds import FeedState
+from agent.reputation.model import Feed, FeedErrorKind
 from agent.secrets import MASK
 from agent.store.ledger import Ledger
 from agent.web.status_page import WORST_PAIRS, Health, PageData, collect, render
@@ -409,3 +412,27 @@ def test_status_page_lists_the_worst_pairs_instead_of_a_matrix_too_big_to_read(
     ]
     assert ("r00", "m00", "inbox") not in listed  # 496 pairs without a probe rank before it
     assert "500 pairs: more than the 400 cells a matrix shows" in page
+
+
+def test_status_page_shows_each_reputation_feed_and_its_last_error(page_data: PageData) -> None:
+    feeds = (
+        FeedState(Feed.POSTMASTER, last_success=NOW - 7200, next_fetch=NOW + 3600),
+        FeedState(
+            Feed.SNDS,
+            last_error=FeedErrorKind.QUOTA,
+            last_error_message="https://sendersupport.example/snds/data.aspx is rate limiting "
+            "(HTTP 429) snds-key-sekret",
+            failures=2,
+        ),
+    )
+    data = dataclasses.replace(
+        page_data, health=dataclasses.replace(page_data.health, reputation=feeds)
+    )
+
+    page = render(data, secrets=["snds-key-sekret"])
+
+    section = page[page.index('<table id="reputation">') :]
+    assert "<td>postmaster</td>" in section and "2.0 h ago" in section
+    assert "quota" in section and "rate limiting" in section
+    assert "snds-key-sekret" not in page
+    assert "Reputation feeds" not in render(page_data)

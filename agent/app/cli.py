@@ -585,6 +585,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter, *, s
                 route: (h.last_post_at, h.refused, h.last_refusal)
                 for route, h in agent.esp.health().items()
             },
+            reputation=tuple(agent.reputation_feeds()),
         )
         data = collect(agent.ledger, agent.config, health_now, now=time.time(), query=query)
         refresh_seconds = DEFAULT_REFRESH_SECONDS if query.refresh else 0

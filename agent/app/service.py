@@ -57,6 +57,7 @@ from agent.probing.reaper import reap
 from agent.probing.targets import imap_target
 from agent.reading.probe_token import KeyRing
 from agent.reports import ReportReader, ReportStore
+from agent.reputation.feeds import FeedState, ReputationFeeds
 from agent.sharding import Shard, lingering_mailboxes, shard_view
 from agent.smtp.replies import verdict_of
 from agent.store.ledger import Ledger, LedgerError, ProbeState
@@ -135,6 +136,10 @@ class Agent:
             cleanup=config.probes.cleanup,
             sharded=shard.sharded,
         )
+        # Gmail Postmaster Tools and SNDS: their own tasks, started with the schedule (`run`).
+        self.reputation = ReputationFeeds(
+            record=self.recorder.record, token_source=self.tokens.standalone, clock=clock
+        )
         self._build(self.config)
         self._watches: dict[str, _MailboxWatch] = {}
         self._scheduler: AsyncIOScheduler | None = None
@@ -163,6 +168,7 @@ class Agent:
         # The matcher is kept across reloads: its key ring holds the secrets that signed probes
         # still in flight.
         self.matcher.reconfigure(secret=secret, cleanup=config.probes.cleanup)
+        self.reputation.configure(config.reputation)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -197,7 +203,9 @@ class Agent:
         )
         self.recorder.declare_esp(route.name for route in self.config.routes if route.esp)
         declare_dns_series(self._dns_config(), self.recorder)
-        self.recorder.declare_credentials(self.tokens.credentials())
+        self.recorder.declare_credentials(
+            [*self.tokens.credentials(), *self.reputation.credentials()]
+        )
         owned = {mailbox.name for mailbox in self.config.mailboxes}
         self.recorder.record(
             ShardOwnership(
@@ -205,6 +213,14 @@ class Agent:
                 self.shard.count,
                 {mailbox.name: mailbox.name in owned for mailbox in self.full_config.mailboxes},
             )
+        )
+        reputation = self.config.reputation
+        google = reputation.google if reputation is not None else None
+        snds = reputation.snds if reputation is not None else None
+        self.recorder.declare_reputation(
+            domains=google.domains if google is not None else (),
+            snds_ips=snds.ips if snds is not None else None,
+            feeds=[feed.value for feed in self.reputation.runners],
         )
         # Only the configured pairs: declare() just removed the series of the others.
         self.recorder.restore_last_outcomes(self.ledger.last_finished_at(pairs))
@@ -255,6 +271,7 @@ class Agent:
                 # Bounded stop: the probe stays "sending" in the ledger; the next start keeps
                 # it open until its deadline (its arrival decides, else error, interrupted).
                 task.cancel()
+        await self.reputation.stop()
         await _stop_watches(self._watches.values(), grace=max(0.0, drain_until - loop.time()))
         for watch in self._watches.values():
             if watch.reports is not None:
@@ -364,6 +381,7 @@ class Agent:
                 next_run_time=first,
             )
         self._schedule_dns_checks(scheduler, now)
+        self.reputation.start()
         scheduler.add_listener(self._probe_job_submitted, EVENT_JOB_SUBMITTED)
         scheduler.start()
         self._scheduler = scheduler
@@ -415,7 +433,12 @@ class Agent:
     def credentials(self) -> list[CredentialState]:
         """Each OAuth credential's state (last refresh, error kind and message; no secret), for
         the status page and `once`."""
-        return self.tokens.states()
+        return [*self.tokens.states(), *self.reputation.token_states()]
+
+    def reputation_feeds(self) -> list[FeedState]:
+        """Each reputation feed's health (last success, last error kind and message; no key or
+        token), for the status page."""
+        return self.reputation.states()
 
     def watched_mailboxes(self) -> list[str]:
         """The mailboxes this agent watches now: its own, its bounce mailboxes, and (sharded) the

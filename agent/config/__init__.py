@@ -31,6 +31,7 @@ from agent.config.models import (
     Route,
     Timeouts,
 )
+from agent.config.reputation import GoogleReputation, Reputation, Snds
 from agent.config.sandbox import (
     Sandbox,
     SandboxBounce,
@@ -62,6 +63,7 @@ __all__ = [
     "EspMatch",
     "EspWebhook",
     "Folders",
+    "GoogleReputation",
     "Http",
     "HttpTls",
     "ImapTimeouts",
@@ -74,6 +76,7 @@ __all__ = [
     "PairRef",
     "Probes",
     "ReportMailbox",
+    "Reputation",
     "Route",
     "Sandbox",
     "SandboxBounce",
@@ -83,6 +86,7 @@ __all__ = [
     "SandboxReply",
     "SandboxRule",
     "SandboxVerdicts",
+    "Snds",
     "StartMode",
     "Timeouts",
     "format_duration",

@@ -22,6 +22,7 @@ from agent.config.credentials import Auth, MailAuth
 from agent.config.errors import _invalid, _Problems
 from agent.config.esp import Esp
 from agent.config.interpolation import _PLACEHOLDER, _fail_closed, _read_secret_file
+from agent.config.reputation import Reputation
 from agent.config.sandbox import Sandbox
 from agent.config.scalars import (
     _DNS_NAME_RE,
@@ -487,6 +488,8 @@ class Config(_Model):
     sandbox: Sandbox | None = None  # a local demo mail provider, started by the agent
     http: Http = Field(default_factory=Http)
     dns: Dns | None = None  # DNS checks of the sending setup; None: no DNS checks
+    # Gmail Postmaster Tools and Microsoft SNDS; None: neither (agent.reputation)
+    reputation: Reputation | None = None
 
     @classmethod
     def _prepare(cls, data: dict[str, Any], problems: _Problems, base_dir: Path) -> None:

@@ -62,6 +62,13 @@ __all__ = [
     "OAUTH_TOKEN_LAST_SUCCESS",
     "OAUTH_TOKEN_REFRESHES",
     "PAIR_DELIVERY_SECONDS",
+    "POSTMASTER_AUTH_SUCCESS_RATIO",
+    "POSTMASTER_COMPLIANT",
+    "POSTMASTER_DATA_AVAILABLE",
+    "POSTMASTER_DATA_DATE",
+    "POSTMASTER_DELIVERY_ERROR_RATIO",
+    "POSTMASTER_SPAM_RATIO",
+    "POSTMASTER_TLS_INBOUND_RATIO",
     "PREFIX",
     "PROBES",
     "PROBES_FOUND",
@@ -69,6 +76,8 @@ __all__ = [
     "PROBES_SENT",
     "REPORTS",
     "REPORT_NEWEST_END",
+    "REPUTATION_FEED_ERRORS",
+    "REPUTATION_FEED_LAST_SUCCESS",
     "ROUTE_INFO",
     "SCHEDULER_LAG_SECONDS",
     "SHARD_INFO",
@@ -77,6 +86,12 @@ __all__ = [
     "SMTP_ERRORS",
     "SMTP_REPLIES",
     "SMTP_TRANSACTION_SECONDS",
+    "SNDS_BLOCKED",
+    "SNDS_COMPLAINT_RATIO",
+    "SNDS_FILTER_RESULT",
+    "SNDS_MESSAGES",
+    "SNDS_PERIOD_END",
+    "SNDS_TRAP_HITS",
     "SPAM_SCORE",
     "SPAM_SCORE_BUCKETS",
     "SPAM_VERDICTS",
@@ -576,6 +591,108 @@ EVENT_LOOP_LAG_SECONDS = MetricSpec(
     EVENT_LOOP_LAG_BUCKETS,
 )
 
+# Gmail Postmaster Tools and Microsoft SNDS (agent.reputation): the receivers' own daily view of
+# the sender, fetched every few hours. Per configured domain and per SNDS IP (configured, or the
+# first max_ips with the rest summed as `other`), none per pair; rates created when the feed has
+# data and removed when it has none ("no data" is never a zero).
+POSTMASTER_DATA_AVAILABLE = MetricSpec(
+    "deliverability_postmaster_data_available",
+    MetricKind.GAUGE,
+    "Whether Postmaster Tools had a day of statistics for the domain in its lookback window (1) "
+    "or none (0: too little Gmail traffic, or not yet published); the rate series exist only "
+    "while this is 1.",
+    ("domain",),
+)
+POSTMASTER_DATA_DATE = MetricSpec(
+    "deliverability_postmaster_data_date_timestamp_seconds",
+    MetricKind.GAUGE,
+    "The day (00:00 UTC, Unix time) of the newest Postmaster Tools statistics of the domain.",
+    ("domain",),
+)
+POSTMASTER_SPAM_RATIO = MetricSpec(
+    "deliverability_postmaster_spam_ratio",
+    MetricKind.GAUGE,
+    "User-reported spam rate of the domain's mail to Gmail on its newest day (0-1).",
+    ("domain",),
+)
+POSTMASTER_AUTH_SUCCESS_RATIO = MetricSpec(
+    "deliverability_postmaster_auth_success_ratio",
+    MetricKind.GAUGE,
+    "Share of the domain's mail that passed SPF, DKIM or DMARC at Gmail on its newest day (0-1).",
+    ("domain", "method"),
+)
+POSTMASTER_TLS_INBOUND_RATIO = MetricSpec(
+    "deliverability_postmaster_tls_inbound_ratio",
+    MetricKind.GAUGE,
+    "Share of the domain's mail that reached Gmail over TLS on its newest day (0-1).",
+    ("domain",),
+)
+POSTMASTER_DELIVERY_ERROR_RATIO = MetricSpec(
+    "deliverability_postmaster_delivery_error_ratio",
+    MetricKind.GAUGE,
+    "Share of the domain's mail Gmail rejected (type reject) or deferred (temp_fail), by "
+    "Google's reason, on its newest day (0-1).",
+    ("domain", "type", "reason"),
+)
+POSTMASTER_COMPLIANT = MetricSpec(
+    "deliverability_postmaster_compliant",
+    MetricKind.GAUGE,
+    "Gmail's bulk-sender compliance status of the domain per requirement: 1 compliant, "
+    "0 needs work.",
+    ("domain", "requirement"),
+)
+SNDS_FILTER_RESULT = MetricSpec(
+    "deliverability_snds_filter_result",
+    MetricKind.GAUGE,
+    "1 for the SNDS filter result (green, yellow, red) of the IP's newest activity period, "
+    "0 for the others.",
+    ("ip", "result"),
+)
+SNDS_COMPLAINT_RATIO = MetricSpec(
+    "deliverability_snds_complaint_ratio",
+    MetricKind.GAUGE,
+    "SNDS complaint rate of the IP's newest activity period (0-1; SNDS' \"< 0.1%\" is 0.001).",
+    ("ip",),
+)
+SNDS_TRAP_HITS = MetricSpec(
+    "deliverability_snds_trap_hits",
+    MetricKind.GAUGE,
+    "Spam-trap hits of the IP in its newest SNDS activity period.",
+    ("ip",),
+)
+SNDS_MESSAGES = MetricSpec(
+    "deliverability_snds_messages",
+    MetricKind.GAUGE,
+    "RCPT commands, DATA commands and message recipients of the IP in its newest SNDS activity "
+    "period (kind rcpt, data, recipients).",
+    ("ip", "kind"),
+)
+SNDS_BLOCKED = MetricSpec(
+    "deliverability_snds_blocked",
+    MetricKind.GAUGE,
+    "Whether SNDS lists the IP in a blocked range (1) or not (0).",
+    ("ip",),
+)
+SNDS_PERIOD_END = MetricSpec(
+    "deliverability_snds_period_end_timestamp_seconds",
+    MetricKind.GAUGE,
+    "End of the IP's newest SNDS activity period (Unix time).",
+    ("ip",),
+)
+REPUTATION_FEED_ERRORS = MetricSpec(
+    "deliverability_reputation_feed_errors_total",
+    MetricKind.COUNTER,
+    "Failed fetches of a reputation feed (postmaster, snds) by kind (auth, permission_denied, "
+    "quota, malformed, endpoint, timeout); malformed also counts each entry or row skipped.",
+    ("feed", "kind"),
+)
+REPUTATION_FEED_LAST_SUCCESS = MetricSpec(
+    "deliverability_reputation_feed_last_success_timestamp_seconds",
+    MetricKind.GAUGE,
+    "When the reputation feed was last fetched and read (Unix time; absent until the first).",
+    ("feed",),
+)
+
 CATALOG: tuple[MetricSpec, ...] = (
     PROBES,
     PROBES_SENT,
@@ -630,6 +747,21 @@ CATALOG: tuple[MetricSpec, ...] = (
     TLSRPT_SESSIONS,
     REPORT_NEWEST_END,
     *ESP_SPECS,
+    POSTMASTER_DATA_AVAILABLE,
+    POSTMASTER_DATA_DATE,
+    POSTMASTER_SPAM_RATIO,
+    POSTMASTER_AUTH_SUCCESS_RATIO,
+    POSTMASTER_TLS_INBOUND_RATIO,
+    POSTMASTER_DELIVERY_ERROR_RATIO,
+    POSTMASTER_COMPLIANT,
+    SNDS_FILTER_RESULT,
+    SNDS_COMPLAINT_RATIO,
+    SNDS_TRAP_HITS,
+    SNDS_MESSAGES,
+    SNDS_BLOCKED,
+    SNDS_PERIOD_END,
+    REPUTATION_FEED_ERRORS,
+    REPUTATION_FEED_LAST_SUCCESS,
 )
 
 

@@ -14,6 +14,7 @@ first increment of such a series is not in a rate() (Prometheus has no sample be
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
 
@@ -110,12 +111,21 @@ from agent.monitoring.catalog import (
     OAUTH_TOKEN_LAST_SUCCESS,
     OAUTH_TOKEN_REFRESHES,
     PAIR_DELIVERY_SECONDS,
+    POSTMASTER_AUTH_SUCCESS_RATIO,
+    POSTMASTER_COMPLIANT,
+    POSTMASTER_DATA_AVAILABLE,
+    POSTMASTER_DATA_DATE,
+    POSTMASTER_DELIVERY_ERROR_RATIO,
+    POSTMASTER_SPAM_RATIO,
+    POSTMASTER_TLS_INBOUND_RATIO,
     PROBES,
     PROBES_FOUND,
     PROBES_IN_FLIGHT,
     PROBES_SENT,
     REPORT_NEWEST_END,
     REPORTS,
+    REPUTATION_FEED_ERRORS,
+    REPUTATION_FEED_LAST_SUCCESS,
     ROUTE_INFO,
     SCHEDULER_LAG_SECONDS,
     SHARD_INFO,
@@ -124,6 +134,12 @@ from agent.monitoring.catalog import (
     SMTP_ERRORS,
     SMTP_REPLIES,
     SMTP_TRANSACTION_SECONDS,
+    SNDS_BLOCKED,
+    SNDS_COMPLAINT_RATIO,
+    SNDS_FILTER_RESULT,
+    SNDS_MESSAGES,
+    SNDS_PERIOD_END,
+    SNDS_TRAP_HITS,
     SPAM_SCORE,
     SPAM_VERDICTS,
     SPF_DNS_LOOKUPS,
@@ -136,6 +152,14 @@ from agent.monitoring.catalog import (
     MetricSpec,
 )
 from agent.oauth.token_source import TokenErrorKind
+from agent.reputation.model import (
+    DomainReport,
+    FeedErrorKind,
+    FeedFailed,
+    FilterResult,
+    PostmasterFetched,
+    SndsFetched,
+)
 
 __all__ = ["Recorder", "Result"]
 
@@ -168,6 +192,9 @@ Result = (
     | EspSuppressed
     | EspComplaint
     | ShardOwnership
+    | PostmasterFetched
+    | SndsFetched
+    | FeedFailed
 )
 
 # Bounce sources every route has; `esp` (and its `suppressed` reason) only routes with an ESP.
@@ -188,6 +215,25 @@ _DNS_SPECS = (
 _CREDENTIAL_SPECS = (OAUTH_TOKEN_REFRESHES, OAUTH_TOKEN_LAST_SUCCESS, OAUTH_TOKEN_EXPIRY)
 _TOKEN_OK = "ok"
 _TOKEN_RESULTS = (_TOKEN_OK, *(kind.value for kind in TokenErrorKind))
+
+# The reputation feeds' series: per domain, per SNDS IP, per feed (declare_reputation).
+_POSTMASTER_DAY_SPECS = (
+    POSTMASTER_DATA_DATE,
+    POSTMASTER_SPAM_RATIO,
+    POSTMASTER_AUTH_SUCCESS_RATIO,
+    POSTMASTER_TLS_INBOUND_RATIO,
+    POSTMASTER_DELIVERY_ERROR_RATIO,
+)
+_POSTMASTER_SPECS = (*_POSTMASTER_DAY_SPECS, POSTMASTER_DATA_AVAILABLE, POSTMASTER_COMPLIANT)
+_SNDS_PERIOD_SPECS = (
+    SNDS_FILTER_RESULT,
+    SNDS_COMPLAINT_RATIO,
+    SNDS_TRAP_HITS,
+    SNDS_MESSAGES,
+    SNDS_PERIOD_END,
+)
+_SNDS_SPECS = (*_SNDS_PERIOD_SPECS, SNDS_BLOCKED)
+_FEED_SPECS = (REPUTATION_FEED_ERRORS, REPUTATION_FEED_LAST_SUCCESS)
 
 # RFC 3463 status codes; anything else a server sends is labelled "invalid" so a hostile server
 # cannot mint series.
@@ -481,6 +527,12 @@ class Recorder:
                 self._c(ESP_COMPLAINTS, route).inc()
             case ShardOwnership():
                 self._shard_ownership(result)
+            case PostmasterFetched():
+                self._postmaster(result)
+            case SndsFetched():
+                self._snds(result)
+            case FeedFailed(feed, kind):
+                self._c(REPUTATION_FEED_ERRORS, feed.value, kind.value).inc()
 
     # -- probes -----------------------------------------------------------------------------------
 
@@ -674,6 +726,116 @@ class Recorder:
         for name, owned in ownership.owned.items():
             self._g(SHARD_MAILBOX_OWNED, name).set(1 if owned else 0)
         self._g(SHARD_OWNED_MAILBOXES).set(sum(ownership.owned.values()))
+
+    # -- reputation feeds (Gmail Postmaster Tools, Microsoft SNDS) --------------------------------
+
+    def declare_reputation(
+        self, *, domains: Iterable[str], snds_ips: Iterable[str] | None, feeds: Iterable[str]
+    ) -> None:
+        """Pre-create each configured feed's error counts (every kind at zero) and each domain's
+        data-available gauge, and remove the series of domains, SNDS IPs (when `snds_ips` is a
+        list: those not in it; None: SNDS is off) and feeds no longer configured. Values of
+        series still configured are kept."""
+        wanted_domains, wanted_feeds = set(domains), set(feeds)
+        for spec in _POSTMASTER_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if values[0] not in wanted_domains:
+                    self._remove(spec, values)
+        ips = None if snds_ips is None else set(snds_ips)
+        for spec in _SNDS_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if ips is None or (ips and values[0] not in ips and values[0] != "other"):
+                    self._remove(spec, values)
+        for spec in _FEED_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if values[0] not in wanted_feeds:
+                    self._remove(spec, values)
+        for feed in sorted(wanted_feeds):
+            for kind in FeedErrorKind:
+                self._c(REPUTATION_FEED_ERRORS, feed, kind.value)
+        for domain in sorted(wanted_domains):
+            self._g(POSTMASTER_DATA_AVAILABLE, domain)
+
+    def _feed_read(self, feed: str, at: float, malformed: int) -> None:
+        self._g(REPUTATION_FEED_LAST_SUCCESS, feed).set(at)
+        if malformed:
+            self._c(REPUTATION_FEED_ERRORS, feed, FeedErrorKind.MALFORMED.value).inc(malformed)
+
+    def _drop(self, specs: Iterable[MetricSpec], key: str, keep: set[tuple[str, ...]]) -> None:
+        """Remove the series of `key` (a domain or an IP) in `specs` that are not in `keep`."""
+        for spec in specs:
+            for values in sorted(self._children[spec.name]):
+                if values[0] == key and values not in keep:
+                    self._remove(spec, values)
+
+    def _postmaster(self, fetched: PostmasterFetched) -> None:
+        self._feed_read("postmaster", fetched.at, fetched.malformed)
+        for report in fetched.domains:
+            self._postmaster_domain(report)
+
+    def _postmaster_domain(self, report: DomainReport) -> None:
+        domain, day = report.domain, report.day
+        self._g(POSTMASTER_DATA_AVAILABLE, domain).set(int(day is not None))
+        kept: set[tuple[str, ...]] = set()
+        if day is not None:
+            midnight = dt.datetime.combine(day.date, dt.time(), dt.UTC).timestamp()
+            values: list[tuple[MetricSpec, tuple[str, ...], float]] = [
+                (POSTMASTER_DATA_DATE, (domain,), midnight)
+            ]
+            if day.spam_ratio is not None:
+                values.append((POSTMASTER_SPAM_RATIO, (domain,), day.spam_ratio))
+            if day.tls_inbound_ratio is not None:
+                values.append((POSTMASTER_TLS_INBOUND_RATIO, (domain,), day.tls_inbound_ratio))
+            values += [
+                (POSTMASTER_AUTH_SUCCESS_RATIO, (domain, method), ratio)
+                for method, ratio in day.auth_success
+            ]
+            values += [
+                (POSTMASTER_DELIVERY_ERROR_RATIO, (domain, e.type, e.reason), e.ratio)
+                for e in day.delivery_errors
+            ]
+            for spec, labels, value in values:
+                self._g(spec, *labels).set(value)
+                kept.add(labels)
+        # No data is a state of its own: the day's series go rather than read zero.
+        self._drop(_POSTMASTER_DAY_SPECS, domain, kept)
+        rows = {(domain, requirement.value): ok for requirement, ok in report.compliance}
+        self._drop((POSTMASTER_COMPLIANT,), domain, set(rows))
+        for labels, ok in rows.items():
+            self._g(POSTMASTER_COMPLIANT, *labels).set(int(ok))
+
+    def _snds(self, fetched: SndsFetched) -> None:
+        self._feed_read("snds", fetched.at, fetched.malformed)
+        kept: set[tuple[str, ...]] = set()
+        for record in fetched.ips:
+            ip = record.ip
+            for result in FilterResult:
+                self._g(SNDS_FILTER_RESULT, ip, result.value).set(
+                    int(result is record.filter_result)
+                )
+                kept.add((ip, result.value))
+            for kind, count in (
+                ("rcpt", record.rcpt_commands),
+                ("data", record.data_commands),
+                ("recipients", record.recipients),
+            ):
+                self._g(SNDS_MESSAGES, ip, kind).set(count)
+                kept.add((ip, kind))
+            self._g(SNDS_COMPLAINT_RATIO, ip).set(record.complaint_ratio)
+            self._g(SNDS_TRAP_HITS, ip).set(record.trap_hits)
+            self._g(SNDS_PERIOD_END, ip).set(record.period_end)
+            kept.add((ip,))
+        # An IP without a period in today's data sent nothing SNDS counted: no series, not zeros.
+        for spec in _SNDS_PERIOD_SPECS:
+            for values in sorted(self._children[spec.name]):
+                if values not in kept:
+                    self._remove(spec, values)
+        blocked = {(ip,): flag for ip, flag in fetched.blocked}
+        for values in sorted(self._children[SNDS_BLOCKED.name]):
+            if values not in blocked:
+                self._remove(SNDS_BLOCKED, values)
+        for labels, flag in blocked.items():
+            self._g(SNDS_BLOCKED, *labels).set(int(flag))
 
     # -- DNS checks -------------------------------------------------------------------------------
 

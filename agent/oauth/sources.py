@@ -105,6 +105,11 @@ class TokenSources:
     def states(self) -> list[CredentialState]:
         return [source.state() for source in self.sources()]
 
+    def standalone(self, credential: str, auth: MailAuth) -> CachingTokenSource:
+        """A source for a credential no route or mailbox uses (the Postmaster Tools feed): built
+        like the others, reported to the same `on_refresh`, not kept by `update`."""
+        return self._build(credential, auth)
+
     # --- building ---------------------------------------------------------------------------
 
     def _build(self, credential: str, auth: MailAuth) -> CachingTokenSource:

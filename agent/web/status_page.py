@@ -33,6 +33,7 @@ from agent.config import Config
 from agent.errors import AgentError, ErrorCategory
 from agent.model import Outcome
 from agent.oauth.lifecycle import CredentialState
+from agent.reputation.feeds import FeedState
 from agent.secrets import Redactor
 from agent.smtp.replies import deciding_reply
 from agent.store.ledger import Ledger, ProbeRecord, ProbeState
@@ -109,6 +110,8 @@ class Health:
     credentials: tuple[CredentialState, ...] = ()
     # Routes with an ESP webhook: (last verified post, posts refused, last refusal reason).
     webhooks: Mapping[str, tuple[float | None, int, str | None]] = field(default_factory=dict)
+    # Each reputation feed's health (agent.reputation.feeds): no key or token in it.
+    reputation: tuple[FeedState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -737,6 +740,36 @@ def _credentials(data: PageData, redact: Redactor) -> str:
     )
 
 
+def _reputation(data: PageData, redact: Redactor) -> str:
+    """The reputation feeds (Postmaster Tools, SNDS): last read, last error kind and message
+    (the agent's own, naming URLs without their query: never the SNDS key), next fetch."""
+    if not data.health.reputation:
+        return ""
+    rows = []
+    for state in data.health.reputation:
+        if state.failures:
+            status = f'<span class="down">{_e(state.last_error or "")}</span>'
+        elif state.last_success is not None:
+            status = '<span class="up">ok</span>'
+        else:
+            status = '<span class="muted">not yet read</span>'
+        last = _ago(data.now - state.last_success) if state.last_success else "never"
+        upcoming = (
+            f"in {_ago(state.next_fetch - data.now).removesuffix(' ago')}"
+            if state.next_fetch is not None and state.next_fetch > data.now
+            else "—"
+        )
+        rows.append(
+            f"<tr><td>{_e(state.feed)}</td><td>{status}</td><td>{_e(last)}</td>"
+            f"<td>{_e(upcoming)}</td><td>{_e(redact(state.last_error_message))}</td></tr>"
+        )
+    return (
+        '<h2>Reputation feeds</h2><table id="reputation"><thead><tr><th>feed</th>'
+        "<th>state</th><th>last read</th><th>next fetch</th><th>last error</th>"
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
 def render(
     data: PageData,
     *,
@@ -765,6 +798,7 @@ def render(
         f"<h2>Recent probes</h2>{_recent(data, redact)}"
         f"<h2>Agent</h2>{_health(data)}"
         f"{_credentials(data, redact)}"
+        f"{_reputation(data, redact)}"
         f"<footer>Rendered {_e(_clock(data.now))}; refreshes every {int(refresh_seconds)} s "
         '(<a href="/?refresh=0">pause</a>, <a href="/">resume</a>) · '
         '<a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · '
