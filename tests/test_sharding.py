@@ -180,7 +180,9 @@ def test_bad_shard_settings_name_the_flag_or_variable_and_what_was_expected(
     assert caught.value.category is ErrorCategory.CONFIG
 
 
-def _config(tmp_path: Path, *, pairs: bool = False, dns: bool = False) -> Config:
+def _config(
+    tmp_path: Path, *, pairs: bool = False, dns: bool = False, sender_wide: bool = False
+) -> Config:
     mailboxes = [
         {
             "name": name,
@@ -212,6 +214,9 @@ def _config(tmp_path: Path, *, pairs: bool = False, dns: bool = False) -> Config
         }
     if dns:
         data["dns"] = {}
+    if sender_wide:
+        data["report_mailboxes"] = [{**mailboxes[0], "name": "dmarc-reports"}]
+        data["reputation"] = {"snds": {"key": "snds-test-key-0123456789"}}
     return validate_config(data, base_dir=tmp_path, environ={})
 
 
@@ -242,6 +247,15 @@ def test_dns_checks_run_on_shard_zero_only(tmp_path: Path) -> None:
     config = _config(tmp_path, dns=True)
     views = [shard_view(config, Shard(index, 3)) for index in range(3)]
     assert [view.dns is not None for view in views] == [True, False, False]
+
+
+def test_report_mailboxes_and_reputation_feeds_are_read_on_shard_zero_only(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, sender_wide=True)
+    views = [shard_view(config, Shard(index, 3)) for index in range(3)]
+    assert [len(view.report_mailboxes) for view in views] == [1, 0, 0]
+    assert [view.reputation is not None for view in views] == [True, False, False]
 
 
 def test_one_shard_sees_the_config_unchanged(tmp_path: Path) -> None:
