@@ -67,7 +67,7 @@ REAP_INTERVAL = 5.0  # seconds between deadline sweeps
 PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
 RELOAD_CLEANUP_GRACE = 30.0  # seconds a reload waits for a changed mailbox's clean-up under way
 PRUNE_BATCH = 2000  # rows a prune deletes before letting the event loop run (tens of ms)
-RESTORE_STEP = 500  # pairs whose last outcomes are read per loop iteration (~8 queries a pair)
+RESTORE_STEP = 250  # pairs whose last outcomes are read per loop iteration (~10 ms)
 DETECT_BACKOFF_MAX = 300.0
 # A report mailbox's messages are read whole up to this size: a zipped report of a large sender
 # is a few MiB, base64 adds a third, and the parser caps a decompressed report at 20 MiB.
@@ -199,8 +199,11 @@ class Agent:
                 )
             },
         )
+        _settle_heap()
         for _ in steps:
             _settle_heap()
+            # A timer that fell due during a step runs after the next step (asyncio runs what
+            # was ready first), so the loop is held up to two steps: ~30 ms.
             await asyncio.sleep(0)
         _settle_heap()
         self.recorder.declare_esp(route.name for route in self.config.routes if route.esp)
