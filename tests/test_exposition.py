@@ -39,7 +39,7 @@ from agent.monitoring.exposition import FastExposition, fast_metrics_app
 
 om_parse = cast(Callable[[str], Iterable[Metric]], om_parser)
 _parse_text = cast(Callable[[str], Iterable[Metric]], text_string_to_metric_families)
-HOSTILE = ("back\\slash", 'a "quoted" value', "two\nlines", "ünïcödé", "")
+HOSTILE = ("back\\slash", 'a "quoted" value', "two\nlines", "ünïcödé", "", "100% %s %(x)s")
 
 
 class _Custom:
@@ -80,6 +80,7 @@ def _registry(*, negative_bounds: bool = True) -> tuple[CollectorRegistry, Count
         ('r"2', (1.0,)),
         ("r3", ()),
     )
+    observations += (("%s%%", (0.2,)),)
     for route, observed in observations:
         child = histogram.labels(route)
         for seconds in observed:

@@ -1,9 +1,10 @@
 """A faster /metrics: the text and OpenMetrics formats rendered straight from the metrics' children.
 
 prometheus_client's `generate_latest` builds a Sample tuple and a label dict per series, then
-sorts and escapes the labels again on every scrape: ~15 us a series, 2 s for the 130k series of
-10,000 pairs. A series' label text never changes, only its value, so this renderer keeps each
-series' line prefix (`name{labels} `) between scrapes and writes `prefix + value` per sample.
+sorts and escapes the labels on every scrape: ~10 us a series, 1.5 s for the 133k series of
+10,000 pairs. Here each metric gets its line templates once (label names sorted, fixed labels
+such as a bucket's `le` in place), and a line is one `%` of the series' label values (escaped
+once per distinct value and render) and its value.
 
 The output is byte for byte what prometheus_client writes (tests/test_exposition.py compares
 both on a registry with every metric kind and hostile label values). What it covers, and what it
@@ -18,8 +19,8 @@ hands back to prometheus_client:
 
 Thread safety: it runs on the HTTP server's worker threads while the agent's loop mutates values.
 The children of a metric are copied under the metric's own lock (as prometheus_client does) and
-each value is read through its own lock, so a line is never torn; two scrapes at once each build
-their own prefix table and swap it in whole.
+each value is read through its own lock, so a line is never torn; the templates never change
+once made, and each render has its own memos.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import functools
 import gzip
 import math
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 from urllib.parse import parse_qs
@@ -62,14 +62,6 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    """`{a="1",b="2"}` with the names sorted, as prometheus_client writes them; "" for none."""
-    items = sorted(pairs)
-    if not items:
-        return ""
-    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in items) + "}"
-
-
 class _One:
     """A collector of one collector's metrics (or of given metrics), for prometheus_client's
     encoders: the headers and the fallback are then written by prometheus_client itself."""
@@ -91,16 +83,14 @@ def _openmetrics(collector: Any) -> str:
 
 
 class FastExposition:
-    """Renders one registry's series; keep one per registry so the line prefixes are reused."""
+    """Renders one registry's series; keep one per registry so each metric's line templates are
+    made once."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
-        # Per metric object: its label values -> the prefixes of its sample lines. Replaced whole
-        # by each render (so removed series do not linger), never mutated in place.
-        self._prefixes: dict[Any, dict[tuple[str, ...], tuple[str, ...]]] = {}
-        # Per metric object and format: the `# HELP` / `# TYPE` lines.
+        # Per metric object and format: the `# HELP` / `# TYPE` lines, and its line templates.
         self._headers: dict[tuple[Any, bool], str] = {}
-        self._lock = threading.Lock()
+        self._shapes: dict[Any, _Shape] = {}
 
     def text(self) -> bytes:
         """The registry in the Prometheus text format 0.0.4 (what `generate_latest` writes)."""
@@ -120,32 +110,38 @@ class FastExposition:
         # The registry's collectors in registration order, as `CollectorRegistry.collect` walks.
         with self._registry._lock:
             collectors: list[Any] = list(self._registry._collector_to_names)
-        with self._lock:
-            previous = self._prefixes
-        prefixes: dict[Any, dict[tuple[str, ...], tuple[str, ...]]] = {}
-        out: list[str] = []
+        escaped = _Escaped()
+        go = _formatter()
+        # Encoded per metric: the lines of one metric at a time, not of all, are held as str.
+        out: list[bytes] = []
         for collector in collectors:
             if type(collector) not in _FAST_KINDS:
-                out.append(encode(_One(collector.collect())))
+                out.append(encode(_One(collector.collect())).encode("utf-8"))
                 continue
-            key = collector
-            header = self._headers.get((key, openmetrics_format))
+            header = self._headers.get((collector, openmetrics_format))
             if header is None:
                 header = encode(_One(collector.describe()))
-                self._headers[key, openmetrics_format] = header
-            out.append(header)
-            known = previous.get(key, {})
-            table: dict[tuple[str, ...], tuple[str, ...]] = {}
-            prefixes[key] = table
+                self._headers[collector, openmetrics_format] = header
+            shape = self._shapes.get(collector)
+            if shape is None:
+                shape = self._shapes[collector] = _Shape(collector)
             try:
-                out.extend(_lines(collector, known, table))
+                body = "".join(shape.lines(collector, escaped, go))
             except _Unusual:
-                out.append(encode(_One(collector.collect())).removeprefix(header))
-        with self._lock:
-            self._prefixes = prefixes
+                body = encode(_One(collector.collect())).removeprefix(header)
+            out.append((header + body).encode("utf-8"))
         if openmetrics_format:
-            out.append(_OM_EOF)
-        return "".join(out).encode("utf-8")
+            out.append(_OM_EOF.encode())
+        return b"".join(out)
+
+
+class _Escaped(dict[str, str]):
+    """Label values escaped, remembered for one render: there are few distinct values (route and
+    mailbox names, enum values)."""
+
+    def __missing__(self, value: str) -> str:
+        escaped = self[value] = _escape(value)
+        return escaped
 
 
 def _formatter() -> Callable[[float], str]:
@@ -167,6 +163,72 @@ class _Unusual(Exception):
     """A child the fast path does not know how to read (a gauge with `set_function`)."""
 
 
+class _Shape:
+    """One metric's sample lines as %-templates of its label values: the names sorted, as
+    prometheus_client writes them, with the fixed labels (a bucket's `le`) in place. A line is
+    then one `%` and its value, instead of a Sample, a label dict and a sort per series."""
+
+    def __init__(self, metric: Any) -> None:
+        name: str = metric._name
+        names: tuple[str, ...] = tuple(metric._labelnames)
+        order = sorted(range(len(names)), key=lambda i: names[i])
+        self._order = order
+        if isinstance(metric, Counter):
+            self.templates = [self._template(f"{name}_total", names)]
+        elif isinstance(metric, Gauge):
+            self.templates = [self._template(name, names)]
+        elif isinstance(metric, Summary):
+            self.templates = [self._template(f"{name}{s}", names) for s in ("_count", "_sum")]
+        else:
+            bounds: list[float] = metric._upper_bounds
+            self.templates = [
+                *(self._template(f"{name}_bucket", names, ("le", _go(b))) for b in bounds),
+                self._template(f"{name}_count", names),
+                self._template(f"{name}_sum", names),
+            ]
+
+    @staticmethod
+    def _template(sample: str, names: tuple[str, ...], fixed: tuple[str, str] | None = None) -> str:
+        labels = [(label, "%s") for label in names]
+        if fixed is not None:
+            labels.append((fixed[0], _escape(fixed[1]).replace("%", "%%")))
+        if not labels:
+            return f"{sample} "
+        inner = ",".join(f'{label}="{value}"' for label, value in sorted(labels))
+        return f"{sample}{{{inner}}} "
+
+    def args(self, values: tuple[str, ...], escaped: _Escaped) -> tuple[str, ...]:
+        return tuple([escaped[values[i]] for i in self._order])
+
+    def lines(self, metric: Any, escaped: _Escaped, go: Callable[[float], str]) -> Iterator[str]:
+        """The sample lines of one Counter, Gauge, Histogram or Summary, in prometheus_client's
+        order."""
+        templates = self.templates
+        if isinstance(metric, Counter | Gauge):
+            (template,) = templates
+            for values, child in _children(metric):
+                if "_child_samples" in vars(child):  # a gauge's set_function replaced its read
+                    raise _Unusual
+                yield f"{template % self.args(values, escaped)}{go(child._value.get())}\n"
+        elif isinstance(metric, Summary):
+            count, total = templates
+            for values, child in _children(metric):
+                args = self.args(values, escaped)
+                yield f"{count % args}{go(child._count.get())}\n"
+                yield f"{total % args}{go(child._sum.get())}\n"
+        else:  # Histogram: cumulative buckets, count, then sum when no bound is negative
+            with_sum = metric._upper_bounds[0] >= 0
+            for values, child in _children(metric):
+                args = self.args(values, escaped)
+                acc = 0.0
+                for template, bucket in zip(templates, child._buckets, strict=False):
+                    acc += bucket.get()
+                    yield f"{template % args}{go(acc)}\n"
+                yield f"{templates[-2] % args}{go(acc)}\n"
+                if with_sum:
+                    yield f"{templates[-1] % args}{go(child._sum.get())}\n"
+
+
 def _children(metric: Any) -> Iterable[tuple[tuple[str, ...], Any]]:
     if not metric._labelnames:
         return (((), metric),)
@@ -174,59 +236,6 @@ def _children(metric: Any) -> Iterable[tuple[tuple[str, ...], Any]]:
         # A dict copy, not a list of items: 130k new tuples set the garbage collector off.
         children: dict[tuple[str, ...], Any] = metric._metrics.copy()
     return children.items()
-
-
-def _lines(
-    metric: Any,
-    known: dict[tuple[str, ...], tuple[str, ...]],
-    table: dict[tuple[str, ...], tuple[str, ...]],
-) -> Iterator[str]:
-    """The sample lines of one Counter, Gauge, Histogram or Summary, in prometheus_client's
-    order; `known` holds the prefixes of the previous render, `table` gets this one's."""
-    name: str = metric._name
-    names: tuple[str, ...] = metric._labelnames
-    go = _formatter()
-    if isinstance(metric, Counter):
-        for values, child in _children(metric):
-            prefix = known.get(values) or (
-                f"{name}_total{_labels(zip(names, values, strict=True))} ",
-            )
-            table[values] = prefix
-            yield f"{prefix[0]}{go(child._value.get())}\n"
-    elif isinstance(metric, Gauge):
-        for values, child in _children(metric):
-            if "_child_samples" in vars(child):  # set_function replaced how it is read
-                raise _Unusual
-            prefix = known.get(values) or (f"{name}{_labels(zip(names, values, strict=True))} ",)
-            table[values] = prefix
-            yield f"{prefix[0]}{go(child._value.get())}\n"
-    elif isinstance(metric, Summary):
-        for values, child in _children(metric):
-            prefix = known.get(values, ())
-            if not prefix:
-                labels = _labels(zip(names, values, strict=True))
-                prefix = (f"{name}_count{labels} ", f"{name}_sum{labels} ")
-            table[values] = prefix
-            yield f"{prefix[0]}{go(child._count.get())}\n{prefix[1]}{go(child._sum.get())}\n"
-    else:  # Histogram: cumulative buckets, count, then sum when no bound is negative
-        for values, child in _children(metric):
-            bounds: list[float] = child._upper_bounds
-            prefix = known.get(values, ())
-            if not prefix:
-                pairs = list(zip(names, values, strict=True))
-                prefix = (
-                    *(f"{name}_bucket{_labels([*pairs, ('le', go(b))])} " for b in bounds),
-                    f"{name}_count{_labels(pairs)} ",
-                    f"{name}_sum{_labels(pairs)} ",
-                )
-            table[values] = prefix
-            acc = 0.0
-            for i, bucket in enumerate(child._buckets):
-                acc += bucket.get()
-                yield f"{prefix[i]}{go(acc)}\n"
-            yield f"{prefix[-2]}{go(acc)}\n"
-            if bounds[0] >= 0:
-                yield f"{prefix[-1]}{go(child._sum.get())}\n"
 
 
 def _fast_encoder(encoder: Callable[..., bytes]) -> bool | None:
