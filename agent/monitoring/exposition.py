@@ -206,10 +206,12 @@ class _Shape:
         templates = self.templates
         if isinstance(metric, Counter | Gauge):
             (template,) = templates
+            order, gauge = self._order, isinstance(metric, Gauge)
             for values, child in _children(metric):
-                if "_child_samples" in vars(child):  # a gauge's set_function replaced its read
+                if gauge and "_child_samples" in vars(child):  # set_function replaced its read
                     raise _Unusual
-                yield f"{template % self.args(values, escaped)}{go(child._value.get())}\n"
+                args = tuple([escaped[values[i]] for i in order])
+                yield f"{template % args}{go(child._value.get())}\n"
         elif isinstance(metric, Summary):
             count, total = templates
             for values, child in _children(metric):
