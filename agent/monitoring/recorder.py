@@ -1,8 +1,8 @@
 """The recorder: turns the agent's frozen results into Prometheus series of the catalog.
 
-Only this module and `agent.monitoring.catalog` import prometheus_client. Bounded labels only:
-stage, outcome, class, kind, method and result come from the `agent.model` enums. Nothing is ever
-labelled by probe id, message id, recipient or subject.
+Only this module, `agent.monitoring.catalog` and `agent.monitoring.exposition` import
+prometheus_client. Bounded labels only: stage, outcome, class, kind, method and result come from
+the `agent.model` enums. Nothing is ever labelled by probe id, message id, recipient or subject.
 
 The series budget (docs/monitoring.md, "Series budget"): `Recorder.declare` pre-creates at zero
 what alerts take rate() ratios or staleness of, so those series never blink in and out: per pair
