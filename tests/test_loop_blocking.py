@@ -22,14 +22,16 @@ from agent.monitoring.recorder import Recorder
 from agent.secrets import secret_values
 from agent.web.status_page import Health, collect, render
 
-# CPU seconds one loop iteration may take; the test's heartbeat interval (0.1 s, so that at most
-# 0.1 s of ordinary work falls between two beats) is far below it.
-# At 256 pairs the largest today is the series declaration at start (~0.35 s on the 2-core
-# machine; 0.55 s at 400 pairs, 1.1 s at 1,024: Recorder.declare pre-creates ~68 series a pair
-# in one call, which the series budget of issue 15 shrinks; then raise the pairs here).
-BLOCK_BOUND_CPU_SECONDS = 1.0
-HEARTBEAT = 0.1
+# CPU seconds the loop may be held between two heartbeats. A beat comes at most HEARTBEAT after
+# the previous one, so what falls between two is up to HEARTBEAT of ordinary work plus the one
+# callback that held the loop: the bound proves no callback took more than ~0.13 s of CPU (goal
+# 0.1 s). Measured worst between beats on the shared 2-core machine: 0.06-0.08 s at 10,000 pairs
+# (1.6 s with the declaration in one callback); the margin is for a loaded machine. The series
+# declaration, ~1.5 s of CPU at 10,000 pairs, runs in steps of ~15 ms (Recorder.declare_steps).
+BLOCK_BOUND_CPU_SECONDS = 0.15
+HEARTBEAT = 0.02
 ROUTES = MAILBOXES = 16
+LARGE = 100  # routes and mailboxes: 10,000 pairs
 
 
 def _config(state_dir: Path, *, routes: int, mailboxes: int) -> Config:
@@ -92,6 +94,42 @@ async def test_no_handler_holds_the_event_loop_at_256_pairs(tmp_path: Path) -> N
         watching.cancel()
 
     assert watch.beats > 2
+    assert watch.worst.cpu_seconds < BLOCK_BOUND_CPU_SECONDS, watch.worst
+
+
+async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) -> None:
+    """Start, probes, a reload that drops a mailbox and adds a route, and stop, at 100 routes x
+    100 mailboxes: declaring 130k series runs in steps, a reload declares only what changed."""
+    watch = LoopWatch(interval=HEARTBEAT)
+    watching = asyncio.create_task(watch.run())
+    await watch.beat()
+    try:
+        agent = Agent(
+            _config(tmp_path, routes=LARGE, mailboxes=LARGE), recorder=Recorder(new_registry())
+        )
+        await agent.start()
+        try:
+            # Not the status page: at 10,000 pairs `Ledger.latest_by_pair` (one query a pair)
+            # holds the loop ~0.2 s; the 256-pair test covers the page.
+            # One route to every mailbox: the probe path with 10,000 pairs' series in place.
+            sending = []
+            for j in range(LARGE):  # one probe's start per loop iteration, as probe_all_once
+                sending.append(asyncio.ensure_future(agent.probe_pair("r00", f"m{j:02d}")))
+                await asyncio.sleep(0)
+            sent = await asyncio.gather(*sending)
+            finals = await agent.wait_final([probe for probe in sent if probe is not None])
+            assert len(finals) == LARGE
+            await watch.beat()
+            bigger = _config(tmp_path, routes=LARGE + 1, mailboxes=LARGE - 1)
+            await agent.reload(bigger)
+            await watch.beat()
+        finally:
+            await agent.stop()
+        await watch.beat()
+    finally:
+        watching.cancel()
+
+    assert watch.beats > 10
     assert watch.worst.cpu_seconds < BLOCK_BOUND_CPU_SECONDS, watch.worst
 
 

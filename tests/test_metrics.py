@@ -521,6 +521,50 @@ def test_metrics_redeclare_adds_new_pairs_removes_stale_and_keeps_values(
         assert (labels.get("route"), labels.get("mailbox")) != (ROUTE, OUTLOOK), name
 
 
+def test_metrics_declare_in_steps_ends_as_declare_at_once() -> None:
+    pairs = [(f"r{i:02d}", f"m{j:02d}") for i in range(32) for j in range(32)]
+    at_once, stepped = new_registry(), new_registry()
+    Recorder(at_once).declare(pairs, bounce_mailboxes=["bounces"])
+
+    steps = list(Recorder(stepped).declare_steps(pairs, bounce_mailboxes=["bounces"]))
+
+    assert len(steps) > 5  # 1,024 pairs: the loop runs several times in between
+    assert exposition(stepped) == exposition(at_once)
+
+
+def test_metrics_redeclare_creates_only_what_is_new(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    pairs = [(f"r{i:02d}", f"m{j:02d}") for i in range(32) for j in range(32)]
+    recorder.declare(pairs)
+    recorder.record(ProbeSent("r00", "m00"))
+
+    # Nothing new: one step (the last), not one per DECLARE_STEP children as the first.
+    assert len(list(recorder.declare_steps(pairs))) == 1
+    assert len(list(recorder.declare_steps([*pairs[1:], ("r99", "m00")]))) == 1
+
+    assert value(registry, "deliverability_probes_sent_total", route="r00") == 1
+    assert value(registry, PROBES.name, route="r99", mailbox="m00", outcome="inbox") == 0
+    assert value(registry, PROBES.name, route="r00", mailbox="m00", outcome="inbox") is None
+
+
+def test_metrics_redeclare_removes_series_a_late_result_brought_back(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.declare([(ROUTE, GMAIL)])
+    # A probe sent before the reload ends afterwards: its pair's series come back for a while.
+    recorder.record(ProbeLate(ROUTE, OUTLOOK))
+    recorder.record(ProbeFinished(ROUTE, OUTLOOK, Outcome.MISSING, finished_at=T0))
+    assert value(registry, PROBES.name, route=ROUTE, mailbox=OUTLOOK, outcome="missing") == 1
+
+    recorder.declare([(ROUTE, GMAIL)])
+
+    for name, labels, _ in samples(registry):
+        assert (labels.get("route"), labels.get("mailbox")) != (ROUTE, OUTLOOK), name
+    assert value(registry, PROBES.name, route=ROUTE, mailbox=GMAIL, outcome="inbox") == 0
+
+
 def test_metrics_info_series_carry_the_provider_of_each_route_and_mailbox_once(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:

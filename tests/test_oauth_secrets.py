@@ -59,7 +59,7 @@ async def test_no_oauth_secret_in_logs_metrics_status_page_or_once_json(
         registry = new_registry()
         agent = Agent(config, recorder=Recorder(registry))
         try:
-            agent._declare()
+            await agent._declare()
             sign_in = agent.tokens.sign_in("mailbox", "m")
             assert sign_in is not None
             first = await sign_in.tokens.access_token()

@@ -121,7 +121,7 @@ async def test_the_agent_declares_credential_series_and_reports_refreshes(
     with TokenEndpointServer([token("at-1")]) as server:
         agent = Agent(shared_config(tmp_path, server.url), recorder=Recorder(registry))
         try:
-            agent._declare()
+            await agent._declare()
             name = "deliverability_oauth_token_refreshes_total"
             assert registry.get_sample_value(name, {"credential": "m", "result": "ok"}) == 0
             sign_in = agent.tokens.sign_in("mailbox", "m")

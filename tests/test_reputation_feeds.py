@@ -381,7 +381,7 @@ async def test_the_agent_runs_the_feeds_into_series_and_a_reload_without_them_dr
     agent = Agent(with_snds, recorder=Recorder(registry))
     value = registry.get_sample_value
     try:
-        agent._declare()
+        await agent._declare()
         assert (
             value("deliverability_reputation_feed_errors_total", {"feed": "snds", "kind": "auth"})
             == 0
@@ -435,7 +435,7 @@ async def test_the_google_feed_signs_in_with_its_own_credential_shown_beside_the
     registry = new_registry()
     agent = Agent(config, recorder=Recorder(registry))
     try:
-        agent._declare()
+        await agent._declare()
         agent.reputation.start()
         await asyncio.wait_for(agent.reputation.runners[Feed.POSTMASTER].fetched.wait(), 30)
     finally:

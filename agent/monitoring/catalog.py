@@ -15,9 +15,9 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     disable_created_metrics,
-    generate_latest,
-    make_wsgi_app,
 )
+
+from agent.monitoring.exposition import FastExposition, fast_metrics_app
 
 __all__ = [
     "AUTH_RESULTS",
@@ -771,11 +771,12 @@ def new_registry() -> CollectorRegistry:
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in the Prometheus text format (serve it with `CONTENT_TYPE`)."""
-    return generate_latest(registry)
+    """The registry in the Prometheus text format (serve it with `CONTENT_TYPE`), as
+    prometheus_client's `generate_latest` writes it (agent.monitoring.exposition)."""
+    return FastExposition(registry).text()
 
 
 def metrics_app(registry: CollectorRegistry) -> WSGIApplication:
-    """A WSGI app serving `registry`, with prometheus_client's content negotiation and gzip."""
-    app: WSGIApplication = make_wsgi_app(registry)
-    return app
+    """A WSGI app serving `registry`, with prometheus_client's content negotiation and gzip; the
+    text and OpenMetrics formats rendered by agent.monitoring.exposition."""
+    return fast_metrics_app(registry)

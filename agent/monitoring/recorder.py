@@ -1,8 +1,8 @@
 """The recorder: turns the agent's frozen results into Prometheus series of the catalog.
 
-Only this module and `agent.monitoring.catalog` import prometheus_client. Bounded labels only:
-stage, outcome, class, kind, method and result come from the `agent.model` enums. Nothing is ever
-labelled by probe id, message id, recipient or subject.
+Only this module, `agent.monitoring.catalog` and `agent.monitoring.exposition` import
+prometheus_client. Bounded labels only: stage, outcome, class, kind, method and result come from
+the `agent.model` enums. Nothing is ever labelled by probe id, message id, recipient or subject.
 
 The series budget (docs/monitoring.md, "Series budget"): `Recorder.declare` pre-creates at zero
 what alerts take rate() ratios or staleness of, so those series never blink in and out: per pair
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
@@ -161,7 +162,7 @@ from agent.reputation.model import (
     SndsFetched,
 )
 
-__all__ = ["Recorder", "Result"]
+__all__ = ["DECLARE_STEP", "Recorder", "Result"]
 
 Result = (
     ProbeSent
@@ -241,6 +242,31 @@ _ENHANCED_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _INVALID_ENHANCED_CODE = "invalid"
 
 
+# Children `Recorder.declare_steps` creates between two yields: 1,000 prometheus_client children
+# are ~15 ms of CPU on the 2-core machine, well under the 100 ms the event loop may be held.
+DECLARE_STEP = 1_000
+# The children declare() creates per route and per pair (the unit of its steps).
+_ROUTE_CHILDREN = (
+    2
+    + len(Stage) * len(ErrorKind)
+    + len(BounceType) * len(_OWN_BOUNCE_SOURCES) * len(_OWN_BOUNCE_REASONS)
+)
+_PAIR_CHILDREN = len(Outcome) + 3
+
+_T = TypeVar("_T")
+# Who owns a child: ("pair", route, mailbox), ("route", route) or ("mailbox", mailbox).
+_Owner = tuple[str, ...]
+
+
+def _owner_positions(spec: MetricSpec) -> tuple[int | None, int | None]:
+    """Where a metric's route and mailbox labels are (None: it has none)."""
+    labels = spec.labels
+    return (
+        labels.index("route") if "route" in labels else None,
+        labels.index("mailbox") if "mailbox" in labels else None,
+    )
+
+
 class Recorder:
     """Turns probe results into series on `registry`. Call from one thread (the event loop)."""
 
@@ -267,11 +293,27 @@ class Recorder:
                     self._summaries[spec.name] = Summary(
                         spec.name, spec.help, labels, registry=registry
                     )
-        # Every labelled child we created, per metric, so declare() can remove the stale ones.
+        # Every labelled child we created, per metric; and per owner (a pair, route or mailbox,
+        # `_owner`) the children it owns, so declare() removes what a reload dropped without
+        # walking every child (O(changes), issue 15).
         self._children: dict[str, set[tuple[str, ...]]] = {spec.name: set() for spec in CATALOG}
+        self._owned: dict[_Owner, list[tuple[MetricSpec, tuple[str, ...]]]] = {}
+        self._owner_at = {spec.name: _owner_positions(spec) for spec in CATALOG}
+        # Owners with children that declare() did not declare (a late probe of a removed pair):
+        # the next declare() removes them, as it removes the owners a reload dropped.
+        self._lingering: set[_Owner] = set()
         self._pairs: tuple[tuple[str, str], ...] = ()
         self._declared_pairs: frozenset[tuple[str, str]] = frozenset()
+        self._declared_routes: frozenset[str] = frozenset()
+        self._declared_mailboxes: frozenset[str] = frozenset()
+        # What declare() created last time, per role, so a reload creates only what is new.
+        self._declared_roles: dict[str, frozenset[Any]] = {}
+        self._info: dict[MetricSpec, set[tuple[str, str]]] = {
+            ROUTE_INFO: set(),
+            MAILBOX_INFO: set(),
+        }
         self._tls_versions: dict[str, str] = {}
+        self._in_flight_pairs: set[tuple[str, str]] = set()  # pairs whose gauge is above 0
         self._g(BUILD_INFO, version).set(1)
         for ledger_kind in LedgerErrorKind:
             self._c(LEDGER_ERRORS, ledger_kind.value)
@@ -279,36 +321,82 @@ class Recorder:
     # -- children, tracked ------------------------------------------------------------------------
 
     def _c(self, spec: MetricSpec, *values: str) -> Counter:
-        self._children[spec.name].add(values)
+        if values not in self._children[spec.name]:
+            self._track(spec, values)
         return self._counters[spec.name].labels(*values)
 
     def _g(self, spec: MetricSpec, *values: str) -> Gauge:
         if values:
-            self._children[spec.name].add(values)
+            if values not in self._children[spec.name]:
+                self._track(spec, values)
             return self._gauges[spec.name].labels(*values)
         return self._gauges[spec.name]
 
     def _h(self, spec: MetricSpec, *values: str) -> Histogram:
-        self._children[spec.name].add(values)
+        if values not in self._children[spec.name]:
+            self._track(spec, values)
         return self._histograms[spec.name].labels(*values)
 
     def _s(self, spec: MetricSpec, *values: str) -> Summary:
-        self._children[spec.name].add(values)
+        if values not in self._children[spec.name]:
+            self._track(spec, values)
         return self._summaries[spec.name].labels(*values)
 
+    def _track(self, spec: MetricSpec, values: tuple[str, ...]) -> None:
+        """A new child: remember it, and under its owner (once per child, not per event)."""
+        self._children[spec.name].add(values)
+        owner = self._owner(spec, values)
+        if owner is not None:
+            self._owned.setdefault(owner, []).append((spec, values))
+            if not self._declared(owner):
+                self._lingering.add(owner)
+
+    def _owner(self, spec: MetricSpec, values: tuple[str, ...]) -> _Owner | None:
+        """The pair, route or mailbox whose removal from the config removes this child."""
+        route_at, mailbox_at = self._owner_at[spec.name]
+        if route_at is not None and mailbox_at is not None:
+            return ("pair", values[route_at], values[mailbox_at])
+        if route_at is not None:
+            return ("route", values[route_at])
+        if mailbox_at is not None:
+            return ("mailbox", values[mailbox_at])
+        return None
+
+    def _declared(self, owner: _Owner) -> bool:
+        match owner:
+            case ("pair", route, mailbox):
+                return (route, mailbox) in self._declared_pairs
+            case ("route", route):
+                return route in self._declared_routes
+            case _:
+                return owner[1] in self._declared_mailboxes
+
     def _remove(self, spec: MetricSpec, values: tuple[str, ...]) -> None:
-        metric: Counter | Gauge | Histogram | Summary
+        self._metric(spec).remove(*values)
+        self._children[spec.name].discard(values)
+        owner = self._owner(spec, values)
+        if owner is not None and owner in self._owned:
+            owned = self._owned[owner]
+            owned.remove((spec, values))
+            if not owned:
+                del self._owned[owner]
+
+    def _remove_owner(self, owner: _Owner) -> None:
+        """Remove every child of a pair, route or mailbox no longer configured."""
+        for spec, values in self._owned.pop(owner, ()):
+            self._metric(spec).remove(*values)
+            self._children[spec.name].discard(values)
+
+    def _metric(self, spec: MetricSpec) -> Counter | Gauge | Histogram | Summary:
         match spec.kind:
             case MetricKind.COUNTER:
-                metric = self._counters[spec.name]
+                return self._counters[spec.name]
             case MetricKind.GAUGE:
-                metric = self._gauges[spec.name]
+                return self._gauges[spec.name]
             case MetricKind.HISTOGRAM:
-                metric = self._histograms[spec.name]
+                return self._histograms[spec.name]
             case MetricKind.SUMMARY:
-                metric = self._summaries[spec.name]
-        metric.remove(*values)
-        self._children[spec.name].discard(values)
+                return self._summaries[spec.name]
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -327,13 +415,36 @@ class Recorder:
         are kept. Bounce mailboxes get the per-mailbox series (IMAP health, malformed and forged
         messages); report mailboxes their IMAP health and report counts (the rest of their series
         when seen). Each route and mailbox gets one info series with its provider (absent from the
-        maps: other)."""
+        maps: other). All at once: the agent uses `declare_steps`."""
+        for _ in self.declare_steps(
+            pairs,
+            bounce_mailboxes=bounce_mailboxes,
+            route_providers=route_providers,
+            mailbox_providers=mailbox_providers,
+            report_mailboxes=report_mailboxes,
+        ):
+            pass
+
+    def declare_steps(
+        self,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        bounce_mailboxes: Iterable[str] = (),
+        route_providers: Mapping[str, str] | None = None,
+        mailbox_providers: Mapping[str, str] | None = None,
+        report_mailboxes: Iterable[str] = (),
+    ) -> Iterator[None]:
+        """`declare` in steps, for the event loop: the caller lets the loop run at each yield
+        The cost follows what changed, not the config:
+        the series of what a reload dropped go at once, in the first step (each owner's children
+        are indexed, none is walked); then only what is new is created, DECLARE_STEP series a
+        step. Until the last step a scrape may show some new pairs without their series yet
+        (never an old pair without its own)."""
         report_mailboxes = tuple(dict.fromkeys(report_mailboxes))
         ordered = tuple(dict.fromkeys(pairs))
-        pair_set = set(ordered)
         routes = tuple(dict.fromkeys(route for route, _ in ordered))
-        mailboxes = tuple(dict.fromkeys([*(mailbox for _, mailbox in ordered), *bounce_mailboxes]))
-        route_set, mailbox_set = set(routes), {*mailboxes, *report_mailboxes}
+        pair_mailboxes = tuple(dict.fromkeys(mailbox for _, mailbox in ordered))
+        mailboxes = tuple(dict.fromkeys([*pair_mailboxes, *bounce_mailboxes]))
         # One info series per route and per mailbox, never per pair (the series budget).
         info: dict[MetricSpec, set[tuple[str, str]]] = {
             ROUTE_INFO: {(r, (route_providers or {}).get(r, "other")) for r in routes},
@@ -342,29 +453,51 @@ class Recorder:
                 for m in (*mailboxes, *report_mailboxes)
             },
         }
+        roles: dict[str, frozenset[Any]] = {
+            "routes": frozenset(routes),
+            "pairs": frozenset(ordered),
+            "pair_mailboxes": frozenset(pair_mailboxes),
+            "mailboxes": frozenset(mailboxes),
+            "report_mailboxes": frozenset(report_mailboxes),
+        }
 
-        for spec in CATALOG:
-            for values in sorted(self._children[spec.name]):
-                labels = dict(zip(spec.labels, values, strict=True))
-                if spec in info:  # a provider changed by a reload replaces its series
-                    keep = values in info[spec]
-                elif "route" in labels and "mailbox" in labels:
-                    keep = (labels["route"], labels["mailbox"]) in pair_set
-                elif "route" in labels:
-                    keep = labels["route"] in route_set
-                elif "mailbox" in labels:
-                    keep = labels["mailbox"] in mailbox_set
-                else:
-                    keep = True
-                if not keep:
-                    self._remove(spec, values)
-        for route in set(self._tls_versions) - route_set:
+        # Gone: every child of a route, mailbox or pair no longer configured, and of those that
+        # only late results brought back since the last declare.
+        previous = self._declared_roles
+        self._declared_pairs = roles["pairs"]
+        self._declared_routes = roles["routes"]
+        self._declared_mailboxes = roles["mailboxes"] | roles["report_mailboxes"]
+        gone: set[_Owner] = {o for o in self._lingering if not self._declared(o)}
+        gone.update(("pair", *pair) for pair in previous.get("pairs", set()) - roles["pairs"])
+        gone.update(("route", r) for r in previous.get("routes", set()) - roles["routes"])
+        gone.update(
+            ("mailbox", m)
+            for m in (previous.get("mailboxes", set()) | previous.get("report_mailboxes", set()))
+            - self._declared_mailboxes
+        )
+        for owner in gone:
+            self._remove_owner(owner)
+        self._lingering = set()
+        for route in set(self._tls_versions) - roles["routes"]:
             del self._tls_versions[route]
+        for info_spec, wanted in info.items():  # a provider changed by a reload replaces its series
+            for values in self._info[info_spec] - wanted:
+                if values in self._children[info_spec.name]:
+                    self._remove(info_spec, values)
+        self._pairs = ordered
+        self._declared_roles = roles
 
-        for info_spec, children in info.items():
-            for values in sorted(children):
+        # New: only what was not declared last time, in config order (the exposition's order).
+        def new(role: str, items: tuple[_T, ...]) -> tuple[_T, ...]:
+            known = previous.get(role, frozenset())
+            return tuple(item for item in items if item not in known)
+
+        step = 0  # children created since the last yield
+        for info_spec, wanted in info.items():
+            for values in sorted(wanted - self._info[info_spec]):
                 self._g(info_spec, *values).set(1)
-        for route in routes:
+            self._info[info_spec] = wanted
+        for route in new("routes", routes):
             for stage in Stage:
                 for kind in ErrorKind:
                     self._c(SMTP_ERRORS, route, stage.value, kind.value)
@@ -374,34 +507,46 @@ class Recorder:
                 for source in _OWN_BOUNCE_SOURCES:
                     for reason in _OWN_BOUNCE_REASONS:
                         self._c(BOUNCES, route, bounce_type.value, source.value, reason.value)
+            step += _ROUTE_CHILDREN
+            if step >= DECLARE_STEP:
+                yield
+                step = 0
         # Per pair, only what alerts take rate() ratios (outcomes, latency count) or staleness
         # (last outcome) of: 12 series. The placement ratios divide by every accepted outcome, so
         # all eight are here; a series born mid-window would lose its first probe to rate().
-        for route, mailbox in ordered:
+        for route, mailbox in new("pairs", ordered):
             for outcome in Outcome:
                 self._c(PROBES, route, mailbox, outcome.value)
             self._g(PROBES_IN_FLIGHT, route, mailbox)
             self._s(PAIR_DELIVERY_SECONDS, route, mailbox)
             self._g(LAST_OUTCOME_TIMESTAMP, route, mailbox)
-        for mailbox in dict.fromkeys(mailbox for _, mailbox in ordered):
+            step += _PAIR_CHILDREN
+            if step >= DECLARE_STEP:
+                yield
+                step = 0
+        for mailbox in new("pair_mailboxes", pair_mailboxes):
             self._h(DELIVERY_SECONDS, mailbox)
             for found_by in FoundBy:
                 self._c(PROBES_FOUND, mailbox, found_by.value)
-        for mailbox in mailboxes:
+        for mailbox in new("mailboxes", mailboxes):
             self._c(FORGED_MESSAGES, mailbox)
             self._g(IMAP_UP, mailbox)
             for imap_kind in ErrorKind:
                 self._c(IMAP_ERRORS, mailbox, imap_kind.value)
             self._c(MALFORMED_MESSAGES, mailbox)
-        for mailbox in report_mailboxes:
+        for mailbox in new("report_mailboxes", report_mailboxes):
             self._g(IMAP_UP, mailbox)
             for imap_kind in ErrorKind:
                 self._c(IMAP_ERRORS, mailbox, imap_kind.value)
             for report_kind in ReportKind:
                 for report_result in (*ReportResult, *ReportProblem):
                     self._c(REPORTS, mailbox, report_kind.value, report_result.value)
-        self._pairs = ordered
-        self._declared_pairs = frozenset(ordered)
+        yield
+
+    @property
+    def declared_pairs(self) -> frozenset[tuple[str, str]]:
+        """The pairs the last `declare` was given."""
+        return self._declared_pairs
 
     def declare_esp(self, routes: Iterable[str]) -> None:
         """Pre-create the webhook series of the routes with an ESP (per route: a few dozen, never
@@ -631,19 +776,20 @@ class Recorder:
     def _set_in_flight(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Set the in-flight gauge of every pair from `Ledger.in_flight_counts`: declared pairs
         absent from `counts` read 0; undeclared pairs that drop out are removed."""
-        declared = self._declared_pairs
-        for pair in self._pairs:
-            self._g(PROBES_IN_FLIGHT, *pair).set(counts.get(pair, 0))
+        # O(probes in flight), not O(pairs): only gauges that are or were above 0 can change (a
+        # newly declared pair's is created at 0).
+        for pair in self._in_flight_pairs - counts.keys():
+            self._set_pair_in_flight(pair, 0)
         for pair, count in counts.items():
-            if pair not in declared:
-                self._g(PROBES_IN_FLIGHT, *pair).set(count)
-        for values in sorted(self._children[PROBES_IN_FLIGHT.name]):
-            if values not in declared and values not in counts:
-                self._remove(PROBES_IN_FLIGHT, values)
+            self._set_pair_in_flight(pair, count)
 
     def _set_pair_in_flight(self, pair: tuple[str, str], count: int) -> None:
         """One pair's in-flight gauge; an undeclared pair (removed by a reload, probes still in
         flight) loses its series at 0."""
+        if count:
+            self._in_flight_pairs.add(pair)
+        else:
+            self._in_flight_pairs.discard(pair)
         if count == 0 and pair not in self._declared_pairs:
             if pair in self._children[PROBES_IN_FLIGHT.name]:
                 self._remove(PROBES_IN_FLIGHT, pair)
