@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs
 
-__all__ = ["Answer", "TokenEndpointServer", "error", "token"]
+__all__ = ["Answer", "Issuer", "TokenEndpointServer", "error", "token"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,49 @@ def error(code: str, description: str = "", *, status: int = 400) -> Answer:
     if description:
         body["error_description"] = description
     return Answer(status, body)
+
+
+class Issuer:
+    """A script for `TokenEndpointServer` that plays an identity provider for real accounts.
+
+    Each refresh token maps to an account; a refresh-token grant is answered with
+    `mint(account, n)` (n: that account's grants so far, from 0), e.g. `mail_system.mint_token`,
+    so the access tokens are ones the test mail system's Dovecot accepts (or, when the callable
+    says so, refuses). With `rotate`, every answer carries a new refresh token and the old one
+    stops working (the strictest rotation a provider may do). An unknown or revoked refresh
+    token gets `invalid_grant`.
+    """
+
+    def __init__(
+        self,
+        mint: Callable[[str, int], str],
+        accounts: dict[str, str],
+        *,
+        rotate: bool = False,
+        expires_in: int = 3600,
+    ) -> None:
+        self._mint = mint
+        self._accounts = dict(accounts)  # refresh token -> account
+        self.rotate = rotate
+        self.expires_in = expires_in
+        self.grants: dict[str, int] = {}  # account -> grants answered
+
+    def revoke(self, account: str) -> None:
+        """Every refresh token of `account` stops working."""
+        self._accounts = {rt: user for rt, user in self._accounts.items() if user != account}
+
+    def __call__(self, form: dict[str, str]) -> Answer:
+        account = self._accounts.get(form.get("refresh_token", ""))
+        if form.get("grant_type") != "refresh_token" or account is None:
+            return error("invalid_grant", "AADSTS70000: the refresh token was revoked")
+        n = self.grants.get(account, 0)
+        self.grants[account] = n + 1
+        rotated = None
+        if self.rotate:
+            del self._accounts[form["refresh_token"]]
+            rotated = f"rt-{account}-rotated-{n + 1}"
+            self._accounts[rotated] = account
+        return token(self._mint(account, n), expires_in=self.expires_in, refresh_token=rotated)
 
 
 class TokenEndpointServer:
