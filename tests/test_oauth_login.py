@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import yaml
 
 from agent.app.cli import main
 from agent.config import Config, load_config
 from agent.oauth.login import Flow, LoginError, login, plan_login
 from agent.oauth.sources import TokenSources, refresh_token_path
+from tests.agent_process import WAIT, agent_command
 from tests.one_pair_config import one_pair_config
 from tests.token_endpoint import (
     Answer,
@@ -275,6 +278,68 @@ mailboxes:
     out = capsys.readouterr().out
     assert "client_credentials needs no login" in out
     assert main(["oauth", "login", "--config", str(config), "--mailbox", "m"]) == 2
-    assert "signs in with a password" in capsys.readouterr().err
+    assert "does not sign in with a token" in capsys.readouterr().err
     assert main(["oauth", "login", "--config", str(config), "--mailbox", "nope"]) == 2
     assert "no mailbox named 'nope' (configured: m)" in capsys.readouterr().err
+
+
+def test_oauth_login_as_a_process_prints_the_code_and_stores_the_token(tmp_path: Path) -> None:
+    """The command itself (interval 1 s: the scripted server's pace, which the login honours)."""
+    script = DeviceAuthorization(
+        [error("authorization_pending"), token("at-1", refresh_token=FIRST_REFRESH)], interval=1
+    )
+    with TokenEndpointServer(script) as server:
+        setup_file = tmp_path / "config.yaml"
+        state_dir = tmp_path / "state"
+        setup_file.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": "127.0.0.1:0",
+                    "state_dir": str(state_dir),
+                    "secret": "a-secret-of-at-least-32-characters-long",
+                    "routes": [
+                        {
+                            "name": "r",
+                            "host": "127.0.0.1",
+                            "port": 1,
+                            "tls": "none",
+                            "from": "probe@client.test",
+                        }
+                    ],
+                    "mailboxes": [
+                        {
+                            "name": "m",
+                            "host": "127.0.0.1",
+                            "port": 1,
+                            "tls": "none",
+                            "allow_plaintext_auth": True,
+                            "address": "seed@seed.test",
+                            "auth": {
+                                "username": "seed@example.com",
+                                "oauth2": {
+                                    "token_url": server.url,
+                                    "device_authorization_url": server.url,
+                                    "client_id": "agent-login",
+                                    "client_secret": CLIENT_SECRET,
+                                },
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+        result = subprocess.run(
+            agent_command("oauth", "login", "--config", str(setup_file), "--mailbox", "m"),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=WAIT,
+        )
+    assert result.returncode == 0, result.stderr
+    assert DeviceAuthorization.USER_CODE in result.stdout
+    stored = refresh_token_path(state_dir, "m")
+    assert f"stored in {stored} (mode 0600)" in result.stdout
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stored.read_text().splitlines()[0] == FIRST_REFRESH
+    assert FIRST_REFRESH not in result.stdout + result.stderr
+    assert CLIENT_SECRET not in result.stdout + result.stderr

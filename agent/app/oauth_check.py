@@ -28,7 +28,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 async def oauth_test(config: Config, kind: OwnerKind, name: str, *, out: TextIO) -> int:
     """0: a token was obtained and the server accepted it; 1: either failed; 2: no such route
-    or mailbox, or one that signs in with a password."""
+    or mailbox, or one that does not sign in with a token."""
     routes = {route.name: route for route in config.routes}
     mailboxes = {m.name: m for m in (*config.mailboxes, *config.bounce_mailboxes)}
     known = routes if kind == "route" else mailboxes
@@ -43,7 +43,8 @@ async def oauth_test(config: Config, kind: OwnerKind, name: str, *, out: TextIO)
     how = sources.sign_in(kind, name)
     if how is None:
         print(
-            f"deliverability-agent: {kind} {name!r} signs in with a password, not a token",
+            f"deliverability-agent: {kind} {name!r} does not sign in with a token (its auth has "
+            "a password, or it has none)",
             file=sys.stderr,
         )
         return EXIT_USAGE

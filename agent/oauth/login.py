@@ -83,7 +83,10 @@ def plan_login(config: Config, kind: OwnerKind, name: str) -> LoginPlan:
     sources.update(config)
     sign_in = sources.sign_in(kind, name)
     if auth is None or sign_in is None:
-        raise LoginError(f"{kind} {name!r} signs in with a password: there is nothing to log in")
+        raise LoginError(
+            f"{kind} {name!r} does not sign in with a token (its auth has a password, or it has "
+            "none): there is nothing to log in"
+        )
     credential = sign_in.tokens.credential
     oauth2 = auth.oauth2
     if oauth2 is None:
