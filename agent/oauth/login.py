@@ -239,7 +239,9 @@ async def _device_flow(
     )
     while True:
         if clock() + interval > ends:
-            raise LoginError("the device code expired before the sign-in was completed")
+            raise LoginError(
+                "the sign-in was not completed before the device code expired (or --wait passed)"
+            )
         await sleep(interval)  # the server's own pace (RFC 8628 3.5), not a guess
         try:
             got = await tokens.request(poll)
