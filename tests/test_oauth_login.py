@@ -343,3 +343,45 @@ def test_oauth_login_as_a_process_prints_the_code_and_stores_the_token(tmp_path:
     assert stored.read_text().splitlines()[0] == FIRST_REFRESH
     assert FIRST_REFRESH not in result.stdout + result.stderr
     assert CLIENT_SECRET not in result.stdout + result.stderr
+
+
+def test_a_mailbox_provider_profile_picks_the_login_flow_too(tmp_path: Path) -> None:
+    """`provider: gmail` / `microsoft365` on the mailbox fill oauth2's preset, login URLs
+    included (the shipped config.yaml's examples rely on it)."""
+    path = tmp_path / "config.yaml"
+    seeds = [
+        ("gmail-seed", "gmail", "seed@gmail.com", {"client_secret": CLIENT_SECRET}),
+        ("m365-seed", "microsoft365", "seed@contoso.com", {"tenant": "contoso.com"}),
+    ]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "127.0.0.1:0",
+                "state_dir": str(tmp_path / "state"),
+                "secret": "a-secret-of-at-least-32-characters-long",
+                "routes": [
+                    {"name": "r", "host": "127.0.0.1", "port": 1, "tls": "none", "from": "p@c.test"}
+                ],
+                "mailboxes": [
+                    {
+                        "name": name,
+                        "provider": provider,
+                        "address": address,
+                        "auth": {"username": address, "oauth2": {"client_id": "app", **extra}},
+                    }
+                    for name, provider, address, extra in seeds
+                ],
+            }
+        )
+    )
+    config = load_config(path)
+    gmail, m365 = (
+        plan_login(config, "mailbox", "gmail-seed"),
+        plan_login(config, "mailbox", "m365-seed"),
+    )
+    assert gmail.flow is Flow.LOOPBACK and m365.flow is Flow.DEVICE
+    assert m365.oauth2 is not None and m365.oauth2.device_authorization_url == (
+        "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/devicecode"
+    )
+    assert gmail.store is not None
+    assert gmail.store.path == refresh_token_path(config.state_dir, "gmail-seed")
