@@ -171,6 +171,30 @@ async def test_a_refused_access_token_is_refreshed_and_the_next_sign_in_succeeds
     assert issued.grants[seed] >= 2
 
 
+async def test_a_token_about_to_expire_is_refreshed_before_the_sign_in_that_would_use_it(
+    mail_system: MailSystem, tmp_path: Path
+) -> None:
+    """Tokens the endpoint says live 30 s, less than the lifecycle's minute ahead: every
+    sign-in gets a fresh one instead of one that may expire on the way, and every probe lands.
+    (The tokens themselves stay valid longer, so no test outcome hangs on the wall clock.)"""
+    seed = mail_system.new_mailbox().address
+    issued = Issuer(
+        lambda user, n: mail_system.mint_token(user),
+        {ROUTE_RT: GOOD_SENDER.address, MAILBOX_RT: seed},
+        expires_in=30,
+    )
+    with TokenEndpointServer(issued) as endpoint:
+        setup = oauth_setup(mail_system, tmp_path, endpoint.url, seed=seed)
+        agent = Agent(setup.load(), recorder=Recorder(new_registry()))
+        await agent.start()
+        try:
+            records = [await probe_once(agent), await probe_once(agent)]
+        finally:
+            await agent.stop()
+    assert [r.outcome for r in records] == [Outcome.INBOX, Outcome.INBOX]
+    assert issued.grants[GOOD_SENDER.address] == 2  # one refresh per SMTP sign-in
+
+
 async def test_a_rotated_refresh_token_is_stored_0600_and_used_after_a_restart(
     mail_system: MailSystem, tmp_path: Path
 ) -> None:
