@@ -1,4 +1,5 @@
-"""`deliverability-agent run | once | check-config`: the command-line entry points."""
+"""`deliverability-agent run | once | check-config | inspect | oauth`: the command-line entry
+points."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from agent.app.inspection import (
     render_text,
 )
 from agent.app.logs import LogFormat, SecretRedactingFilter, configure_logging
+from agent.app.oauth_check import oauth_test
 from agent.app.service import Agent
 from agent.config import Config, ConfigError, load_config
 from agent.errors import AgentError
@@ -37,6 +39,9 @@ from agent.model import ConfigLoaded, Outcome, WebhookRefused
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.oauth.lifecycle import CredentialState
+from agent.oauth.login import LoginError, login, plan_login
+from agent.oauth.sources import OwnerKind
+from agent.oauth.token_source import TokenError
 from agent.providers import parse_trust_rule, trust_rules_for
 from agent.reading.probe_token import KeyRing
 from agent.sandbox import SandboxServer
@@ -130,6 +135,40 @@ def _parser() -> argparse.ArgumentParser:
         "the mailbox's)",
     )
     sub.add_argument("--json", action="store_true", help="one JSON object per file and line")
+    text = "OAuth 2.0 sign-in of a route or mailbox: get its first refresh token, or try it"
+    oauth = commands.add_parser("oauth", help=text, description=text)
+    actions = oauth.add_subparsers(dest="oauth_command", required=True, metavar="ACTION")
+    for action, text in (
+        (
+            "login",
+            "obtain the first refresh token (device code, or a browser redirect to this machine) "
+            "and store it where the agent reads it",
+        ),
+        (
+            "test",
+            "get an access token once and sign in with it (IMAP for a mailbox, SMTP AUTH without "
+            "sending for a route); print what that proved; exit 0 on success, 1 otherwise",
+        ),
+    ):
+        sub = actions.add_parser(action, help=text, description=text)
+        sub.add_argument(
+            "--config",
+            "-c",
+            type=Path,
+            default=Path("config.yaml"),
+            help="configuration file (default: config.yaml)",
+        )
+        which = sub.add_mutually_exclusive_group(required=True)
+        which.add_argument("--mailbox", metavar="NAME", help="a configured (bounce) mailbox")
+        which.add_argument("--route", metavar="NAME", help="a configured route")
+        if action == "login":
+            sub.add_argument(
+                "--wait",
+                type=float,
+                default=600.0,
+                metavar="SECONDS",
+                help="how long the sign-in in the browser may take (default: 600)",
+            )
     return parser
 
 
@@ -190,6 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"deliverability-agent: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "oauth":
+        configure_logging(logging.WARNING, secret_values(config))
+        owner: tuple[OwnerKind, str] = (
+            ("route", args.route) if args.route is not None else ("mailbox", args.mailbox)
+        )
+        if args.oauth_command == "login":
+            return _oauth_login(config, *owner, wait=args.wait)
+        return asyncio.run(oauth_test(config, *owner, out=sys.stdout))
     level = config.log_level.level
     progress = None
     if args.command == "once" and not args.json and not args.no_progress and sys.stderr.isatty():
@@ -208,6 +255,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _oauth_login(config: Config, kind: OwnerKind, name: str, *, wait: float) -> int:
+    """`oauth login`: 0 with the refresh token stored (or none needed), 1 when the sign-in
+    failed, 2 for a route or mailbox that cannot log in."""
+    try:
+        plan = plan_login(config, kind, name)
+    except LoginError as exc:
+        print(f"deliverability-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if plan.flow is None:
+        print(f"{kind} {name!r} (credential {plan.credential!r}): {plan.reason}")
+        return EXIT_OK
+    try:
+        path = asyncio.run(login(plan, show=lambda line: print(line, flush=True), wait=wait))
+    except (LoginError, TokenError) as exc:
+        print(f"deliverability-agent: oauth login failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(
+        f"signed in: the refresh token of credential {plan.credential!r} is stored in {path} "
+        "(mode 0600); the agent uses it from its next start"
+    )
+    return EXIT_OK
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -80,7 +80,14 @@ def _token_url(value: Any) -> str:
 TokenUrl = Annotated[str, BeforeValidator(_token_url)]
 
 _GRANT_KEYS: Final = {
-    Grant.REFRESH_TOKEN: {"client_id", "client_secret", "refresh_token", "refresh_token_file"},
+    Grant.REFRESH_TOKEN: {
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "refresh_token_file",
+        "device_authorization_url",
+        "authorization_url",
+    },
     Grant.CLIENT_CREDENTIALS: {"client_id", "client_secret"},
     Grant.SERVICE_ACCOUNT: {"service_account_file"},
 }
@@ -99,6 +106,10 @@ class OAuth2(_Model):
     # None: <state_dir>/oauth/<credential>.refresh-token (agent.oauth.sources).
     refresh_token_file: ConfigPath | None = None
     scope: str = ""  # space-separated; from provider; empty: none sent
+    # Where `oauth login` gets the first refresh token (from provider for google, microsoft):
+    # the device flow (RFC 8628) when set, else a loopback redirect to authorization_url.
+    device_authorization_url: TokenUrl | None = None
+    authorization_url: TokenUrl | None = None
     service_account_file: ExistingFile | None = None  # Google JSON key; subject = auth username
     ca_file: ExistingFile | None = None  # verify the token endpoint against this CA bundle
 
@@ -144,6 +155,10 @@ class OAuth2(_Model):
             return
         data.setdefault("token_url", found.token_url)
         data.setdefault("scope", found.scope)
+        if found.device_authorization_url is not None:
+            data.setdefault("device_authorization_url", found.device_authorization_url)
+        if found.authorization_url is not None:
+            data.setdefault("authorization_url", found.authorization_url)
 
     def _check(self, problems: _Problems) -> None:
         allowed = _GRANT_KEYS[self.grant]

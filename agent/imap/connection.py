@@ -310,6 +310,8 @@ class Connection:
         self._log = MaskedLog(redact)
         self._closed = False
         self._idling: asyncio.Future[Any] | None = None
+        # How login() signed in ("LOGIN", "AUTHENTICATE XOAUTH2", ...) and the server's answer.
+        self.signed_in: tuple[str, str] | None = None
 
     @classmethod
     async def open(cls, target: ImapTarget) -> Connection:
@@ -492,6 +494,7 @@ class Connection:
         if response.result == "NO":
             raise self._error(ErrorKind.AUTH, f"LOGIN refused: {_text(response)}")
         self._check("LOGIN", response)
+        self.signed_in = ("LOGIN", f"{response.result} {_text(response)}")
         return response
 
     async def _authenticate(self, oauth: OAuthSignIn) -> Any:
@@ -515,6 +518,7 @@ class Connection:
             self._protocol.authenticate(mechanism, initial, sasl_ir=self.has_capability("SASL-IR")),
         )
         if response.result == "OK":
+            self.signed_in = (what, f"OK {_text(response)}")
             return response
         if challenge is not None or response.result == "NO":
             oauth.tokens.refused(token)

@@ -57,6 +57,7 @@ class TokenEndpoint:
         redact: Callable[[str], str] = lambda text: text,
     ) -> None:
         self.url = url
+        self.credential = credential
         self._credential = credential
         self._timeout = timeout
         self._verify: ssl.SSLContext = ssl.create_default_context(
@@ -64,20 +65,34 @@ class TokenEndpoint:
         )
         self._redact = redact
 
-    def _error(self, kind: TokenErrorKind, message: str) -> TokenError:
-        return TokenError(kind, self._credential, self._redact(message))
+    def _error(self, kind: TokenErrorKind, message: str, code: str | None = None) -> TokenError:
+        return TokenError(kind, self._credential, self._redact(message), code=code)
 
     async def request(self, form: str) -> TokenAnswer:
         """Send one urlencoded token request body and read the answer."""
+        status, body = await self._timed_post(form)
+        return self._read(status, body)
+
+    async def request_json(self, form: str) -> dict[str, Any]:
+        """Send one urlencoded body and return the answer's JSON object, for answers that are
+        not tokens (RFC 8628's device authorization); an OAuth error answer raises TokenError
+        with its `code`."""
+        status, body = await self._timed_post(form)
+        params = self._object(status, body)
+        if "error" in params or status >= 400:
+            code = str(params.get("error") or f"HTTP {status}")
+            raise self._coded(code, str(params.get("error_description") or ""))
+        return params
+
+    async def _timed_post(self, form: str) -> tuple[int, bytes]:
         try:
             async with asyncio.timeout(self._timeout):
-                status, body = await self._post(form)
+                return await self._post(form)
         except TimeoutError:
             raise self._error(
                 TokenErrorKind.TIMEOUT,
                 f"token endpoint {self.url} did not answer within {self._timeout:g} s",
             ) from None
-        return self._read(status, body)
 
     async def _post(self, form: str) -> tuple[int, bytes]:
         try:
@@ -114,7 +129,7 @@ class TokenEndpoint:
                 TokenErrorKind.ENDPOINT, f"token endpoint {self.url} unreachable: {_reason(exc)}"
             ) from None
 
-    def _read(self, status: int, body: bytes) -> TokenAnswer:
+    def _object(self, status: int, body: bytes) -> dict[str, Any]:
         if status >= 500:
             raise self._error(
                 TokenErrorKind.ENDPOINT, f"token endpoint {self.url} answered HTTP {status}"
@@ -128,6 +143,10 @@ class TokenEndpoint:
                 TokenErrorKind.ENDPOINT,
                 f"token endpoint {self.url} answered HTTP {status} without a JSON object",
             )
+        return params
+
+    def _read(self, status: int, body: bytes) -> TokenAnswer:
+        params = self._object(status, body)
         try:
             # Not parse_token_response: it would compare scopes (Microsoft answers with fewer
             # than asked, e.g. without offline_access) and read expiry off the wall clock.
@@ -155,16 +174,20 @@ class TokenEndpoint:
                 TokenErrorKind.ENDPOINT,
                 f"token endpoint {self.url} answered HTTP {status} without an access_token",
             )
-        code = str(exc.error)
+        return self._coded(str(exc.error), str(exc.description or ""))
+
+    def _coded(self, code: str, description: str) -> TokenError:
         kind = {
             "invalid_grant": TokenErrorKind.INVALID_GRANT,
             "invalid_client": TokenErrorKind.INVALID_CLIENT,
         }.get(code, TokenErrorKind.ENDPOINT if code in _SERVER_ERRORS else TokenErrorKind.REFUSED)
-        description = " ".join(str(exc.description or "").split())
+        description = " ".join(description.split())
         if len(description) > _MAX_DESCRIPTION:
             description = description[: _MAX_DESCRIPTION - 3] + "..."
         return self._error(
-            kind, f"token endpoint refused: {code}" + (f": {description}" if description else "")
+            kind,
+            f"token endpoint refused: {code}" + (f": {description}" if description else ""),
+            code,
         )
 
 

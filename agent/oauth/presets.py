@@ -11,7 +11,13 @@ Sources:
   protocol): scope `https://mail.google.com/`; "Using OAuth 2.0 for Server to Server
   Applications" (developers.google.com/identity/protocols/oauth2/service-account): token
   endpoint `https://oauth2.googleapis.com/token`, the JWT bearer grant with `sub` for domain-wide
-  delegation.
+  delegation; "OAuth 2.0 for Mobile & Desktop Apps" (developers.google.com/identity/protocols/
+  oauth2/native-app): authorization endpoint `https://accounts.google.com/o/oauth2/v2/auth`,
+  loopback redirect with PKCE; "OAuth 2.0 for TV and Limited-Input Device Applications" lists
+  the scopes its device flow allows, and `https://mail.google.com/` is not one of them.
+- Microsoft's device authorization endpoint: "OAuth 2.0 device authorization grant"
+  (learn.microsoft.com/entra/identity-platform/v2-oauth2-device-code):
+  `https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode`.
 """
 
 from __future__ import annotations
@@ -57,12 +63,21 @@ _MICROSOFT_DELEGATED_SCOPE: Final = (
 _MICROSOFT_APP_SCOPE: Final = "https://outlook.office365.com/.default"
 
 
+_MICROSOFT_DEVICE_URL: Final = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode"
+_GOOGLE_AUTHORIZATION_URL: Final = "https://accounts.google.com/o/oauth2/v2/auth"
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthPreset:
-    """A provider's token endpoint and default scope for one grant."""
+    """A provider's token endpoint and default scope for one grant, and for the refresh-token
+    grant where `oauth login` gets the first refresh token: Microsoft's device authorization
+    endpoint (RFC 8628), Google's authorization endpoint (its device flow does not allow the
+    mail scope, so a loopback redirect, RFC 8252)."""
 
     token_url: str
     scope: str
+    device_authorization_url: str | None = None
+    authorization_url: str | None = None
 
 
 def preset(provider: Provider, grant: Grant, *, tenant: str | None = None) -> OAuthPreset | None:
@@ -72,10 +87,19 @@ def preset(provider: Provider, grant: Grant, *, tenant: str | None = None) -> OA
         # Client credentials without a user cannot reach Gmail: Google has no app-only mail scope.
         if grant is Grant.CLIENT_CREDENTIALS:
             return None
-        return OAuthPreset(_GOOGLE_TOKEN_URL, _GOOGLE_MAIL_SCOPE)
+        if grant is Grant.SERVICE_ACCOUNT:
+            return OAuthPreset(_GOOGLE_TOKEN_URL, _GOOGLE_MAIL_SCOPE)
+        return OAuthPreset(
+            _GOOGLE_TOKEN_URL, _GOOGLE_MAIL_SCOPE, authorization_url=_GOOGLE_AUTHORIZATION_URL
+        )
     if grant is Grant.SERVICE_ACCOUNT:
         return None
-    url = _MICROSOFT_TOKEN_URL.format(tenant=tenant or DEFAULT_MICROSOFT_TENANT)
+    tenant = tenant or DEFAULT_MICROSOFT_TENANT
+    url = _MICROSOFT_TOKEN_URL.format(tenant=tenant)
     if grant is Grant.CLIENT_CREDENTIALS:
         return OAuthPreset(url, _MICROSOFT_APP_SCOPE)
-    return OAuthPreset(url, _MICROSOFT_DELEGATED_SCOPE)
+    return OAuthPreset(
+        url,
+        _MICROSOFT_DELEGATED_SCOPE,
+        device_authorization_url=_MICROSOFT_DEVICE_URL.format(tenant=tenant),
+    )

@@ -51,10 +51,13 @@ class TokenError(AgentError):
 
     category: ClassVar[ErrorCategory] = ErrorCategory.PEER
 
-    def __init__(self, kind: TokenErrorKind, credential: str, message: str) -> None:
+    def __init__(
+        self, kind: TokenErrorKind, credential: str, message: str, *, code: str | None = None
+    ) -> None:
         super().__init__(f"credential {credential!r}: {message}")
         self.kind = kind
         self.credential = credential
+        self.code = code  # the OAuth error code the server answered, if any (RFC 6749 5.2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,8 +80,10 @@ from agent.tls_contexts import cached_client_context, load_client_context
 from agent.tls_sniff import answers_tls
 
 __all__ = [
+    "SignInResult",
     "SmtpTarget",
     "send_probe",
+    "sign_in",
 ]
 
 _PLAIN_ADDRESS = re.compile(r"[!-;=?-~]*")  # printable ASCII but "<" and ">"; empty: null sender
@@ -151,7 +153,33 @@ async def send_probe(
     for address in (envelope_from, *recipients):
         if not _PLAIN_ADDRESS.fullmatch(address):
             raise ValueError(f"address {address!r} is not plain ASCII without spaces or <>")
-    transaction = _Transaction(target)
+    return await _execute(_Transaction(target), envelope_from, recipients, message)
+
+
+@dataclass(frozen=True, slots=True)
+class SignInResult:
+    """What `sign_in` proved: the replies up to AUTH, the OAuth mechanism used, or the error."""
+
+    transcript: tuple[SmtpReply, ...]
+    mechanism: str | None  # "XOAUTH2", "OAUTHBEARER", "PLAIN", "LOGIN"; None: no AUTH sent
+    error: ProbeError | None
+
+
+async def sign_in(target: SmtpTarget) -> SignInResult:
+    """Connect, EHLO, STARTTLS, EHLO, AUTH and QUIT: whether the route can sign in, without
+    sending anything (`oauth test`); never raises for network or server trouble."""
+    transaction = _Transaction(target, sign_in_only=True)
+    result = await _execute(transaction, "", (), b"")
+    return SignInResult(result.transcript, transaction.mechanism, result.error)
+
+
+async def _execute(
+    transaction: _Transaction,
+    envelope_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+) -> SendResult:
+    target = transaction.target
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     deadline = loop.time() + target.total_timeout
@@ -197,8 +225,10 @@ class _Failed(AgentError):
 class _Transaction:
     """One SMTP session; `stage` always names the stage in progress, for errors and timeouts."""
 
-    def __init__(self, target: SmtpTarget) -> None:
+    def __init__(self, target: SmtpTarget, *, sign_in_only: bool = False) -> None:
         self.target = target
+        self.sign_in_only = sign_in_only
+        self.mechanism: str | None = None  # the AUTH mechanism sent
         self.stage = Stage.CONNECT
         self.transcript: list[SmtpReply] = []
         self.accepted_at: float | None = None
@@ -274,6 +304,8 @@ class _Transaction:
             self.stage = Stage.AUTH
             if not await self._authenticate(target.username, target.password or ""):
                 return
+        if self.sign_in_only:
+            return
 
         self.stage = Stage.MAIL
         reply = await self._reply_of(smtp.mail(envelope_from, timeout=timeout))
@@ -433,8 +465,10 @@ class _Transaction:
         methods = smtp.server_auth_methods
         # One mechanism only: trying each in turn would multiply failed logins (and lockouts).
         if "plain" in methods:
+            self.mechanism = "PLAIN"
             call = smtp.auth_plain(username, password, timeout=timeout)
         elif "login" in methods:
+            self.mechanism = "LOGIN"
             call = smtp.auth_login(username, password, timeout=timeout)
         else:
             offered = " ".join(methods).upper() or "none"
@@ -460,6 +494,7 @@ class _Transaction:
         initial = sasl.initial_response(mechanism, oauth.username, token.value)
         self._redact.update((*self._redact.secrets, initial.decode("ascii")))
         verb = mechanism.value.upper().encode("ascii")
+        self.mechanism = mechanism.value.upper()
         if len(b"AUTH %b %b\r\n" % (verb, initial)) <= _AUTH_LINE_LIMIT:
             response = await self._reply_of(
                 smtp.execute_command(b"AUTH", verb, initial, timeout=timeout)
