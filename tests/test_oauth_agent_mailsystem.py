@@ -313,7 +313,7 @@ async def test_no_token_or_secret_reaches_the_output_the_metrics_the_ledger_or_t
         registry = new_registry()
         agent = Agent(config, recorder=Recorder(registry))
         try:
-            agent._declare()
+            await agent._declare()
             for sign_in in (
                 agent.tokens.sign_in("route", "r"),
                 agent.tokens.sign_in("mailbox", "m"),
