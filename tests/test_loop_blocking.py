@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 from agent import __version__
 from agent.app.loop_watch import LoopWatch
 from agent.app.service import Agent
-from agent.config import Config, validate_config
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.secrets import secret_values
 from agent.web.status_page import Health, collect, render
+from tests.refused_config import refused_config
 
 # CPU seconds the loop may be held between two heartbeats. A beat comes at most HEARTBEAT after
 # the previous one, so what falls between two is up to HEARTBEAT of ordinary work plus the one
@@ -32,29 +31,6 @@ BLOCK_BOUND_CPU_SECONDS = 0.15
 HEARTBEAT = 0.02
 ROUTES = MAILBOXES = 16
 LARGE = 100  # routes and mailboxes: 10,000 pairs
-
-
-def _config(state_dir: Path, *, routes: int, mailboxes: int) -> Config:
-    refused: dict[str, Any] = {"host": "127.0.0.1", "port": 1, "tls": "none"}
-    data = {
-        "state_dir": str(state_dir),
-        "secret": "loop-blocking-test-secret-0123456789",
-        "routes": [
-            {"name": f"r{i:02d}", "from": "probe@bench.test", "ehlo_name": "bench.test", **refused}
-            for i in range(routes)
-        ],
-        "mailboxes": [
-            {
-                "name": f"m{i:02d}",
-                "address": f"seed{i:02d}@seed.test",
-                "allow_plaintext_auth": True,
-                "auth": {"username": f"seed{i:02d}", "password": "test-password-1"},
-                **refused,
-            }
-            for i in range(mailboxes)
-        ],
-    }
-    return validate_config(data, base_dir=state_dir, environ={})
 
 
 def _page(agent: Agent) -> str:
@@ -77,15 +53,16 @@ async def test_no_handler_holds_the_event_loop_at_256_pairs(tmp_path: Path) -> N
     await watch.beat()  # measuring before the agent exists: its start is measured too
     try:
         agent = Agent(
-            _config(tmp_path, routes=ROUTES, mailboxes=MAILBOXES), recorder=Recorder(new_registry())
+            refused_config(tmp_path, routes=ROUTES, mailboxes=MAILBOXES),
+            recorder=Recorder(new_registry()),
         )
         await agent.start()
         try:
             finals = await agent.wait_final(await agent.probe_all_once())
             assert len(finals) == ROUTES * MAILBOXES
             await watch.beat()
-            assert "r15" in _page(agent)  # the status page is built on the loop, as `run` does
-            await agent.reload(_config(tmp_path, routes=ROUTES, mailboxes=MAILBOXES - 1))
+            assert "r015" in _page(agent)  # the status page is built on the loop, as `run` does
+            await agent.reload(refused_config(tmp_path, routes=ROUTES, mailboxes=MAILBOXES - 1))
             await agent.wait_final(await agent.probe_all_once())
         finally:
             await agent.stop()
@@ -105,7 +82,8 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
     await watch.beat()
     try:
         agent = Agent(
-            _config(tmp_path, routes=LARGE, mailboxes=LARGE), recorder=Recorder(new_registry())
+            refused_config(tmp_path, routes=LARGE, mailboxes=LARGE),
+            recorder=Recorder(new_registry()),
         )
         await agent.start()
         try:
@@ -114,13 +92,13 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
             # One route to every mailbox: the probe path with 10,000 pairs' series in place.
             sending = []
             for j in range(LARGE):  # one probe's start per loop iteration, as probe_all_once
-                sending.append(asyncio.ensure_future(agent.probe_pair("r00", f"m{j:02d}")))
+                sending.append(asyncio.ensure_future(agent.probe_pair("r000", f"m{j:03d}")))
                 await asyncio.sleep(0)
             sent = await asyncio.gather(*sending)
             finals = await agent.wait_final([probe for probe in sent if probe is not None])
             assert len(finals) == LARGE
             await watch.beat()
-            bigger = _config(tmp_path, routes=LARGE + 1, mailboxes=LARGE - 1)
+            bigger = refused_config(tmp_path, routes=LARGE + 1, mailboxes=LARGE - 1)
             await agent.reload(bigger)
             await watch.beat()
         finally:

@@ -21,41 +21,20 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from agent.app.service import Agent
-from agent.config import Config, validate_config
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
-
-
-def _config(state_dir: Path, routes: int, mailboxes: int) -> Config:
-    refused: dict[str, Any] = {"host": "127.0.0.1", "port": 1, "tls": "none"}
-    data = {
-        "state_dir": str(state_dir),
-        "secret": "refused-probes-benchmark-secret-0123456789",
-        "routes": [
-            {"name": f"r{i:03d}", "from": "probe@bench.test", "ehlo_name": "bench.test", **refused}
-            for i in range(routes)
-        ],
-        "mailboxes": [
-            {
-                "name": f"m{i:03d}",
-                "address": f"seed{i:03d}@seed.test",
-                "allow_plaintext_auth": True,
-                "auth": {"username": f"seed{i:03d}", "password": "bench-password-1"},
-                **refused,
-            }
-            for i in range(mailboxes)
-        ],
-    }
-    return validate_config(data, base_dir=state_dir, environ={})
+from tests.refused_config import refused_config
 
 
 async def _cpu_per_probe(pairs: int, rounds: int) -> tuple[int, float]:
     side = math.isqrt(pairs)
     with tempfile.TemporaryDirectory() as tmp:
-        agent = Agent(_config(Path(tmp), side, side), recorder=Recorder(new_registry()))
+        agent = Agent(
+            refused_config(Path(tmp), routes=side, mailboxes=side),
+            recorder=Recorder(new_registry()),
+        )
         await agent.start()
         try:
             await agent.wait_final(await agent.probe_all_once())
