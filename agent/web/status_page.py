@@ -14,7 +14,9 @@ each pair's latest outcome and time, and full probes (transcripts, verdicts) are
 shown page only, so a request costs O(pairs) seeks and O(PAGE_SIZE) decoding and rendering.
 Every value from the ledger or the config is HTML-escaped, and the agent's secrets are blanked
 out of any text a server sent back. The ledger belongs to the event loop's thread, so `LoopPage`
-runs `collect()` there for the HTTP server's threads.
+builds the page there for the HTTP server's threads, with `collect_in_steps`: the ranking's
+reads run `STEP_PAIRS` pairs at a time with the loop free between steps, so no step holds it
+long at 10,000 pairs.
 """
 
 from __future__ import annotations
