@@ -32,6 +32,10 @@ from tests.refused_config import refused_config
 # declaration, ~1.5 s of CPU at 10,000 pairs, runs in steps of ~15 ms (Recorder.declare_steps).
 BLOCK_BOUND_CPU_SECONDS = 0.15
 HEARTBEAT = 0.02
+# The status page views at 10,000 pairs, against the issue's goal (loop never held > 0.1 s):
+# built in steps, measured worst 0.040-0.065 s of CPU between beats; in one callback (the build
+# before) 0.103-0.196 s, so this bound fails that build in most runs, not in every one.
+PAGE_BOUND_CPU_SECONDS = 0.1
 ROUTES = MAILBOXES = 16
 LARGE = 100  # routes and mailboxes: 10,000 pairs
 
@@ -141,10 +145,15 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
             await watch.beat()
             # The status page ranks all 10,000 pairs' latest outcomes (30,000 probes stored)
             # in steps: the list's first page, a later page and a filter, on the loop as `run`.
+            paging = LoopWatch(interval=HEARTBEAT)  # the views alone, against a tighter bound
+            watching_pages = asyncio.create_task(paging.run())
+            await paging.beat()
             first = await _page(agent)
             assert "1-100 of 10000 pairs" in first and "r000" in first
             assert "page 100 of 100" in await _page(agent, "page=100")
             assert "1-100 of 100 matching pairs" in await _page(agent, "mailbox=m007")
+            await paging.beat()
+            watching_pages.cancel()
             await watch.beat()
             bigger = refused_config(tmp_path, routes=LARGE + 1, mailboxes=LARGE - 1)
             await agent.reload(bigger)
@@ -157,6 +166,8 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
 
     assert watch.beats > 10
     assert watch.worst.cpu_seconds < BLOCK_BOUND_CPU_SECONDS, watch.worst
+    assert paging.beats > 3
+    assert paging.worst.cpu_seconds < PAGE_BOUND_CPU_SECONDS, paging.worst
 
 
 def _compute(cpu_seconds: float) -> None:
