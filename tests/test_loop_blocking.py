@@ -9,16 +9,19 @@ path (ledger, sender, outcome, recorder) without a mail system.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 from agent import __version__
 from agent.app.loop_watch import LoopWatch
 from agent.app.service import Agent
+from agent.model import Outcome, SmtpReply, Stage
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.secrets import secret_values
-from agent.web.status_page import Health, collect, render
+from agent.store.ledger import LEDGER_FILENAME, Ledger, transcript_json
+from agent.web.status_page import Health, PageQuery, collect_in_steps, render
 from tests.refused_config import refused_config
 
 # CPU seconds the loop may be held between two heartbeats. A beat comes at most HEARTBEAT after
@@ -29,11 +32,16 @@ from tests.refused_config import refused_config
 # declaration, ~1.5 s of CPU at 10,000 pairs, runs in steps of ~15 ms (Recorder.declare_steps).
 BLOCK_BOUND_CPU_SECONDS = 0.15
 HEARTBEAT = 0.02
+# The status page views at 10,000 pairs, against the issue's goal (loop never held > 0.1 s):
+# built in steps, measured worst 0.040-0.065 s of CPU between beats; in one callback (the build
+# before) 0.103-0.196 s, so this bound fails that build in most runs, not in every one.
+PAGE_BOUND_CPU_SECONDS = 0.1
 ROUTES = MAILBOXES = 16
 LARGE = 100  # routes and mailboxes: 10,000 pairs
 
 
-def _page(agent: Agent) -> str:
+async def _page(agent: Agent, query: str = "") -> str:
+    """The status page as `run` builds it on the loop: `collect_in_steps`, then `render`."""
     health = Health(
         version=__version__,
         ready=True,
@@ -43,8 +51,45 @@ def _page(agent: Agent) -> str:
         config_loaded_at=time.time(),
         mailboxes_up=dict(agent.mailboxes_up()),
     )
-    data = collect(agent.ledger, agent.config, health, now=time.time())
+    data = await collect_in_steps(
+        agent.ledger, agent.config, health, now=time.time(), query=PageQuery.parse(query)
+    )
     return render(data, secrets=secret_values(agent.config))
+
+
+def _history(state_dir: Path, *, routes: int, mailboxes: int, per_pair: int) -> None:
+    """`per_pair` finished probes of every pair in the ledger before the agent starts, so the
+    status page ranks 10,000 pairs that all have a latest probe (refused probes would take
+    10,000 sends to get there)."""
+    Ledger(state_dir / LEDGER_FILENAME).close()  # the schema, as the agent creates it
+    transcript = transcript_json([SmtpReply(Stage.BANNER, 220, None, "refused.test ESMTP")])
+    outcomes = (Outcome.INBOX, Outcome.SPAM, Outcome.MISSING)
+    now = time.time()
+    conn = sqlite3.connect(state_dir / LEDGER_FILENAME)
+    with conn:
+        conn.executemany(
+            "INSERT INTO probes (probe_id, route, mailbox, created_at, deadline_at, accepted,"
+            " accepted_at, send_duration_seconds, transcript, outcome, finished_at)"
+            " VALUES (?, ?, ?, ?, ?, 1, ?, 0.4, ?, ?, ?)",
+            (
+                (
+                    f"history{r:03d}{m:03d}{k:02d}",
+                    f"r{r:03d}",
+                    f"m{m:03d}",
+                    created,
+                    created + 600,
+                    created + 1,
+                    transcript,
+                    outcomes[(r + m + k) % len(outcomes)].value,
+                    created + 5,
+                )
+                for r in range(routes)
+                for m in range(mailboxes)
+                for k in range(per_pair)
+                for created in (now - 3600.0 * (per_pair - k),)
+            ),
+        )
+    conn.close()
 
 
 async def test_no_handler_holds_the_event_loop_at_256_pairs(tmp_path: Path) -> None:
@@ -61,7 +106,7 @@ async def test_no_handler_holds_the_event_loop_at_256_pairs(tmp_path: Path) -> N
             finals = await agent.wait_final(await agent.probe_all_once())
             assert len(finals) == ROUTES * MAILBOXES
             await watch.beat()
-            assert "r015" in _page(agent)  # the status page is built on the loop, as `run` does
+            assert "r015" in await _page(agent)  # the status page is built on the loop
             await agent.reload(refused_config(tmp_path, routes=ROUTES, mailboxes=MAILBOXES - 1))
             await agent.wait_final(await agent.probe_all_once())
         finally:
@@ -75,8 +120,10 @@ async def test_no_handler_holds_the_event_loop_at_256_pairs(tmp_path: Path) -> N
 
 
 async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) -> None:
-    """Start, probes, a reload that drops a mailbox and adds a route, and stop, at 100 routes x
-    100 mailboxes: declaring 130k series runs in steps, a reload declares only what changed."""
+    """Start, probes, status page views, a reload that drops a mailbox and adds a route, and
+    stop, at 100 routes x 100 mailboxes: declaring 130k series runs in steps, the page ranks the
+    pairs in steps, a reload declares only what changed."""
+    _history(tmp_path, routes=LARGE, mailboxes=LARGE, per_pair=3)  # not measured: the test's own
     watch = LoopWatch(interval=HEARTBEAT)
     watching = asyncio.create_task(watch.run())
     await watch.beat()
@@ -87,8 +134,6 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
         )
         await agent.start()
         try:
-            # Not the status page: at 10,000 pairs `Ledger.latest_by_pair` (one query a pair)
-            # holds the loop ~0.2 s; the 256-pair test covers the page.
             # One route to every mailbox: the probe path with 10,000 pairs' series in place.
             sending = []
             for j in range(LARGE):  # one probe's start per loop iteration, as probe_all_once
@@ -97,6 +142,18 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
             sent = await asyncio.gather(*sending)
             finals = await agent.wait_final([probe for probe in sent if probe is not None])
             assert len(finals) == LARGE
+            await watch.beat()
+            # The status page ranks all 10,000 pairs' latest outcomes (30,000 probes stored)
+            # in steps: the list's first page, a later page and a filter, on the loop as `run`.
+            paging = LoopWatch(interval=HEARTBEAT)  # the views alone, against a tighter bound
+            watching_pages = asyncio.create_task(paging.run())
+            await paging.beat()
+            first = await _page(agent)
+            assert "1-100 of 10000 pairs" in first and "r000" in first
+            assert "page 100 of 100" in await _page(agent, "page=100")
+            assert "1-100 of 100 matching pairs" in await _page(agent, "mailbox=m007")
+            await paging.beat()
+            watching_pages.cancel()
             await watch.beat()
             bigger = refused_config(tmp_path, routes=LARGE + 1, mailboxes=LARGE - 1)
             await agent.reload(bigger)
@@ -109,6 +166,8 @@ async def test_no_handler_holds_the_event_loop_at_10000_pairs(tmp_path: Path) ->
 
     assert watch.beats > 10
     assert watch.worst.cpu_seconds < BLOCK_BOUND_CPU_SECONDS, watch.worst
+    assert paging.beats > 3
+    assert paging.worst.cpu_seconds < PAGE_BOUND_CPU_SECONDS, paging.worst
 
 
 def _compute(cpu_seconds: float) -> None:

@@ -219,3 +219,47 @@ async def test_loop_page_serves_a_lone_surrogate_as_an_escape_rather_than_failin
     # Server text is made valid before it is stored; this is the last line of defence.
     page = LoopPage(asyncio.get_running_loop(), lambda refresh: "<p>caf\udcff</p>")
     assert await asyncio.to_thread(page) == b"<p>caf\\udcff</p>"
+
+
+async def test_loop_page_builds_in_steps_with_the_loop_running_other_work_between() -> None:
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    async def build(query: PageQuery) -> str:  # as `run` builds it: collect_in_steps
+        order.append("first step")
+        loop.call_soon(order.append, "other work")
+        await asyncio.sleep(0)
+        order.append("last step")
+        return "<p>stepped</p>"
+
+    page = LoopPage(loop, build)
+    assert await asyncio.to_thread(page) == b"<p>stepped</p>"
+    assert order == ["first step", "other work", "last step"]
+
+
+async def test_loop_page_reports_a_failing_step_as_status_page_error() -> None:
+    async def failing(query: PageQuery) -> str:
+        await asyncio.sleep(0)
+        raise OSError("ledger /var/lib/agent: disk I/O error")
+
+    call: Callable[[], bytes] = LoopPage(asyncio.get_running_loop(), failing)
+    with pytest.raises(StatusPageError) as caught:
+        await asyncio.to_thread(call)
+    assert str(caught.value) == "cannot read the ledger: OSError"
+
+
+async def test_loop_page_stops_a_build_in_steps_nobody_waits_for_any_more() -> None:
+    stopped = asyncio.Event()
+
+    async def endless(query: PageQuery) -> str:
+        try:
+            await asyncio.Event().wait()  # a build that never finishes
+        finally:
+            stopped.set()
+        return "never"
+
+    call = LoopPage(asyncio.get_running_loop(), endless, timeout=0.05)
+    with pytest.raises(StatusPageError) as caught:
+        await asyncio.to_thread(call)
+    assert str(caught.value) == "the agent did not answer within 0.05 s"
+    await stopped.wait()  # cancelled once the caller gave up; a hang here is the failure

@@ -20,6 +20,7 @@ from agent.web.status_page import (
     LoopPage,
     PageQuery,
     collect,
+    collect_in_steps,
     render,
 )
 
@@ -322,3 +323,24 @@ def test_latest_outcomes_agree_with_latest_by_pair_ties_and_probes_in_flight_inc
     assert ledger.latest_outcomes(pairs)[("r01", "m00")] == (None, NOW - 60)
     assert ("r01", "m01") not in ledger.latest_outcomes(pairs)
     assert ledger.latest_outcomes([]) == {}
+
+
+@pytest.mark.parametrize("query", ["", "page=3", "route=r07&outcome=missing", "outcome=inbox"])
+async def test_the_page_built_in_steps_is_the_page_built_at_once(
+    ledger: CountingLedger, config: Config, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    _every_pair_probed(ledger)
+    monkeypatch.setattr("agent.web.status_page.STEP_PAIRS", 64)  # 500 pairs: eight steps
+    read: list[int] = []
+    latest_outcomes = ledger.latest_outcomes
+
+    def counted(pairs: Iterable[tuple[str, str]]) -> Any:
+        wanted = list(pairs)
+        read.append(len(wanted))
+        return latest_outcomes(wanted)
+
+    monkeypatch.setattr(ledger, "latest_outcomes", counted)
+    asked = PageQuery.parse(query)
+    stepped = await collect_in_steps(ledger, config, HEALTH, now=NOW, query=asked)
+    assert read == [64] * 7 + [52]  # every pair ranked, no step over 64 pairs
+    assert render(stepped) == render(collect(ledger, config, HEALTH, now=NOW, query=asked))

@@ -55,7 +55,7 @@ from agent.web.status_page import (
     Health,
     LoopPage,
     PageQuery,
-    collect,
+    collect_in_steps,
     render,
 )
 from agent.webhooks.receiver import EspPost, WebhookReceiver
@@ -641,7 +641,7 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter, *, s
     def readiness() -> Status:
         return readiness_of(agent)
 
-    def page(query: PageQuery) -> str:
+    async def page(query: PageQuery) -> str:
         ready = readiness()
         health_now = Health(
             version=__version__,
@@ -659,7 +659,9 @@ async def _run(config: Config, path: Path, redactor: SecretRedactingFilter, *, s
             },
             reputation=tuple(agent.reputation_feeds()),
         )
-        data = collect(agent.ledger, agent.config, health_now, now=time.time(), query=query)
+        data = await collect_in_steps(
+            agent.ledger, agent.config, health_now, now=time.time(), query=query
+        )
         refresh_seconds = DEFAULT_REFRESH_SECONDS if query.refresh else 0
         return render(data, secrets=secret_values(agent.config), refresh_seconds=refresh_seconds)
 
