@@ -470,15 +470,25 @@ def _clock(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _ago(seconds: float) -> str:
+def _span(seconds: float) -> str:
+    """A duration as the page writes it: 42 s, 7 min, 3.5 h, 2.0 d."""
     seconds = max(0.0, seconds)
     if seconds < 90:
-        return f"{seconds:.0f} s ago"
+        return f"{seconds:.0f} s"
     if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min ago"
+        return f"{seconds / 60:.0f} min"
     if seconds < 36 * 3600:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} d ago"
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _ago(seconds: float) -> str:
+    return f"{_span(seconds)} ago"
+
+
+def _until(now: float, at: float | None) -> str:
+    """`in <span>` for a moment still ahead, else a dash."""
+    return f"in {_span(at - now)}" if at is not None and at > now else "—"
 
 
 def _latency(record: ProbeRecord) -> str:
@@ -753,7 +763,7 @@ def _health(data: PageData) -> str:
     )
     if health.config_loaded_at is not None:
         config += f" {_e(_ago(data.now - health.config_loaded_at))}"
-    uptime = _ago(data.now - health.started_at).removesuffix(" ago")
+    uptime = _span(data.now - health.started_at)
     probing = f"{len(data.pairs)} pair(s) every {data.interval_seconds:g} s"
     items = [
         ("agent", f"deliverability-agent {_e(health.version)}, up {_e(uptime)}"),
@@ -793,19 +803,13 @@ def _credentials(data: PageData, redact: Redactor) -> str:
         if state.error_kind is not None:
             status = f'<span class="down">{_e(state.error_kind)}</span>'
             if state.retry_at is not None and state.retry_at > data.now:
-                status += (
-                    f" (next try in {_e(_ago(state.retry_at - data.now).removesuffix(' ago'))})"
-                )
+                status += f" (next try {_e(_until(data.now, state.retry_at))})"
         elif state.last_success_at is not None:
             status = '<span class="up">ok</span>'
         else:
             status = '<span class="muted">not yet asked</span>'
         last = _ago(data.now - state.last_success_at) if state.last_success_at else "never"
-        expires = (
-            f"in {_ago(state.expires_at - data.now).removesuffix(' ago')}"
-            if state.expires_at is not None and state.expires_at > data.now
-            else "—"
-        )
+        expires = _until(data.now, state.expires_at)
         rows.append(
             f"<tr><td>{_e(state.credential)}</td><td>{_e(state.method)}</td><td>{status}</td>"
             f"<td>{_e(last)}</td><td>{_e(expires)}</td>"
@@ -832,11 +836,7 @@ def _reputation(data: PageData, redact: Redactor) -> str:
         else:
             status = '<span class="muted">not yet read</span>'
         last = _ago(data.now - state.last_success) if state.last_success else "never"
-        upcoming = (
-            f"in {_ago(state.next_fetch - data.now).removesuffix(' ago')}"
-            if state.next_fetch is not None and state.next_fetch > data.now
-            else "—"
-        )
+        upcoming = _until(data.now, state.next_fetch)
         rows.append(
             f"<tr><td>{_e(state.feed)}</td><td>{status}</td><td>{_e(last)}</td>"
             f"<td>{_e(upcoming)}</td><td>{_e(redact(state.last_error_message))}</td></tr>"
