@@ -25,6 +25,7 @@ from agent.model import (
 )
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder, Result
+from agent.probing.outcomes import FinalOutcome
 from agent.store.ledger import Ledger
 from tests.one_pair_config import one_pair_config, signed_probe
 from tests.scripted_imap import (
@@ -83,6 +84,24 @@ def _in_flight(config: Config, probe_id: str) -> None:
         reply = SmtpReply(Stage.END_OF_DATA, 250, "2.0.0", "queued")
         accepted = SendResult((reply,), accepted=True, accepted_at=now, duration_seconds=0.1)
         ledger.record_send_result(probe_id, accepted)
+
+
+async def _seen_by_agent(
+    tmp_path: Path, then: tuple[Step, ...], registry: CollectorRegistry, probe_id: str
+) -> tuple[Config, FinalOutcome, ScriptedImapServer]:
+    """Run the agent against a scripted server that plays `then` after the folder listing, with
+    `probe_id` in flight, until the probe's final outcome; the server keeps what it received."""
+    async with ScriptedImapServer(*LISTING, then=then) as server:
+        config = _config(tmp_path, server.port, command_timeout="30s")
+        _in_flight(config, probe_id)
+        agent = Agent(config, recorder=Recorder(registry))
+        await agent.start()
+        try:
+            async with asyncio.timeout(WAIT):
+                final = await agent.outcomes.wait(probe_id)
+        finally:
+            await agent.stop(drain_timeout=WAIT)
+    return config, final, server
 
 
 class HealthQueue(Recorder):
@@ -174,16 +193,7 @@ async def test_a_probe_on_a_server_that_never_pushes_is_found_by_the_check_and_c
         Send("* BYE\n{tag} OK Logged out"),
     )
     registry = new_registry()
-    async with ScriptedImapServer(*LISTING, then=no_push) as server:
-        config = _config(tmp_path, server.port, command_timeout="30s")
-        _in_flight(config, probe_id)
-        agent = Agent(config, recorder=Recorder(registry))
-        await agent.start()
-        try:
-            async with asyncio.timeout(WAIT):
-                final = await agent.outcomes.wait(probe_id)
-        finally:
-            await agent.stop(drain_timeout=WAIT)
+    _, final, server = await _seen_by_agent(tmp_path, no_push, registry, probe_id)
     assert (final.outcome, final.folder) == (Outcome.INBOX, "INBOX")
     found = "deliverability_probes_found_total"
     assert _metric(registry, found, mailbox="m", found_by="check") == 1
@@ -254,16 +264,7 @@ async def test_a_probe_in_a_gmail_tab_is_stored_reported_and_counted_with_its_ca
         Send("* BYE\n{tag} OK Logged out"),
     )
     registry = new_registry()
-    async with ScriptedImapServer(*LISTING, then=gmail) as server:
-        config = _config(tmp_path, server.port, command_timeout="30s")
-        _in_flight(config, probe_id)
-        agent = Agent(config, recorder=Recorder(registry))
-        await agent.start()
-        try:
-            async with asyncio.timeout(WAIT):
-                final = await agent.outcomes.wait(probe_id)
-        finally:
-            await agent.stop(drain_timeout=WAIT)
+    config, final, _ = await _seen_by_agent(tmp_path, gmail, registry, probe_id)
     assert final.outcome is Outcome.INBOX
     with Ledger.in_state_dir(config.state_dir) as ledger:
         record = ledger.get(probe_id)
