@@ -13,9 +13,11 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Self
+
+from tests.loopback_http import LoopbackHttpServer
 
 __all__ = ["FeedServer", "Reply", "Request", "Route"]
 
@@ -45,7 +47,6 @@ class FeedServer:
     def __init__(self, route: Route, *, tls: ssl.SSLContext) -> None:
         self.route = route
         self.requests: list[Request] = []
-        self._release = threading.Event()
         self._lock = threading.Lock()
         outer = self
 
@@ -63,7 +64,7 @@ class FeedServer:
                     outer.requests.append(request)
                 reply = outer.route(request)
                 if reply.hang:
-                    outer._release.wait()
+                    outer._http.release.wait()
                     return
                 body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body)
                 data = body.encode() if isinstance(body, str) else body
@@ -80,16 +81,11 @@ class FeedServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._http = LoopbackHttpServer(Handler, tls=tls)
+        self.url = self._http.base_url
 
     def __enter__(self) -> Self:
-        self._thread.start()
+        self._http.start()
         return self
 
     def __exit__(
@@ -98,7 +94,4 @@ class FeedServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._http.stop()

@@ -16,10 +16,12 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.loopback_http import LoopbackHttpServer
 
 __all__ = [
     "Answer",
@@ -179,7 +181,6 @@ class TokenEndpointServer:
     ) -> None:
         self._script = script
         self.requests: list[dict[str, str]] = []  # each request's form, one value per key
-        self._release = threading.Event()
         self._lock = threading.Lock()
         outer = self
 
@@ -190,7 +191,7 @@ class TokenEndpointServer:
                 form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
                 answer = outer._next(form)
                 if answer.hang:
-                    outer._release.wait()
+                    outer._http.release.wait()
                     return
                 body = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body)
                 data = body.encode() if isinstance(body, str) else body
@@ -214,16 +215,8 @@ class TokenEndpointServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: pytest shows what matters
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
-        scheme = "https" if tls is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/token"
-        # A short poll interval: shutdown() waits for the serving loop to notice.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        self._http = LoopbackHttpServer(Handler, tls=tls)
+        self.url = self._http.base_url + "/token"
 
     def _next(self, form: dict[str, str]) -> Answer:
         with self._lock:
@@ -240,7 +233,7 @@ class TokenEndpointServer:
             self._script = list(answers)
 
     def __enter__(self) -> Self:
-        self._thread.start()
+        self._http.start()
         return self
 
     def __exit__(
@@ -249,7 +242,4 @@ class TokenEndpointServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._http.stop()
