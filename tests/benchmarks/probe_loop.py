@@ -1,9 +1,10 @@
 """Benchmark: how fast the agent sees a delivered probe (IDLE vs polling), and its CPU per probe.
 
     .venv/bin/python -m tests.benchmarks.probe_loop [--probes N] [--poll-interval S]
-        [--modes idle,poll]
+        [--modes idle,poll] [--event-loop uvloop|asyncio]
 
-Method: starts the real test mail system, then runs the agent in this process three times (IMAP
+Method: starts the real test mail system, then runs the agent in this process (on the event loop
+`run` uses, uvloop where installed; `--event-loop asyncio` to compare) three times (IMAP
 IDLE with the folder's notification delay calibrated, IDLE with `calibrate: false`, then polling
 every S seconds), each time sending N probes one after another through submission
 (STARTTLS + AUTH, DKIM-signed, rspamd-checked, Sieve, LMTP) to a fresh seed mailbox, with
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from agent.app import event_loop
+from agent.app.event_loop import EventLoopKind
 from agent.app.service import Agent
 from agent.model import FoundBy, ImapCalibration
 from agent.monitoring.catalog import new_registry
@@ -137,7 +140,14 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="idle,poll", help="comma-separated: idle, poll (default both)"
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=[kind.value for kind in EventLoopKind],
+        default=event_loop.default_kind().value,
+        help="the agent's loop (default: uvloop where installed, as `run` uses)",
+    )
     args = parser.parse_args()
+    loop_kind = EventLoopKind(args.event_loop)
     modes = {mode.strip() for mode in args.modes.split(",")}
     if not modes <= {"idle", "poll"}:
         parser.error(f"--modes: expected idle and/or poll, got {args.modes!r}")
@@ -157,7 +167,7 @@ def main() -> None:
                 workdir = Path(tmp) / str(index)
                 workdir.mkdir()
                 print(name)
-                results[name] = asyncio.run(
+                results[name] = event_loop.run(
                     _run_mode(
                         system,
                         workdir,
@@ -165,12 +175,13 @@ def main() -> None:
                         use_idle=use_idle,
                         poll_interval=args.poll_interval,
                         calibrate=calibrate,
-                    )
+                    ),
+                    loop_kind,
                 )
     finally:
         system.stop()
     print(__doc__.split("Method: ")[1].strip())
-    print(f"\n{args.probes} probes per mode\n")
+    print(f"\n{args.probes} probes per mode, {loop_kind} event loop\n")
     for name, (arrival, accepted, cpu, found) in results.items():
         print(f"{name}:")
         print(f"  arrival in mailbox -> seen by agent   {_summary(arrival)}")
