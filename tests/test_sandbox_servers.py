@@ -107,11 +107,6 @@ def _config(sandbox: SandboxServer, tmp_path: Path, routes: list[tuple[str, str,
             "ca_file": str(where.ca_file),
             "auth": {"username": username, "password": password},
             "address": address,
-            # Off here: the sandbox's IMAP server (pymap) can make a probe delivered while the
-            # calibration marker is appended visible after the marker's higher UID, and the
-            # watcher, past the marker's UID, never finds it (seen twice in full runs; a known
-            # gap in docs/development.md). This test is about the sandbox's scenarios.
-            "calibrate": False,
         }
 
     data = {
