@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,17 @@ import pytest
 from agent.app.service import Agent
 from agent.config import Config, Sandbox, validate_config
 from agent.imap import ImapError, detect_folders
-from agent.model import ErrorKind, Outcome, Stage, TlsMode
+from agent.imap.calibration import CalibrationFailure
+from agent.imap.connection import Connection
+from agent.model import ErrorKind, FoundBy, Outcome, Stage, TlsMode
 from agent.monitoring.catalog import new_registry
 from agent.monitoring.recorder import Recorder
 from agent.probing.targets import imap_target, smtp_target
 from agent.sandbox import SandboxError, SandboxServer
 from agent.sandbox.tls import ensure_certificates
 from agent.smtp.sender import send_probe
+from tests.imap_helpers import WAIT, running, watch_log
 from tests.imap_helpers import Recorder as WatcherRecorder
-from tests.imap_helpers import running, watch_log
 from tests.mailsystem.system import free_ports
 
 SEED = "seed@sandbox.localhost"
@@ -104,11 +107,6 @@ def _config(sandbox: SandboxServer, tmp_path: Path, routes: list[tuple[str, str,
             "ca_file": str(where.ca_file),
             "auth": {"username": username, "password": password},
             "address": address,
-            # Off here: the sandbox's IMAP server (pymap) can make a probe delivered while the
-            # calibration marker is appended visible after the marker's higher UID, and the
-            # watcher, past the marker's UID, never finds it (seen twice in full runs; a known
-            # gap in docs/development.md). This test is about the sandbox's scenarios.
-            "calibrate": False,
         }
 
     data = {
@@ -268,6 +266,63 @@ async def test_sandbox_imap_answers_the_watchers_check_out_of_idle(
             await checks.wait_for(3)
     assert recorder.states.get_nowait() == (True, None)
     assert recorder.states.empty()
+
+
+async def test_sandbox_imap_idle_announces_mail_that_came_since_the_last_command(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # Mail delivered between a command's answer and IDLE is announced when IDLE starts (as Cyrus
+    # and Dovecot do), not held back until the folder changes again.
+    config = _config(sandbox, tmp_path, [("r", "sender", PASSWORDS["sender"])])
+    conn = await Connection.open(imap_target(config.mailbox("seed")))
+    try:
+        await conn.login()
+        await conn.select("INBOX")
+        assert await conn.search_after(0) == []
+        await sandbox.store.deliver(SEED, "INBOX", b"Subject: between\r\n\r\nhi\r\n", when=0.0)
+        conn.new_mail = False
+        assert await conn.idle(WAIT)
+        assert len(await conn.search_after(0)) == 1
+    finally:
+        await conn.close(logout=True)
+
+
+@pytest.mark.parametrize("calibrate", [False, True])
+async def test_sandbox_mail_delivered_as_the_watcher_goes_back_to_idle_is_pushed(
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calibrate: bool
+) -> None:
+    # The window that made a probe `missing` with calibration on: the pass after the marker's
+    # push ends (its last UID SEARCH found nothing new) and the probe lands before the server
+    # starts the next IDLE. Without calibration the same window follows every pass.
+    config = _config(sandbox, tmp_path, [("r", "sender", PASSWORDS["sender"])])
+    calibrations: asyncio.Queue[tuple[float | None, CalibrationFailure | None]] = asyncio.Queue()
+    recorder = WatcherRecorder()
+    watcher = recorder.watcher(
+        imap_target(config.mailbox("seed")),
+        idle_check_interval=3600.0,  # no periodic check: only a push can find the message
+        on_calibration=(lambda *result: calibrations.put_nowait(result)) if calibrate else None,
+    )
+    # IDLE 1 follows the pass after SELECT; with calibration, IDLE 2 follows the marker's pass.
+    deliver_before = 2 if calibrate else 1
+    idle = Connection.idle
+    calls = 0
+
+    async def deliver_then_idle(self: Connection, *args: Any, **kwargs: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == deliver_before:
+            raw = b"Subject: in the window\r\n\r\nhi\r\n"
+            await sandbox.store.deliver(SEED, "INBOX", raw, when=time.time())
+        return await idle(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "idle", deliver_then_idle)
+    async with running(watcher):
+        message = await recorder.next_message()
+        if calibrate:
+            delay, failure = calibrations.get_nowait()
+            assert delay is not None and failure is None
+    assert b"in the window" in message.raw
+    assert message.found_by is FoundBy.PUSH
 
 
 async def test_sandbox_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

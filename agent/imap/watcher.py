@@ -8,9 +8,12 @@ Choices worth knowing:
 
 * IDLE is left every `idle_check_interval` (and at once on a push) for a NOOP and a UID SEARCH.
   A server whose push is slow or absent (Cyrus without idled notifies once a minute; Gmail is
-  known to stall IDLE) costs at most one interval of latency, and a server that stopped answering
-  fails DONE or the NOOP within the command timeout: every command is bounded
-  (`agent.imap.connection`), and a timeout ends the session like any other failure.
+  known to stall IDLE) costs at most one interval of latency; so does one that does not announce,
+  when IDLE starts, mail that came since the last command (pymap did; the sandbox's now does):
+  searching once more after IDLE's acknowledgement would only move that round trip, not close it.
+  A server that stopped answering fails DONE or the NOOP within the command timeout: every
+  command is bounded (`agent.imap.connection`), and a timeout ends the session like any other
+  failure.
 * Each message says what found it (`FetchedMessage.found_by`): the pass after SELECT, a push, the
   periodic check or a poll; the agent counts probes by it.
 * A pass searches again until nothing new was announced (`Connection.new_mail`): mail arriving
