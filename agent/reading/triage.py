@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email import policy
@@ -111,14 +112,21 @@ _QUOTED_SUBJECT = re.compile(rf"(?i:{SUBJECT_PREFIX})\s+({PROBE_ID_PATTERN})\b")
 _MAX_VERIFICATIONS = 64  # quoted ids checked per message: bounds HMAC work on a crafted flood
 
 
+# Each message's (and part's) fields by lowercased name, built at the first look: triage asks
+# for a dozen names, and a received message has dozens of fields (issue 15: a pass over all of
+# them per name was a fifth of triage's CPU). Weak keys: gone with the parsed message.
+_FIELDS: weakref.WeakKeyDictionary[Message, dict[str, list[str]]] = weakref.WeakKeyDictionary()
+
+
 def _headers(message: Message, name: str) -> list[str]:
     """Raw, unfolded values of every `name` header (compat32 keeps undecodable bytes escaped)."""
-    wanted = name.lower()
-    return [
-        _FOLD.sub("", str(value)).strip()
-        for key, value in message.raw_items()
-        if key.strip().lower() == wanted
-    ]
+    fields = _FIELDS.get(message)
+    if fields is None:
+        fields = {}
+        for key, value in message.raw_items():
+            fields.setdefault(key.strip().lower(), []).append(str(value))
+        _FIELDS[message] = fields
+    return [_FOLD.sub("", value).strip() for value in fields.get(name.lower(), ())]
 
 
 def _first(message: Message, name: str) -> str:
@@ -203,7 +211,11 @@ def _auto_reply_marker(message: Message, subject: str) -> str | None:
 
 def _text_bounce_marker(message: Message, subject: str) -> str | None:
     """A bounce without a DSN part: sent by the mail system, or titled like one."""
-    if _sender_local_part(message) in _BOUNCE_SENDERS:
+    sender = _first(message, "From").lower()
+    # parseaddr is costly and only these two local parts matter: skip it when neither is there.
+    if any(name in sender for name in _BOUNCE_SENDERS) and (
+        _sender_local_part(message) in _BOUNCE_SENDERS
+    ):
         return "bounce: From mailer-daemon/postmaster"
     if _BOUNCE_SUBJECT.match(subject):
         return "bounce: subject"
