@@ -296,7 +296,7 @@ class Recorder:
         # Every labelled child we created, per metric; and per owner (a pair, route or mailbox,
         # `_owner`) the children it owns, so declare() removes what a reload dropped without
         # walking every child (O(changes), issue 15).
-        self._children: dict[str, set[tuple[str, ...]]] = {spec.name: set() for spec in CATALOG}
+        self._children: dict[str, dict[tuple[str, ...], Any]] = {spec.name: {} for spec in CATALOG}
         self._owned: dict[_Owner, list[tuple[MetricSpec, tuple[str, ...]]]] = {}
         self._owner_at = {spec.name: _owner_positions(spec) for spec in CATALOG}
         # Owners with children that declare() did not declare (a late probe of a removed pair):
@@ -321,30 +321,35 @@ class Recorder:
     # -- children, tracked ------------------------------------------------------------------------
 
     def _c(self, spec: MetricSpec, *values: str) -> Counter:
-        if values not in self._children[spec.name]:
-            self._track(spec, values)
-        return self._counters[spec.name].labels(*values)
+        child: Counter = self._child(spec, values)
+        return child
 
     def _g(self, spec: MetricSpec, *values: str) -> Gauge:
         if values:
-            if values not in self._children[spec.name]:
-                self._track(spec, values)
-            return self._gauges[spec.name].labels(*values)
+            child: Gauge = self._child(spec, values)
+            return child
         return self._gauges[spec.name]
 
     def _h(self, spec: MetricSpec, *values: str) -> Histogram:
-        if values not in self._children[spec.name]:
-            self._track(spec, values)
-        return self._histograms[spec.name].labels(*values)
+        child: Histogram = self._child(spec, values)
+        return child
 
     def _s(self, spec: MetricSpec, *values: str) -> Summary:
-        if values not in self._children[spec.name]:
-            self._track(spec, values)
-        return self._summaries[spec.name].labels(*values)
+        child: Summary = self._child(spec, values)
+        return child
 
-    def _track(self, spec: MetricSpec, values: tuple[str, ...]) -> None:
+    def _child(self, spec: MetricSpec, values: tuple[str, ...]) -> Any:
+        # The child itself is kept: `labels()` validates and locks on every call, and a probe
+        # updates a dozen children (issue 15).
+        child = self._children[spec.name].get(values)
+        if child is None:
+            child = self._metric(spec).labels(*values)
+            self._track(spec, values, child)
+        return child
+
+    def _track(self, spec: MetricSpec, values: tuple[str, ...], child: Any) -> None:
         """A new child: remember it, and under its owner (once per child, not per event)."""
-        self._children[spec.name].add(values)
+        self._children[spec.name][values] = child
         owner = self._owner(spec, values)
         if owner is not None:
             self._owned.setdefault(owner, []).append((spec, values))
@@ -373,7 +378,7 @@ class Recorder:
 
     def _remove(self, spec: MetricSpec, values: tuple[str, ...]) -> None:
         self._metric(spec).remove(*values)
-        self._children[spec.name].discard(values)
+        self._children[spec.name].pop(values, None)
         owner = self._owner(spec, values)
         if owner is not None and owner in self._owned:
             owned = self._owned[owner]
@@ -385,7 +390,7 @@ class Recorder:
         """Remove every child of a pair, route or mailbox no longer configured."""
         for spec, values in self._owned.pop(owner, ()):
             self._metric(spec).remove(*values)
-            self._children[spec.name].discard(values)
+            self._children[spec.name].pop(values, None)
 
     def _metric(self, spec: MetricSpec) -> Counter | Gauge | Histogram | Summary:
         match spec.kind:
