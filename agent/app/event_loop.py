@@ -3,7 +3,7 @@
 A probe is a dozen network round trips (the SMTP session, the IMAP watcher's push, search and
 fetch), each a wake-up of the loop and a pass through its transports; uvloop (libuv, in Cython)
 does that part with less CPU than the pure-Python loop: on the test mail system a whole probe costs
-about 1.3 ms less (`tests.benchmarks.probe_loop --event-loop`). Both loops run the same code;
+1-2 ms less, 10-20 % (`tests.benchmarks.probe_loop --event-loop`). Both loops run the same code;
 `--event-loop asyncio` is there to rule the loop out when chasing a problem.
 """
 
