@@ -113,8 +113,8 @@ _MAX_VERIFICATIONS = 64  # quoted ids checked per message: bounds HMAC work on a
 
 
 # Each message's (and part's) fields by lowercased name, built at the first look: triage asks
-# for a dozen names, and a received message has dozens of fields (issue 15: a pass over all of
-# them per name was a fifth of triage's CPU). Weak keys: gone with the parsed message.
+# for a dozen names, and a received message has dozens of fields, so not one pass over all of
+# them per name (issue 15). Weak keys: gone with the parsed message.
 _FIELDS: weakref.WeakKeyDictionary[Message, dict[str, list[str]]] = weakref.WeakKeyDictionary()
 
 
