@@ -779,6 +779,21 @@ def test_metrics_malformed_enhanced_code_gets_one_bounded_label(
     assert len(reply_series) == 1
 
 
+def test_metrics_a_pair_removed_and_added_back_counts_on_new_series(
+    recorder: Recorder, registry: CollectorRegistry
+) -> None:
+    # The recorder keeps each child it made: one removed must not be the one counted on later.
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.record(ProbeFinished(ROUTE, OUTLOOK, Outcome.INBOX, finished_at=T0))
+    recorder.declare([(ROUTE, GMAIL)])
+    assert value(registry, PROBES.name, route=ROUTE, mailbox=OUTLOOK, outcome="inbox") is None
+
+    recorder.declare([(ROUTE, GMAIL), (ROUTE, OUTLOOK)])
+    recorder.record(ProbeFinished(ROUTE, OUTLOOK, Outcome.INBOX, finished_at=T0 + 1))
+
+    assert value(registry, PROBES.name, route=ROUTE, mailbox=OUTLOOK, outcome="inbox") == 1
+
+
 def test_metrics_tls_version_change_replaces_the_info_series(
     recorder: Recorder, registry: CollectorRegistry
 ) -> None:
