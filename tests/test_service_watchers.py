@@ -28,6 +28,7 @@ from agent.monitoring.recorder import Recorder, Result
 from agent.probing.outcomes import FinalOutcome
 from agent.store.ledger import Ledger
 from tests.one_pair_config import one_pair_config, signed_probe
+from tests.refused_config import refused_config
 from tests.scripted_imap import (
     CAPABILITIES,
     LOGGED_IN,
@@ -320,3 +321,44 @@ async def test_a_reload_that_moves_a_mailbox_lets_its_clean_up_under_way_finish(
     with Ledger.in_state_dir(config.state_dir) as ledger:
         record = ledger.get(probe_id)
     assert record is not None and record.outcome is Outcome.INBOX
+
+
+class _RetryLines(logging.Handler):
+    """Collects the agent's "cannot list folders" lines; `full` is set at `wanted` of them."""
+
+    def __init__(self, wanted: int) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.wanted = wanted
+        self.full = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "cannot list folders" in message:
+            self.lines.append(message)
+            if len(self.lines) >= self.wanted:
+                self.full.set()
+
+
+async def test_mailboxes_of_a_down_server_retry_listing_folders_at_jittered_times(
+    tmp_path: Path,
+) -> None:
+    # Eight mailboxes on a server that refuses: started together, they must not all retry in
+    # the same loop iteration (a burst that held the loop, and a herd at the server).
+    lines = _RetryLines(wanted=8)
+    logger = logging.getLogger("agent.app.service")
+    logger.addHandler(lines)
+    agent = Agent(
+        refused_config(tmp_path, routes=1, mailboxes=8), recorder=Recorder(new_registry())
+    )
+    try:
+        await agent.start()
+        async with asyncio.timeout(WAIT):
+            await lines.full.wait()
+    finally:
+        await agent.stop()
+        logger.removeHandler(lines)
+
+    delays = [float(line.rsplit("retrying in ", 1)[1].split()[0]) for line in lines.lines[:8]]
+    assert all(0.5 <= delay <= 1.0 for delay in delays), delays  # the first retry: [0.5, 1] s
+    assert len(set(delays)) > 1, delays

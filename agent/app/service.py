@@ -35,6 +35,7 @@ from agent.imap import (
     ImapError,
     OnCalibration,
     OnMessage,
+    backoff_delay,
     detect_folders,
 )
 from agent.imap.calibration import CalibrationFailure
@@ -611,22 +612,25 @@ class Agent:
     async def _watch_mailbox(self, watch: _MailboxWatch) -> None:
         mailbox = watch.mailbox
         target = imap_target(mailbox, self.tokens.sign_in("mailbox", mailbox.name))
-        delay = 1.0
+        attempt = 0
         while True:
             try:
                 folders = await detect_folders(target, junk_override=mailbox.folders.junk)
                 break
             except ImapError as exc:
                 self._imap_state(watch, "*", False, exc.kind)
+                # Jittered as the watchers' reconnects: mailboxes of one down server started
+                # together would otherwise all retry in the same loop iteration.
+                delay = backoff_delay(attempt, initial=1.0, maximum=DETECT_BACKOFF_MAX)
+                attempt += 1
                 log.warning(
-                    "mailbox %s: cannot list folders (%s): %s; retrying in %.0f s",
+                    "mailbox %s: cannot list folders (%s): %s; retrying in %.1f s",
                     mailbox.name,
                     exc.kind,
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)  # backoff before the next attempt
-                delay = min(delay * 2, DETECT_BACKOFF_MAX)
+                await asyncio.sleep(delay)
         watch.junk = folders.junk
         if folders.junk is None:
             log.warning(

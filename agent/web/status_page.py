@@ -312,20 +312,22 @@ def _collect_steps(
         for outcome, _ in statuses.values():
             if outcome is not None:
                 counts[outcome.value] = counts.get(outcome.value, 0) + 1
-        matching = [
-            pair
-            for pair in pairs
-            if (query.route is None or pair[0] == query.route)
-            and (query.mailbox is None or pair[1] == query.mailbox)
-            and _matches(query, statuses.get(pair))
-        ]
+        # Filtered and ranked STEP_PAIRS pairs at a time too: over 10,000 pairs in one go this
+        # was the longest step (30-40 ms), and the watchers' own work can land beside it.
         no_probe = (_IN_FLIGHT_RANK, 0.0)
-        matching.sort(
-            key=lambda pair: (
-                _status_key(*statuses[pair]) if pair in statuses else no_probe,
-                pair,
-            )
-        )
+        ranked: list[tuple[tuple[int, float], tuple[str, str]]] = []
+        for start in range(0, len(pairs), STEP_PAIRS):
+            for pair in pairs[start : start + STEP_PAIRS]:
+                status = statuses.get(pair)
+                if (
+                    (query.route is None or pair[0] == query.route)
+                    and (query.mailbox is None or pair[1] == query.mailbox)
+                    and _matches(query, status)
+                ):
+                    ranked.append((no_probe if status is None else _status_key(*status), pair))
+            yield
+        ranked.sort()  # tuples of tuples: compared in C, ~5 ms for 10,000
+        matching = [pair for _, pair in ranked]
         yield
         pages = max(1, math.ceil(len(matching) / PAGE_SIZE))
         page = min(query.page, pages)
