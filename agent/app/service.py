@@ -72,7 +72,7 @@ REAP_INTERVAL = 5.0  # seconds between deadline sweeps
 PRUNE_INTERVAL = 3600.0  # seconds between ledger retention sweeps
 RELOAD_CLEANUP_GRACE = 30.0  # seconds a reload waits for a changed mailbox's clean-up under way
 PRUNE_BATCH = 2000  # rows a prune deletes before letting the event loop run (tens of ms)
-RESTORE_STEP = 250  # pairs whose last outcomes are read per loop iteration (~10 ms)
+RESTORE_STEP = 100  # pairs whose last outcomes are read per loop iteration (~5-10 ms)
 DETECT_BACKOFF_MAX = 300.0
 # A report mailbox's messages are read whole up to this size: a zipped report of a large sender
 # is a few MiB, base64 adds a third, and the parser caps a decompressed report at 20 MiB.
@@ -179,8 +179,7 @@ class Agent:
         """Recover probes left by a previous run, declare series, start watchers and the reaper."""
         await self._declare()
         self._recover()
-        for mailbox, role in _watched_mailboxes(self.config).values():
-            self._start_watch(mailbox, role=role)
+        await self._start_watches(_watched_mailboxes(self.config).values())
         self._watch_lingering()
         self._reaper = asyncio.create_task(self._reap_forever(), name="reaper")
         self._loop_watch_task = asyncio.create_task(self.loop_watch.run(), name="loop watch")
@@ -541,9 +540,7 @@ class Agent:
             del self._watches[name]
         await self._declare()
         self.outcomes.refresh_in_flight()  # pairs added or removed: recount every pair once
-        for name, (mailbox, role) in new_mailboxes.items():
-            if name not in self._watches:
-                self._start_watch(mailbox, role=role)
+        await self._start_watches(new_mailboxes.values())
         self._watch_lingering()
         if rescheduling:
             self.schedule()
@@ -599,6 +596,15 @@ class Agent:
             )
 
     # --- watching -------------------------------------------------------------------------------
+
+    async def _start_watches(self, mailboxes: Iterable[tuple[Mailbox, _Role]]) -> None:
+        """Start a watcher for each mailbox not watched yet, each in a loop iteration of its own:
+        started together, 100 mailboxes' first connections (and their answers or refusals) ran
+        in one iteration, holding the loop for 0.1-0.16 s of CPU at start."""
+        for mailbox, role in mailboxes:
+            if mailbox.name not in self._watches:
+                self._start_watch(mailbox, role=role)
+                await asyncio.sleep(0)
 
     def _start_watch(self, mailbox: Mailbox, *, role: _Role = _Role.SEED) -> None:
         watch = _MailboxWatch(mailbox, role=role)

@@ -242,9 +242,10 @@ _ENHANCED_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _INVALID_ENHANCED_CODE = "invalid"
 
 
-# Children `Recorder.declare_steps` creates between two yields: 1,000 prometheus_client children
-# are ~15 ms of CPU on the 2-core machine, well under the 100 ms the event loop may be held.
-DECLARE_STEP = 1_000
+# Children `Recorder.declare_steps` creates between two yields: 500 prometheus_client children
+# are ~6-10 ms of CPU on the 2-core machine; a timer due during one step waits for the next too,
+# so the loop is held up to two steps, well under the 100 ms it may be held.
+DECLARE_STEP = 500
 # The children declare() creates per route and per pair (the unit of its steps).
 _ROUTE_CHILDREN = (
     2
