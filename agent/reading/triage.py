@@ -143,9 +143,10 @@ def _decoded(value: str) -> str:
         return value
 
 
-def _sender_local_part(message: Message) -> str:
+def _local_part(sender: str) -> str:
+    """The local part of a From value's address, lowercased; "" when it does not parse."""
     try:
-        address = parseaddr(_first(message, "From")[:_MAX_FIELD_CHARS])[1]
+        address = parseaddr(sender[:_MAX_FIELD_CHARS])[1]
     except Exception:  # parseaddr recurses per nested comment: RecursionError
         return ""
     return (address.rpartition("@")[0] if "@" in address else address).lower()
@@ -211,11 +212,10 @@ def _auto_reply_marker(message: Message, subject: str) -> str | None:
 
 def _text_bounce_marker(message: Message, subject: str) -> str | None:
     """A bounce without a DSN part: sent by the mail system, or titled like one."""
-    sender = _first(message, "From").lower()
+    sender = _first(message, "From")
     # parseaddr is costly and only these two local parts matter: skip it when neither is there.
-    if any(name in sender for name in _BOUNCE_SENDERS) and (
-        _sender_local_part(message) in _BOUNCE_SENDERS
-    ):
+    lowered = sender.lower()
+    if any(name in lowered for name in _BOUNCE_SENDERS) and _local_part(sender) in _BOUNCE_SENDERS:
         return "bounce: From mailer-daemon/postmaster"
     if _BOUNCE_SUBJECT.match(subject):
         return "bounce: subject"
