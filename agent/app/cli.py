@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import __version__
-from agent.app.event_loop import EventLoopKind, default_kind, loop_kind_of, unavailable
+from agent.app.event_loop import (
+    EventLoopKind,
+    add_event_loop_option,
+    loop_kind_of,
+    unavailable,
+)
 from agent.app.event_loop import run as run_loop
 from agent.app.inspection import (
     InspectOptions,
@@ -102,12 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="log lines as readable text (default), logfmt or JSON; logfmt and JSON carry "
                 "route, mailbox and probe_id as fields",
             )
-            sub.add_argument(
-                "--event-loop",
-                choices=[kind.value for kind in EventLoopKind],
-                default=default_kind().value,
-                help="uvloop (the default where installed: less CPU per probe) or asyncio's own",
-            )
+            add_event_loop_option(sub)
         if name == "run":
             _shard_flags(sub)
         if name == "once":

@@ -9,12 +9,21 @@ does that part with less CPU than the pure-Python loop: on the test mail system 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import enum
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EventLoopKind", "default_kind", "loop_factory", "loop_kind_of", "run", "unavailable"]
+__all__ = [
+    "EventLoopKind",
+    "add_event_loop_option",
+    "default_kind",
+    "loop_factory",
+    "loop_kind_of",
+    "run",
+    "unavailable",
+]
 
 T = TypeVar("T")
 
@@ -40,6 +49,17 @@ def unavailable(kind: EventLoopKind) -> str | None:
 
 def default_kind() -> EventLoopKind:
     return EventLoopKind.ASYNCIO if unavailable(EventLoopKind.UVLOOP) else EventLoopKind.UVLOOP
+
+
+def add_event_loop_option(parser: argparse.ArgumentParser) -> None:
+    """`--event-loop uvloop|asyncio`, default `default_kind()`; read it with
+    `EventLoopKind(args.event_loop)`."""
+    parser.add_argument(
+        "--event-loop",
+        choices=[kind.value for kind in EventLoopKind],
+        default=default_kind().value,
+        help="uvloop (the default where installed: less CPU per probe) or asyncio's own",
+    )
 
 
 def loop_factory(kind: EventLoopKind) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -167,12 +167,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="idle,poll", help="comma-separated: idle, poll (default both)"
     )
-    parser.add_argument(
-        "--event-loop",
-        choices=[kind.value for kind in EventLoopKind],
-        default=event_loop.default_kind().value,
-        help="the agent's loop (default: uvloop where installed, as `run` uses)",
-    )
+    event_loop.add_event_loop_option(parser)
     args = parser.parse_args()
     loop_kind = EventLoopKind(args.event_loop)
     modes = {mode.strip() for mode in args.modes.split(",")}

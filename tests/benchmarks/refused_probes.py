@@ -56,11 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default="100,1024,10000")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--event-loop",
-        choices=[kind.value for kind in EventLoopKind],
-        default=event_loop.default_kind().value,
-    )
+    event_loop.add_event_loop_option(parser)
     args = parser.parse_args()
     kind = EventLoopKind(args.event_loop)
     logging.disable(logging.CRITICAL)  # every probe fails; its log lines are not the point
